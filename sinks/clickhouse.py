@@ -13,13 +13,14 @@ from sinks.exceptions import ClickHouseTerminalError, ClickHouseTransientError, 
 
 # Error codes that go away by themselves: overload, too many parts, timeouts, network, replicas.
 TRANSIENT_CODES = frozenset(
-    {3, 159, 160, 164, 202, 203, 209, 210, 241, 242, 252, 285, 319, 373, 394, 425, 999, 1000}
+    {3, 159, 160, 202, 203, 209, 210, 241, 242, 252, 285, 319, 373, 394, 425, 999, 1000}
 )
 _HINTS = {
     60: "a table is missing: run `spendstream migrate`",
     81: "the database is missing: run `spendstream migrate`",
     16: "a column is missing: run `spendstream migrate`",
     47: "a column is missing: run `spendstream migrate`",
+    164: "the ClickHouse user is read-only: use one that may write",
     192: "unknown user: check SPENDSTREAM_CLICKHOUSE_URL",
     193: "wrong password: check SPENDSTREAM_CLICKHOUSE_URL",
     497: "the user may not write here: grant INSERT or use another user",

@@ -1,0 +1,12 @@
+"""The Kafka topics of the contract."""
+
+CALLS = "llm.calls"
+"""One JSON call event per model or tool call."""
+CALLS_DLQ = "llm.calls.dlq"
+"""Raw bytes of every call event that failed validation, with the reason in the headers."""
+OUTCOMES = "llm.outcomes"
+"""Outcome events (a booked meeting, a closed ticket)."""
+ALERTS = "spendstream.alerts"
+"""Every alert raised."""
+BUDGETS = "spendstream.budgets"
+"""Budget state per key (compacted): allow, throttle, downgrade, deny."""

@@ -1,0 +1,104 @@
+"""Columnar buffers of rows for the ClickHouse tables the sink writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from schemas.call_event import CallEvent
+
+LLM_CALL_COLUMNS: tuple[str, ...] = (
+    "event_id", "ts", "provider", "model", "kind", "tool_name",
+    "feature", "prompt_version", "agent_id", "task_id", "session_id", "trace_id", "parent_id",
+    "user_id", "tenant_id", "team", "environment", "data_mode", "tags", "prompt_hash",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "latency_ms", "ttft_ms", "status", "error_type", "attempt",
+    "cost_usd", "priced", "price_source",
+    "input_price_per_mtok", "output_price_per_mtok", "cache_read_price_per_mtok", "cache_write_price_per_mtok",
+    "source_partition", "source_offset",
+)  # fmt: skip
+
+REJECTED_COLUMNS: tuple[str, ...] = (
+    "topic", "partition", "offset", "received_at", "error_kind", "reason", "event_id", "raw",
+)  # fmt: skip
+
+NO_PRICES = (0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass(slots=True)
+class CallRows:
+    """Priced calls, one list per column of ``llm_calls`` (in :data:`LLM_CALL_COLUMNS` order)."""
+
+    columns: list[list[Any]] = field(default_factory=lambda: [[] for _ in LLM_CALL_COLUMNS])
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def append(
+        self,
+        event: CallEvent,
+        *,
+        cost_usd: float | None,
+        price_source: str,
+        unit_prices: tuple[float, float, float, float] | None,
+        partition: int,
+        offset: int,
+    ) -> None:
+        """Add one call; ``unit_prices`` are USD per million input, output, cache-read, cache-write tokens."""
+        priced = unit_prices if unit_prices is not None else NO_PRICES
+        values = (
+            event.event_id, event.ts, event.provider, event.model, event.kind, event.tool_name or "",
+            event.feature_or_unattributed, event.prompt_version or "", event.agent_id or "",
+            event.task_id or "", event.session_id or "", event.trace_id or "", event.parent_id or "",
+            event.user_id or "", event.tenant_id or "", event.team or "", event.environment,
+            event.data_mode, event.tags, event.prompt_hash or "",
+            event.input_tokens, event.output_tokens, event.cache_read_tokens, event.cache_write_tokens,
+            event.reasoning_tokens,
+            event.latency_ms, event.ttft_ms, event.status, event.error_type or "", event.attempt,
+            cost_usd, 0 if cost_usd is None else 1, price_source,
+            priced[0], priced[1], priced[2], priced[3],
+            partition, offset,
+        )  # fmt: skip
+        for column, value in zip(self.columns, values, strict=True):
+            column.append(value)
+
+    def event_ids(self) -> list[str]:
+        ids: list[str] = self.columns[0]
+        return ids
+
+    def timestamps(self) -> list[datetime]:
+        stamps: list[datetime] = self.columns[1]
+        return stamps
+
+    def extend(self, other: CallRows) -> None:
+        for mine, theirs in zip(self.columns, other.columns, strict=True):
+            mine.extend(theirs)
+
+    def select(self, keep: list[int]) -> CallRows:
+        """The rows at the positions ``keep``, in that order."""
+        return CallRows([[column[i] for i in keep] for column in self.columns])
+
+    def clear(self) -> None:
+        for column in self.columns:
+            column.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An event that failed validation, as it arrived, and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    received_at: datetime
+    error_kind: str
+    reason: str
+    event_id: str
+    raw: bytes
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.topic, self.partition, self.offset, self.received_at, self.error_kind, self.reason,
+            self.event_id, self.raw,
+        )  # fmt: skip

@@ -1,0 +1,124 @@
+"""The ClickHouse sink: ``add()`` buffers priced calls and rejections, ``flush()`` writes one batch.
+
+A call is counted once in ``llm_calls`` and in every rollup even when Kafka delivers it twice
+(a producer retry, a worker redelivery after a crash): before inserting, the sink drops event_ids
+already in ``llm_calls`` and repeated ones within the batch, so the materialized views never see a
+duplicate row. The caller acknowledges the Kafka offsets of a batch only after ``flush()`` returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from clickhouse_connect.driver.client import Client
+
+from sinks.batch import LLM_CALL_COLUMNS, REJECTED_COLUMNS, CallRows, Rejection
+from sinks.clickhouse import classify
+
+logger = logging.getLogger(__name__)
+
+# How far apart the stored copy and the redelivered copy of an event may be in ``ts``: equal, since
+# the event is the same bytes; the margin only absorbs rounding to milliseconds.
+_TS_MARGIN = timedelta(seconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    inserted: int
+    duplicates: int
+    rejected: int
+
+
+class ClickHouseSink:
+    """Writes priced calls to ``llm_calls`` and rejections to ``rejected_events``.
+
+    Args:
+        client_factory: makes a clickhouse-connect client; called lazily, and again after a failure.
+        database: the database holding the tables of ``sql/``.
+    """
+
+    def __init__(self, client_factory: Callable[[], Client], database: str) -> None:
+        self._client_factory = client_factory
+        self._database = database
+        self._client: Client | None = None
+        self._calls = CallRows()
+        self._rejected: list[Rejection] = []
+        self._lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        return len(self._calls) + len(self._rejected)
+
+    def add(self, calls: CallRows, rejected: list[Rejection]) -> None:
+        """Buffer rows for the next :meth:`flush`."""
+        with self._lock:
+            self._calls.extend(calls)
+            self._rejected.extend(rejected)
+
+    def flush(self) -> FlushResult:
+        """Write the buffered rows; on failure keep them buffered for the next try.
+
+        Raises:
+            ClickHouseTransientError: retry later (the rows stay buffered).
+            ClickHouseTerminalError: retrying alone will not help; the message says what to do.
+        """
+        with self._lock:
+            try:
+                client = self._connected()
+                result = self._write(client)
+            except Exception as exc:
+                self._client = None  # reconnect on the next try
+                raise classify("insert", exc) from exc
+            self._calls = CallRows()
+            self._rejected = []
+            return result
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _connected(self) -> Client:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    def _write(self, client: Client) -> FlushResult:
+        calls = self._calls
+        fresh = self._new_positions(client, calls) if len(calls) else []
+        if fresh:
+            rows = calls if len(fresh) == len(calls) else calls.select(fresh)
+            client.insert(
+                f"`{self._database}`.llm_calls",
+                rows.columns,
+                column_names=list(LLM_CALL_COLUMNS),
+                column_oriented=True,
+            )
+        if self._rejected:
+            client.insert(
+                f"`{self._database}`.rejected_events",
+                [r.row() for r in self._rejected],
+                column_names=list(REJECTED_COLUMNS),
+            )
+        return FlushResult(inserted=len(fresh), duplicates=len(calls) - len(fresh), rejected=len(self._rejected))
+
+    def _new_positions(self, client: Client, calls: CallRows) -> list[int]:
+        """Positions of the first occurrence of each event_id not yet stored in ``llm_calls``."""
+        ids = calls.event_ids()
+        stamps = calls.timestamps()
+        stored = client.query(
+            f"SELECT event_id FROM `{self._database}`.llm_calls "
+            "WHERE ts BETWEEN %(lo)s AND %(hi)s AND event_id IN %(ids)s",
+            parameters={"lo": min(stamps) - _TS_MARGIN, "hi": max(stamps) + _TS_MARGIN, "ids": list(set(ids))},
+        ).result_columns
+        seen: set[str] = set(stored[0]) if stored else set()
+        fresh = []
+        for position, event_id in enumerate(ids):
+            if event_id not in seen:
+                seen.add(event_id)
+                fresh.append(position)
+        return fresh

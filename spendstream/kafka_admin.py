@@ -1,0 +1,36 @@
+"""Creating spendstream's topics on whatever Kafka cluster it runs against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas import topics
+from spendstream.exceptions import StackError
+
+
+def ensure_topics(bootstrap: str, partitions: int, security: dict[str, Any], timeout: float = 15.0) -> None:
+    """Create the contract's topics when missing (``spendstream.budgets`` compacted)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, **security})
+    wanted = [
+        NewTopic(topics.CALLS, partitions),
+        NewTopic(topics.CALLS_DLQ, partitions),
+        NewTopic(topics.OUTCOMES, partitions),
+        NewTopic(topics.ALERTS, 1),
+        NewTopic(topics.BUDGETS, partitions, config={"cleanup.policy": "compact"}),
+    ]
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise StackError(f"Kafka at {bootstrap} did not answer ({exc})", "check SPENDSTREAM_KAFKA_BOOTSTRAP") from exc
+    missing = [t for t in wanted if t.topic not in existing]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise StackError(f"cannot create topic {name} ({exc})", "create it by hand or grant CREATE") from exc

@@ -1,0 +1,82 @@
+"""Settings from ``SPENDSTREAM_*`` environment variables; the config file path is one of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.config import SpendstreamConfig, load_config
+
+
+class Settings(BaseSettings):
+    """Everything the commands read from the environment. Secrets never print."""
+
+    model_config = SettingsConfigDict(env_prefix="SPENDSTREAM_", frozen=True, extra="ignore")
+
+    home: Path = Path(".spendstream")
+    """Where the embedded mode keeps its data (chDB files, Faust state, the SQL endpoint's write token)."""
+    config: Path | None = None
+    """The YAML config file (price overrides; later budgets, routes, thresholds)."""
+
+    kafka_bootstrap: str | None = None
+    """A Kafka cluster (``host:9092,host2:9092``). Unset: the embedded broker of ``spendstream up``."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = None
+    broker_port: int = Field(default=9092, ge=1, le=65535)
+    """Port of the embedded broker on 127.0.0.1."""
+    partitions: int = Field(default=4, ge=1, le=1024)
+    """Partitions of ``llm.calls`` when spendstream creates it."""
+    session_timeout_s: float = Field(default=6.0, ge=1, le=300)
+    """Kafka consumer session timeout: how long a dead worker holds its partitions."""
+
+    clickhouse_url: SecretStr | None = None
+    """A ClickHouse server: ``http(s)://user:pass@host:8123/db``. Unset: chDB under ``home``."""
+    database: str = Field(default="spendstream", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The ClickHouse database of spendstream's tables."""
+    sql_host: str = "127.0.0.1"
+    sql_port: int = Field(default=8123, ge=0, le=65535)
+    """Port of the embedded SQL endpoint (ClickHouse's HTTP interface shape)."""
+    sql_writable: bool = False
+    """Let anonymous clients of the embedded SQL endpoint write (default: read-only)."""
+
+    batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    batch_seconds: float = Field(default=0.5, gt=0, le=60)
+    max_event_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_url is None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def chdb_path(self) -> Path:
+        return (self.home / "chdb").resolve()
+
+    def kafka_security(self) -> dict[str, Any]:
+        """librdkafka-style security settings (empty for PLAINTEXT)."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return {}
+        conf: dict[str, Any] = {"security.protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username or ""
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+        if self.kafka_ssl_ca_location is not None:
+            conf["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
+        return conf
+
+    def load_config(self) -> SpendstreamConfig:
+        return load_config(self.config)

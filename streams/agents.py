@@ -1,0 +1,99 @@
+"""The agents of the Faust app.
+
+Acknowledgement discipline: Faust commits the offsets of acknowledged events on a timer, and an
+agent that raises acknowledges what it was handling. So the ingest agent takes events without
+acknowledging them (``noack_take``), never lets an exception escape, and acknowledges a batch only
+after ClickHouse confirmed it and the dead-letter topic has the rejected ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from faust.types import EventT, StreamT
+
+from sinks.batch import Rejection
+from sinks.exceptions import ClickHouseTransientError
+from sinks.sink import ClickHouseSink
+from streams.backoff import Backoff
+from streams.ingest import Ingestor, RawEvent
+
+logger = logging.getLogger(__name__)
+
+
+def register_ingest(
+    app: faust.App,
+    calls: faust.TopicT,
+    dlq: faust.TopicT,
+    ingestor: Ingestor,
+    sink: ClickHouseSink,
+    batch_size: int,
+    batch_seconds: float,
+) -> Any:
+    """Register the agent that validates, prices and stores every call event."""
+
+    @app.agent(calls, name="ingest")
+    async def ingest(stream: StreamT[bytes]) -> None:
+        async for events in stream.noack_take(batch_size, within=batch_seconds):
+            batch: list[EventT] = list(events)  # noack_take yields events
+            result = ingestor.process(
+                RawEvent(e.message.value, e.message.partition, e.message.offset) for e in batch
+            )
+            for provider, model in result.unpriced_models:
+                logger.warning("unpriced model %s/%s: its calls are stored with cost_usd NULL", provider, model)
+            await _publish_dead_letters(dlq, result.rejected)
+            sink.add(result.calls, result.rejected)
+            await flush_until_written(sink)
+            for event in batch:
+                event.ack()
+
+    return ingest
+
+
+async def _publish_dead_letters(dlq: faust.TopicT, rejected: list[Rejection]) -> None:
+    """Send each rejected event's raw bytes to the dead-letter topic and wait for the broker's ack."""
+    backoff = Backoff()
+    pending = list(rejected)
+    while pending:
+        try:
+            futures = [
+                await dlq.send(
+                    value=r.raw,
+                    headers={
+                        "reason": r.reason.encode()[:4096],
+                        "error_kind": r.error_kind.encode(),
+                        "source_topic": r.topic.encode(),
+                        "source_partition": str(r.partition).encode(),
+                        "source_offset": str(r.offset).encode(),
+                    },
+                )
+                for r in pending
+            ]
+            await asyncio.gather(*futures)
+            return
+        except Exception as exc:  # the broker is down: keep the batch unacknowledged and retry
+            delay = backoff.next()
+            logger.error("dead-letter topic %s unavailable (%s); retrying in %.1fs", dlq.get_topic_name(), exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def flush_until_written(sink: ClickHouseSink) -> None:
+    """Flush the sink, retrying with backoff for as long as ClickHouse fails; the stream waits meanwhile."""
+    backoff = Backoff()
+    while True:
+        try:
+            result = await asyncio.to_thread(sink.flush)
+        except ClickHouseTransientError as exc:
+            delay = backoff.next()
+            logger.warning("%s (in %.1fs)", exc, delay)
+        except Exception as exc:  # terminal: say what to do, keep the events unacknowledged, try again slowly
+            delay = backoff.next(slow=True)
+            logger.error("%s; the pipeline is paused and retries in %.0fs", exc, delay)
+        else:
+            if result.duplicates:
+                logger.info("skipped %d events already stored (redelivered)", result.duplicates)
+            return
+        await asyncio.sleep(delay)

@@ -1,0 +1,38 @@
+"""What the stream processor needs to know, passed explicitly by whoever starts it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas import topics
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Settings of the Faust app.
+
+    Args:
+        bootstrap: Kafka bootstrap servers, ``host:port[,host:port]``.
+        data_dir: where Faust keeps its local state.
+        app_id: the consumer group and the prefix of internal topics.
+        partitions: partitions of the topics the app creates.
+        batch_size: most events priced and written to ClickHouse at once.
+        batch_seconds: longest an event waits for its batch to fill.
+        session_timeout: Kafka consumer session timeout in seconds (short in the embedded mode).
+        max_event_bytes: larger events are rejected.
+        kafka_security: librdkafka-style security settings (``security.protocol``, ``sasl.*``, ``ssl.*``).
+    """
+
+    bootstrap: str
+    data_dir: Path
+    app_id: str = "spendstream"
+    partitions: int = 4
+    batch_size: int = 10_000
+    batch_seconds: float = 0.5
+    session_timeout: float = 30.0
+    max_event_bytes: int = 64 * 1024
+    calls_topic: str = topics.CALLS
+    dlq_topic: str = topics.CALLS_DLQ
+    kafka_security: dict[str, Any] = field(default_factory=dict)

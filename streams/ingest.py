@@ -1,0 +1,131 @@
+"""Validation and pricing of a batch of raw call events: the per-event path of the pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.call_event import CallEvent
+from sinks.batch import CallRows, Rejection
+from streams.pricing import CALLER_SOURCE, Pricer
+
+MAX_EVENT_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One Kafka record as received."""
+
+    value: bytes | None
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class IngestResult:
+    calls: CallRows = field(default_factory=CallRows)
+    rejected: list[Rejection] = field(default_factory=list)
+    unpriced_models: set[tuple[str, str]] = field(default_factory=set)
+
+
+def describe(exc: ValidationError) -> str:
+    """A one-line, readable reason: every failing field and what is wrong with it."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "event"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (see schemas/jsonschema/call_event.schema.json)"
+        elif error["type"] == "missing":
+            message = "required field missing"
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+class Ingestor:
+    """Turns raw records into priced ``llm_calls`` rows and readable rejections.
+
+    Args:
+        pricer: the price lookup (cached per model).
+        topic: the source topic, recorded with each rejection.
+        max_event_bytes: larger records are rejected unread.
+    """
+
+    def __init__(self, pricer: Pricer, topic: str, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._pricer = pricer
+        self._topic = topic
+        self._max_event_bytes = max_event_bytes
+
+    def process(self, records: Iterable[RawEvent]) -> IngestResult:
+        result = IngestResult()
+        unit_prices = self._pricer.unit_prices
+        append = result.calls.append
+        for record in records:
+            raw = record.value
+            if raw is None or len(raw) > self._max_event_bytes:
+                result.rejected.append(self._reject(record, *self._unread_reason(raw)))
+                continue
+            try:
+                event = CallEvent.model_validate_json(raw)
+            except ValidationError as exc:
+                kind = "malformed_json" if exc.errors()[0]["type"] == "json_invalid" else "schema"
+                result.rejected.append(self._reject(record, kind, describe(exc)))
+                continue
+            if event.cost_usd is not None:
+                cost: float | None = event.cost_usd
+                source, units = CALLER_SOURCE, None
+            else:
+                prices = unit_prices(event.provider, event.model, event.ts.date(), event.input_tokens)
+                if prices is None:
+                    cost, source, units = None, "", None
+                    result.unpriced_models.add((event.provider, event.model))
+                else:
+                    cost = prices.cost(
+                        event.input_tokens, event.output_tokens, event.cache_read_tokens, event.cache_write_tokens
+                    )
+                    source = prices.source
+                    units = (prices.input, prices.output, prices.cache_read, prices.cache_write)
+            append(
+                event,
+                cost_usd=cost,
+                price_source=source,
+                unit_prices=units,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        return result
+
+    def _unread_reason(self, raw: bytes | None) -> tuple[str, str]:
+        if raw is None:
+            return "schema", "empty message (no value): send one JSON object per call"
+        return "oversize", f"message is {len(raw)} bytes, over the limit of {self._max_event_bytes}"
+
+    def _reject(self, record: RawEvent, kind: str, reason: str) -> Rejection:
+        return Rejection(
+            topic=self._topic,
+            partition=record.partition,
+            offset=record.offset,
+            received_at=datetime.now(UTC),
+            error_kind=kind,
+            reason=reason,
+            event_id=_event_id_of(record.value) if kind != "oversize" else "",
+            raw=record.value or b"",
+        )
+
+
+def _event_id_of(raw: bytes | None) -> str:
+    """The event_id of a rejected event when it can be read, to help find it at the producer."""
+    if not raw:
+        return ""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ""
+    if isinstance(data, dict):
+        value = data.get("event_id", data.get("externalRequestId", ""))
+        return str(value)[:256]
+    return ""
