@@ -1,0 +1,149 @@
+"""The emitter: sends call events to Kafka without ever blocking or crashing the host application."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, Message, Producer
+
+from producers._exceptions import EmitterClosedError
+from schemas import topics
+from schemas.call_event import CallEvent
+
+logger = logging.getLogger("spendstream.producers")
+
+
+@dataclass(frozen=True, slots=True)
+class EmitterStats:
+    """What became of the events given to :meth:`Emitter.emit`.
+
+    ``sent == delivered + failed + dropped + in_flight``: nothing is lost without being counted.
+    """
+
+    sent: int
+    delivered: int
+    failed: int
+    """Refused by the broker, or not delivered before ``delivery_timeout_ms``."""
+    dropped: int
+    """Not queued because the local queue was full (the broker slow or down for a long time)."""
+    in_flight: int
+
+
+class Emitter:
+    """A Kafka producer for call events: idempotent, ``acks=all``, compressed, batched.
+
+    ``emit()`` never blocks and never raises on a slow or unreachable broker: events wait in a
+    bounded local queue; what cannot be delivered is counted in :meth:`stats`, logged, and, when
+    ``spill_path`` is given, appended there as JSON lines for ``spendstream emit FILE``. ``close()``
+    (also run at exit) flushes what is queued.
+
+    Args:
+        bootstrap: Kafka bootstrap servers.
+        topic: the topic of call events.
+        max_queued: the most events waiting locally; more are dropped and counted.
+        spill_path: where undeliverable events are appended, to be replayed later.
+        kafka_config: more librdkafka settings (security, client.id, ...).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topic: str = topics.CALLS,
+        max_queued: int = 100_000,
+        delivery_timeout_ms: int = 120_000,
+        spill_path: Path | str | None = None,
+        kafka_config: dict[str, Any] | None = None,
+    ) -> None:
+        self._topic = topic
+        self._spill_path = Path(spill_path) if spill_path is not None else None
+        self._config = {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "lz4",
+            "linger.ms": 20,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": max_queued,
+            "delivery.timeout.ms": delivery_timeout_ms,
+            **(kafka_config or {}),
+        }
+        self._producer: Producer | None = None
+        self._lock = threading.Lock()
+        self._sent = self._delivered = self._failed = self._dropped = 0
+        self._closed = False
+
+    def start(self) -> None:
+        """Create the Kafka producer (``emit()`` does it on first use)."""
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer(self._config)
+                atexit.register(self.close)
+
+    def emit(self, event: CallEvent) -> None:
+        """Queue one event for delivery; returns at once."""
+        self.emit_raw(orjson.dumps(event.model_dump(mode="json", exclude_none=True)), event.partition_key)
+
+    def emit_raw(self, value: bytes, key: str | None = None) -> None:
+        """Queue bytes already validated as a call event."""
+        if self._closed:
+            raise EmitterClosedError()
+        if self._producer is None:
+            self.start()
+        assert self._producer is not None
+        self._sent += 1
+        try:
+            self._producer.produce(
+                self._topic, value, key.encode() if key else None, on_delivery=self._on_delivery
+            )
+        except BufferError:
+            self._dropped += 1
+            self._spill(value, "local queue full")
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` seconds for queued events; return how many are still in flight."""
+        if self._producer is None:
+            return 0
+        return int(self._producer.flush(timeout))
+
+    def stats(self) -> EmitterStats:
+        if self._producer is not None:
+            self._producer.poll(0)
+        in_flight = self._sent - self._delivered - self._failed - self._dropped
+        return EmitterStats(self._sent, self._delivered, self._failed, self._dropped, in_flight)
+
+    def close(self, timeout: float = 10.0) -> EmitterStats:
+        """Flush, then stop; events still in flight after ``timeout`` are reported, and spilled if configured."""
+        if self._closed:
+            return self.stats()
+        left = self.flush(timeout)
+        self._closed = True
+        stats = self.stats()
+        if left or stats.failed or stats.dropped:
+            logger.error(
+                "spendstream emitter closed with %d events undelivered (%d failed, %d dropped, %d in flight)%s",
+                stats.failed + stats.dropped + left, stats.failed, stats.dropped, left,
+                f"; spilled to {self._spill_path}" if self._spill_path else "",
+            )  # fmt: skip
+        return stats
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            self._delivered += 1
+            return
+        self._failed += 1
+        self._spill(message.value() or b"", str(error))
+
+    def _spill(self, value: bytes, reason: str) -> None:
+        if self._spill_path is None:
+            logger.warning("spendstream event not delivered (%s); counted in Emitter.stats()", reason)
+            return
+        with self._lock, self._spill_path.open("ab") as spill:
+            spill.write(value + b"\n")

@@ -1,0 +1,85 @@
+"""Starting spendstream: ``up`` (the whole embedded stack in one process tree) and ``worker``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import faust
+
+from sinks.clickhouse import connect
+from sinks.migrations import migrate
+from sinks.sink import ClickHouseSink
+from spendstream.broker import EmbeddedBroker
+from spendstream.clickhouse_target import engine_dsn, up_is_running
+from spendstream.exceptions import StackError
+from spendstream.kafka_admin import ensure_topics
+from spendstream.settings import Settings
+from spendstream.sql_endpoint import SqlEndpoint, load_or_create_token
+from streams.app import create_app
+from streams.config import StreamConfig
+from streams.pricing import Pricer
+
+logger = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings, bootstrap: str) -> faust.App:
+    config = settings.load_config()
+    dsn = engine_dsn(settings)
+    sink = ClickHouseSink(lambda: connect(dsn, database=settings.database), settings.database)
+    stream_config = StreamConfig(
+        bootstrap=bootstrap,
+        data_dir=settings.home / "faust",
+        partitions=settings.partitions,
+        batch_size=settings.batch_size,
+        batch_seconds=settings.batch_seconds,
+        session_timeout=settings.session_timeout_s,
+        max_event_bytes=settings.max_event_bytes,
+        kafka_security=settings.kafka_security(),
+    )
+    return create_app(stream_config, sink=sink, pricer=Pricer(config.prices.overrides))
+
+
+def run_worker(app: faust.App, loglevel: str = "WARN") -> None:
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+
+
+def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -> None:
+    """Run broker (unless external), migrations, SQL endpoint (chDB only) and the worker until stopped."""
+    settings.load_config()  # refuse a bad config before starting anything
+    if up_is_running(settings):
+        raise StackError(
+            f"something already listens on {settings.sql_host}:{settings.sql_port}",
+            "another `spendstream up` may be running: stop it, or set SPENDSTREAM_SQL_PORT",
+        )
+    broker = EmbeddedBroker(settings.broker_port, settings.home / "broker.log") if settings.embedded_kafka else None
+    endpoint: SqlEndpoint | None = None
+    try:
+        if broker is not None:
+            broker.start()
+        ensure_topics(settings.bootstrap, settings.partitions, settings.kafka_security())
+        say(f"Kafka: {settings.bootstrap} (topic llm.calls)")
+        dsn = engine_dsn(settings)
+        migrate(connect(dsn), settings.database)
+        if settings.embedded_clickhouse:
+            endpoint = SqlEndpoint(
+                lambda: connect(dsn, database=settings.database),
+                settings.sql_host,
+                settings.sql_port,
+                settings.database,
+                load_or_create_token(settings.home),
+                writable=settings.sql_writable,
+            )
+            endpoint.start()
+            say(f"SQL: {endpoint.url}/?query=SELECT+count()+FROM+llm_calls  (ClickHouse HTTP interface, read-only)")
+        say("worker: pricing calls into ClickHouse; Ctrl-C stops everything")
+        run_worker(build_app(settings, settings.bootstrap), loglevel)
+    finally:
+        if endpoint is not None:
+            endpoint.stop()
+        if broker is not None:
+            broker.stop()
