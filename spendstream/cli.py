@@ -10,6 +10,7 @@ import click
 import orjson
 from pydantic import ValidationError
 
+from schemas import topics
 from schemas.call_event import CallEvent
 from schemas.exceptions import SpendstreamError
 from spendstream.settings import Settings
@@ -51,7 +52,7 @@ def worker(log_level: str) -> None:
     settings = _settings()
     try:
         settings.load_config()
-        ensure_topics(settings.bootstrap, settings.partitions, settings.kafka_security())
+        ensure_topics(settings.bootstrap, settings.partitions, settings.kafka_security(), settings.topic_prefix)
         run_worker(build_app(settings, settings.bootstrap), log_level)
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -92,8 +93,8 @@ def sql(query: str, fmt: str) -> None:
 
 @main.command()
 @click.argument("source", type=click.File("rb"))
-@click.option("--topic", default="llm.calls", show_default=True)
-def emit(source: IO[bytes], topic: str) -> None:
+@click.option("--topic", default=None, help="default: llm.calls (with SPENDSTREAM_TOPIC_PREFIX)")
+def emit(source: IO[bytes], topic: str | None) -> None:
     """Validate JSON lines (FILE, or - for stdin) and send the good ones to Kafka.
 
     Each bad line is reported by number and reason; the exit status is 1 if any line was bad.
@@ -101,6 +102,7 @@ def emit(source: IO[bytes], topic: str) -> None:
     from producers import Emitter
 
     settings = _settings()
+    topic = topic or settings.topic(topics.CALLS)
     emitter = Emitter(settings.bootstrap, topic=topic, kafka_config=settings.kafka_security())
     good = bad = 0
     for number, line in enumerate(source, start=1):
@@ -138,3 +140,7 @@ def schema(directory: Path | None) -> None:
             click.echo(str(path))
         return
     click.echo(render(EXPORTED["call_event.schema.json"]), nl=False)
+
+
+if __name__ == "__main__":
+    main()

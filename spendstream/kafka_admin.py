@@ -11,15 +11,17 @@ from schemas import topics
 from spendstream.exceptions import StackError
 
 
-def ensure_topics(bootstrap: str, partitions: int, security: dict[str, Any], timeout: float = 15.0) -> None:
+def ensure_topics(
+    bootstrap: str, partitions: int, security: dict[str, Any], prefix: str = "", timeout: float = 15.0
+) -> None:
     """Create the contract's topics when missing (``spendstream.budgets`` compacted)."""
     admin = AdminClient({"bootstrap.servers": bootstrap, **security})
     wanted = [
-        NewTopic(topics.CALLS, partitions),
-        NewTopic(topics.CALLS_DLQ, partitions),
-        NewTopic(topics.OUTCOMES, partitions),
-        NewTopic(topics.ALERTS, 1),
-        NewTopic(topics.BUDGETS, partitions, config={"cleanup.policy": "compact"}),
+        NewTopic(prefix + topics.CALLS, partitions),
+        NewTopic(prefix + topics.CALLS_DLQ, partitions),
+        NewTopic(prefix + topics.OUTCOMES, partitions),
+        NewTopic(prefix + topics.ALERTS, 1),
+        NewTopic(prefix + topics.BUDGETS, partitions, config={"cleanup.policy": "compact"}),
     ]
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_ca_location: Path | None = None
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    """Prefix of every topic and of the consumer group, to run several installations on one cluster."""
     broker_port: int = Field(default=9092, ge=1, le=65535)
     """Port of the embedded broker on 127.0.0.1."""
     partitions: int = Field(default=4, ge=1, le=1024)
@@ -64,6 +66,9 @@ class Settings(BaseSettings):
     @property
     def chdb_path(self) -> Path:
         return (self.home / "chdb").resolve()
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
 
     def kafka_security(self) -> dict[str, Any]:
         """librdkafka-style security settings (empty for PLAINTEXT)."""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import faust
 
+from schemas import topics
 from sinks.clickhouse import connect
 from sinks.migrations import migrate
 from sinks.sink import ClickHouseSink
@@ -36,6 +37,9 @@ def build_app(settings: Settings, bootstrap: str) -> faust.App:
         session_timeout=settings.session_timeout_s,
         max_event_bytes=settings.max_event_bytes,
         kafka_security=settings.kafka_security(),
+        app_id=settings.topic("spendstream"),
+        calls_topic=settings.topic(topics.CALLS),
+        dlq_topic=settings.topic(topics.CALLS_DLQ),
     )
     return create_app(stream_config, sink=sink, pricer=Pricer(config.prices.overrides))
 
@@ -61,8 +65,8 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
     try:
         if broker is not None:
             broker.start()
-        ensure_topics(settings.bootstrap, settings.partitions, settings.kafka_security())
-        say(f"Kafka: {settings.bootstrap} (topic llm.calls)")
+        ensure_topics(settings.bootstrap, settings.partitions, settings.kafka_security(), settings.topic_prefix)
+        say(f"Kafka: {settings.bootstrap} (topic {settings.topic(topics.CALLS)})")
         dsn = engine_dsn(settings)
         migrate(connect(dsn), settings.database)
         if settings.embedded_clickhouse:

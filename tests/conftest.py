@@ -1,0 +1,141 @@
+"""Session fixtures: a real tansu broker, one chDB engine, and factories for ``spendstream up`` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from sinks.clickhouse import connect
+from spendstream.broker import EmbeddedBroker, port_open
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A tansu broker (in-memory storage) on a free loopback port; yields its bootstrap address."""
+    tansu = EmbeddedBroker(free_port(), tmp_path_factory.mktemp("broker") / "broker.log")
+    tansu.start()
+    yield tansu.bootstrap
+    tansu.stop()
+
+
+@pytest.fixture(scope="session")
+def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The one chDB engine of this test process (chDB allows one data path per process)."""
+    return f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture
+def database() -> str:
+    """A database name of its own for each test."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def ch(chdb_dsn: str) -> Iterator[Client]:
+    client = connect(chdb_dsn)
+    yield client
+    client.close()
+
+
+class UpProcess:
+    """A ``spendstream up`` child process against the session broker, with its own chDB and SQL port."""
+
+    def __init__(self, home: Path, bootstrap: str, extra_env: dict[str, str]) -> None:
+        self.home = home
+        self.sql_port = free_port()
+        self.env = {
+            **os.environ,
+            "SPENDSTREAM_HOME": str(home),
+            "SPENDSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "SPENDSTREAM_SQL_PORT": str(self.sql_port),
+            "SPENDSTREAM_SESSION_TIMEOUT_S": "6",
+            "SPENDSTREAM_BATCH_SECONDS": "0.3",
+            **extra_env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = home / "up.log"
+
+    def start(self, timeout: float = 60) -> UpProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "spendstream.cli", "up", "--log-level", "INFO"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
+            )
+        deadline = time.monotonic() + timeout
+        while not port_open("127.0.0.1", self.sql_port):
+            if self.process.poll() is not None:
+                raise AssertionError(f"spendstream up exited: {self.log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"spendstream up did not serve SQL: {self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def client(self) -> Client:
+        return clickhouse_connect.get_client(host="127.0.0.1", port=self.sql_port, database="spendstream")
+
+    def scalar(self, query: str) -> object:
+        return self.client().query(query).result_rows[0][0]
+
+    def wait_for(self, query: str, expected: object, timeout: float = 60) -> object:
+        """Poll ``query`` until it returns ``expected``; return the last value either way."""
+        deadline = time.monotonic() + timeout
+        value: object = None
+        while time.monotonic() < deadline:
+            value = self.scalar(query)
+            if value == expected:
+                return value
+            time.sleep(0.3)
+        return value
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def start_up(broker: str, tmp_path: Path) -> Iterator[Callable[..., UpProcess]]:
+    """Start ``spendstream up`` processes; each test has topics and a consumer group of its own (a topic prefix)."""
+    started: list[UpProcess] = []
+
+    def factory(home: Path | None = None, **extra_env: str) -> UpProcess:
+        extra_env.setdefault("SPENDSTREAM_TOPIC_PREFIX", f"t{uuid.uuid4().hex[:8]}.")
+        proc = UpProcess(home or tmp_path / "home", broker, extra_env).start()
+        started.append(proc)
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.stop()

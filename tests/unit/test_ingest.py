@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import orjson
+
+from sinks.batch import LLM_CALL_COLUMNS
+from streams.ingest import Ingestor, RawEvent
+from streams.pricing import Pricer
+
+
+def raw(**fields: object) -> bytes:
+    base: dict[str, object] = {"event_id": "e1", "ts": "2026-11-01T10:00:00Z", "provider": "openai", "model": "gpt-4o"}
+    base.update(fields)
+    return orjson.dumps(base)
+
+
+def test_prices_good_events_and_rejects_bad_ones_with_reasons() -> None:
+    ingestor = Ingestor(Pricer(), "llm.calls", max_event_bytes=2048)
+    records = [
+        RawEvent(raw(input_tokens=1_000_000), 0, 1),
+        RawEvent(b"{not json", 0, 2),
+        RawEvent(raw(event_id="e3", input_tokens=-5), 1, 3),
+        RawEvent(raw(event_id="e4", feature="x" * 10) + b" " * 3000, 1, 4),
+        RawEvent(None, 1, 5),
+        RawEvent(raw(event_id="e6", model="no-such-model", provider="acme"), 1, 6),
+        RawEvent(raw(event_id="e7", cost_usd=0.25, kind="tool", tool_name="web_search"), 1, 7),
+    ]
+    result = ingestor.process(records)
+    rows = [dict(zip(LLM_CALL_COLUMNS, values, strict=True)) for values in zip(*result.calls.columns, strict=True)]
+    assert [r["event_id"] for r in rows] == ["e1", "e6", "e7"]
+    assert rows[0]["cost_usd"] == 2.5 and rows[0]["priced"] == 1 and rows[0]["input_price_per_mtok"] == 2.5
+    assert rows[0]["feature"] == "unattributed"
+    assert rows[1]["cost_usd"] is None and rows[1]["priced"] == 0
+    assert rows[2]["cost_usd"] == 0.25 and rows[2]["price_source"] == "stated by caller"
+    assert result.unpriced_models == {("acme", "no-such-model")}
+    rejected = {r.offset: r for r in result.rejected}
+    assert rejected[2].error_kind == "malformed_json" and "Invalid JSON" in rejected[2].reason
+    assert rejected[3].error_kind == "schema" and rejected[3].reason.startswith("input_tokens:")
+    assert rejected[3].event_id == "e3" and rejected[3].raw == records[2].value
+    assert rejected[4].error_kind == "oversize" and "over the limit of 2048" in rejected[4].reason
+    assert rejected[5].reason.startswith("empty message")
