@@ -3,25 +3,25 @@
 -- Finance numbers count only real traffic: data_mode = 'real' (the demo sends data_mode 'demo').
 
 -- Q: top features by spend today
-SELECT key AS feature, round(sum(cost_usd), 4) AS spend_usd, sum(calls) AS calls
+SELECT key AS feature, round(sum(cost_usd), 4) AS spend_usd, sum(calls) AS n_calls
 FROM rollup_hour
 WHERE dimension = 'feature' AND bucket >= toStartOfDay(now()) AND data_mode = 'real'
 GROUP BY feature ORDER BY spend_usd DESC LIMIT 10;
 
--- Q: top models, tenants and users by spend today (one query per dimension; swap the dimension)
+-- Q: top models, tenants and users by spend today (five of each)
 SELECT dimension, key, round(sum(cost_usd), 4) AS spend_usd
 FROM rollup_hour
 WHERE dimension IN ('model', 'tenant_id', 'user_id') AND bucket >= toStartOfDay(now()) AND data_mode = 'real'
 GROUP BY dimension, key ORDER BY dimension, spend_usd DESC LIMIT 5 BY dimension;
 
 -- Q: cost per 1,000 calls per feature, last 7 days
-SELECT key AS feature, round(1000 * sum(cost_usd) / sum(calls), 4) AS usd_per_1k_calls, sum(calls) AS calls
+SELECT key AS feature, round(1000 * sum(cost_usd) / sum(calls), 4) AS usd_per_1k_calls, sum(calls) AS n_calls
 FROM rollup_day
 WHERE dimension = 'feature' AND bucket >= today() - 7 AND data_mode = 'real'
 GROUP BY feature ORDER BY usd_per_1k_calls DESC;
 
 -- Q: spend and tokens per call by prompt version (key is 'feature@version')
-SELECT key AS feature_at_version, round(sum(cost_usd), 4) AS spend_usd, sum(calls) AS calls,
+SELECT key AS feature_at_version, round(sum(cost_usd), 4) AS spend_usd, sum(calls) AS n_calls,
        round(sum(input_tokens + output_tokens) / sum(calls)) AS tokens_per_call
 FROM rollup_day
 WHERE dimension = 'prompt_version' AND bucket >= today() - 7 AND data_mode = 'real'
@@ -34,7 +34,7 @@ FROM rollup_hour
 WHERE bucket >= toStartOfDay(now()) AND data_mode = 'real';
 
 -- Q: cost per trace: the most expensive requests of the last 24 hours, root call and all under it
-SELECT trace_id, any(root_feature) AS root_feature, sum(calls) AS calls, round(sum(cost_usd), 4) AS cost_usd,
+SELECT trace_id, any(root_feature) AS root_feature, sum(calls) AS n_calls, round(sum(cost_usd), 4) AS cost_usd,
        dateDiff('millisecond', min(first_ts), max(last_end_ts)) AS duration_ms
 FROM trace_rollup
 WHERE data_mode = 'real'
@@ -43,7 +43,7 @@ ORDER BY cost_usd DESC LIMIT 10;
 
 -- Q: p95 latency and TTFT per model over the last hour (milliseconds)
 SELECT key AS model, quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_ms)[2] AS p95_latency_ms,
-       quantilesTDigestMerge(0.5, 0.95, 0.99)(ttft_ms)[2] AS p95_ttft_ms, sum(calls) AS calls
+       quantilesTDigestMerge(0.5, 0.95, 0.99)(ttft_ms)[2] AS p95_ttft_ms, sum(calls) AS n_calls
 FROM rollup_minute
 WHERE dimension = 'model' AND bucket >= now() - INTERVAL 1 HOUR
 GROUP BY model ORDER BY p95_latency_ms DESC;
