@@ -99,9 +99,7 @@ class Emitter:
         assert self._producer is not None
         self._sent += 1
         try:
-            self._producer.produce(
-                self._topic, value, key.encode() if key else None, on_delivery=self._on_delivery
-            )
+            self._producer.produce(self._topic, value, key.encode() if key else None, on_delivery=self._on_delivery)
         except BufferError:
             self._dropped += 1
             self._spill(value, "local queue full")

@@ -1,8 +1,8 @@
 """Errors of the SDK.
 
-    SpendstreamError (schemas.exceptions)
-    └── SDKError
-        └── EmitterClosedError   emit() after close()
+SpendstreamError (schemas.exceptions)
+└── SDKError
+    └── EmitterClosedError   emit() after close()
 """
 
 from __future__ import annotations

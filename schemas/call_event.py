@@ -144,5 +144,5 @@ class CallEvent(BaseModel):
 
     @property
     def partition_key(self) -> str:
-        """The Kafka key: calls of one session (or trace) share a partition, so per-session windows see them in order."""
+        """The Kafka key: calls of one session (or trace) share a partition, so session windows see them in order."""
         return self.session_id or self.trace_id or self.event_id

@@ -1,7 +1,7 @@
 """Errors of the schemas package.
 
-    SpendstreamError                  (root of every spendstream error)
-    └── ConfigError                   a config file that cannot be used: file, field, reason
+SpendstreamError                  (root of every spendstream error)
+└── ConfigError                   a config file that cannot be used: file, field, reason
 """
 
 from __future__ import annotations

@@ -44,9 +44,7 @@ def _looks_like_token(value: str) -> bool:
     """A long run of mixed letters and digits: an API key, a session token, a hash of a secret."""
     if not _HIGH_ENTROPY.match(value):
         return False
-    classes = sum(
-        (any(c.islower() for c in value), any(c.isupper() for c in value), any(c.isdigit() for c in value))
-    )
+    classes = sum((any(c.islower() for c in value), any(c.isupper() for c in value), any(c.isdigit() for c in value)))
     return classes >= 3
 
 

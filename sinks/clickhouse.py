@@ -12,9 +12,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from sinks.exceptions import ClickHouseTerminalError, ClickHouseTransientError, SinkError
 
 # Error codes that go away by themselves: overload, too many parts, timeouts, network, replicas.
-TRANSIENT_CODES = frozenset(
-    {3, 159, 160, 202, 203, 209, 210, 241, 242, 252, 285, 319, 373, 394, 425, 999, 1000}
-)
+TRANSIENT_CODES = frozenset({3, 159, 160, 202, 203, 209, 210, 241, 242, 252, 285, 319, 373, 394, 425, 999, 1000})
 _HINTS = {
     60: "a table is missing: run `spendstream migrate`",
     81: "the database is missing: run `spendstream migrate`",

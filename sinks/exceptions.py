@@ -1,10 +1,10 @@
 """Errors of the sinks package.
 
-    SpendstreamError (schemas.exceptions)
-    └── SinkError
-        ├── ClickHouseTransientError   ClickHouse unreachable or overloaded: retry with backoff
-        ├── ClickHouseTerminalError    the schema or the credentials are wrong: stop, keep the data, say why
-        └── MigrationError             a migration file failed: which file, which statement, why
+SpendstreamError (schemas.exceptions)
+└── SinkError
+    ├── ClickHouseTransientError   ClickHouse unreachable or overloaded: retry with backoff
+    ├── ClickHouseTerminalError    the schema or the credentials are wrong: stop, keep the data, say why
+    └── MigrationError             a migration file failed: which file, which statement, why
 """
 
 from __future__ import annotations

@@ -56,7 +56,9 @@ def discover(directory: Path = SQL_DIR) -> list[Migration]:
             continue
         version = int(match.group(1))
         if version in found:
-            raise MigrationError(path.name, "", ValueError(f"number {version:04d} is used by {found[version].name} too"))
+            raise MigrationError(
+                path.name, "", ValueError(f"number {version:04d} is used by {found[version].name} too")
+            )
         found[version] = Migration(version, path.name, path.read_text())
     return [found[v] for v in sorted(found)]
 
@@ -130,4 +132,3 @@ def migrate(
         if on_applied is not None:
             on_applied(migration)
     return applied
-

@@ -113,7 +113,11 @@ class ClickHouseSink:
         stored = client.query(
             f"SELECT event_id FROM `{self._database}`.llm_calls "
             "WHERE ts BETWEEN %(lo)s AND %(hi)s AND event_id IN %(ids)s",
-            parameters={"lo": min(stamps) - _TS_MARGIN, "hi": max(stamps) + _TS_MARGIN, "ids": list(set(ids))},
+            parameters={
+                "lo": min(stamps) - _TS_MARGIN,
+                "hi": max(stamps) + _TS_MARGIN,
+                "ids": list(set(ids)),
+            },
         ).result_columns
         seen: set[str] = set(stored[0]) if stored else set()
         fresh = []

@@ -1,7 +1,7 @@
 """Errors of the composition root.
 
-    SpendstreamError (schemas.exceptions)
-    └── StackError      a part of the local stack could not start or be reached: what, and what to do
+SpendstreamError (schemas.exceptions)
+└── StackError      a part of the local stack could not start or be reached: what, and what to do
 """
 
 from __future__ import annotations

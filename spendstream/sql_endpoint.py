@@ -181,7 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(body)
 
     def _read_chunked(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
             if size == 0:
@@ -196,9 +196,9 @@ class _Handler(BaseHTTPRequestHandler):
         if auth.startswith("Basic "):
             user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
             return user, password
-        user = self.headers.get("X-ClickHouse-User") or params.get("user")
-        password = self.headers.get("X-ClickHouse-Key") or params.get("password")
-        return user, password
+        header_user: str | None = self.headers.get("X-ClickHouse-User")
+        header_key: str | None = self.headers.get("X-ClickHouse-Key")
+        return header_user or params.get("user"), header_key or params.get("password")
 
     def _serve(self, body: bytes) -> None:
         url = urlsplit(self.path)
@@ -225,7 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
             if insert is not None:
                 if not writer:
                     raise PermissionError("Code: 164. DB::Exception: Cannot execute query in readonly mode. (READONLY)")
-                columns = [c.strip(" `") for c in insert.group("columns").split(",")] if insert.group("columns") else None
+                columns = (
+                    [c.strip(" `") for c in insert.group("columns").split(",")] if insert.group("columns") else None
+                )
                 client.raw_insert(insert.group("table"), columns, body, settings=settings, fmt=insert.group("fmt"))
                 result, fmt = b"", "TabSeparated"
             else:
@@ -252,7 +254,10 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, body: bytes, code: int | None = None, query_id: str = "", fmt: str = "TabSeparated"
     ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=UTF-8" if code or fmt != "Native" else "application/octet-stream")
+        self.send_header(
+            "Content-Type",
+            "text/plain; charset=UTF-8" if code or fmt != "Native" else "application/octet-stream",
+        )
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-ClickHouse-Server-Display-Name", "spendstream")
         self.send_header("X-ClickHouse-Timezone", "UTC")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -46,10 +47,8 @@ def build_app(settings: Settings, bootstrap: str) -> faust.App:
 
 def run_worker(app: faust.App, loglevel: str = "WARN") -> None:
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    try:
+    with contextlib.suppress(SystemExit):  # the worker exits the process when stopped; let callers clean up
         worker.execute_from_commandline()
-    except SystemExit:
-        pass
 
 
 def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -> None:

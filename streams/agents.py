@@ -37,11 +37,10 @@ def register_ingest(
 
     @app.agent(calls, name="ingest")
     async def ingest(stream: StreamT[bytes]) -> None:
-        async for events in stream.noack_take(batch_size, within=batch_seconds):
-            batch: list[EventT] = list(events)  # noack_take yields events
-            result = ingestor.process(
-                RawEvent(e.message.value, e.message.partition, e.message.offset) for e in batch
-            )
+        # noack_take (faust-streaming) yields events, not values, and never acknowledges them itself.
+        async for events in stream.noack_take(batch_size, within=batch_seconds):  # type: ignore[attr-defined]
+            batch: list[EventT[bytes]] = list(events)
+            result = ingestor.process(RawEvent(e.message.value, e.message.partition, e.message.offset) for e in batch)
             for provider, model in result.unpriced_models:
                 logger.warning("unpriced model %s/%s: its calls are stored with cost_usd NULL", provider, model)
             await _publish_dead_letters(dlq, result.rejected)

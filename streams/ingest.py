@@ -85,7 +85,10 @@ class Ingestor:
                     result.unpriced_models.add((event.provider, event.model))
                 else:
                     cost = prices.cost(
-                        event.input_tokens, event.output_tokens, event.cache_read_tokens, event.cache_write_tokens
+                        event.input_tokens,
+                        event.output_tokens,
+                        event.cache_read_tokens,
+                        event.cache_write_tokens,
                     )
                     source = prices.source
                     units = (prices.input, prices.output, prices.cache_read, prices.cache_write)

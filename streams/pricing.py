@@ -118,9 +118,7 @@ class Pricer:
     """Prices calls from overrides and the genai-prices table, caching each model's sheet per day."""
 
     def __init__(self, overrides: list[PriceOverride] | tuple[PriceOverride, ...] = ()) -> None:
-        self._overrides = {
-            (o.provider.lower(), o.model.lower()): _sheet_from_override(o) for o in overrides
-        }
+        self._overrides = {(o.provider.lower(), o.model.lower()): _sheet_from_override(o) for o in overrides}
         self._sheets: dict[tuple[str, str, date], _PriceSheet | None] = {}
 
     def unit_prices(self, provider: str, model: str, day: date, input_tokens: int) -> UnitPrices | None:

@@ -13,7 +13,14 @@ def test_applies_every_file_once(ch: Client, database: str) -> None:
     assert [m.name for m in applied] == [m.name for m in discover()]
     assert migrate(ch, database) == []
     tables = {r[0] for r in ch.query(f"SHOW TABLES FROM {database}").result_rows}
-    assert {"llm_calls", "rejected_events", "rollup_minute", "rollup_hour", "rollup_day", "trace_rollup"} <= tables
+    assert {
+        "llm_calls",
+        "rejected_events",
+        "rollup_minute",
+        "rollup_hour",
+        "rollup_day",
+        "trace_rollup",
+    } <= tables
 
 
 def test_every_view_selects_its_target_columns_in_order(ch: Client, database: str) -> None:

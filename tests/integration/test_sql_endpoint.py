@@ -56,13 +56,19 @@ def test_clickhouse_connect_http_client_queries_and_admin_inserts(endpoint: SqlE
     assert reader.query("SELECT sum(cost_usd) FROM llm_calls").result_rows == [(1.25,)]
     assert reader.query("SELECT {f:String}", parameters={"f": "it's"}).result_rows == [("it's",)]
     with pytest.raises(DatabaseError, match="164"):
-        reader.insert("rejected_events", [["t", 0, 1, "x", "y", "", b""]],
-                      column_names=["topic", "partition", "offset", "error_kind", "reason", "event_id", "raw"])
+        reader.insert(
+            "rejected_events",
+            [["t", 0, 1, "x", "y", "", b""]],
+            column_names=["topic", "partition", "offset", "error_kind", "reason", "event_id", "raw"],
+        )
     admin = clickhouse_connect.get_client(
         host="127.0.0.1", port=endpoint.port, database=database, username=ADMIN_USER, password="s3cret"
     )
-    admin.insert("rejected_events", [["t", 0, 1, "schema", "bad", "", b"{}"]],
-                 column_names=["topic", "partition", "offset", "error_kind", "reason", "event_id", "raw"])
+    admin.insert(
+        "rejected_events",
+        [["t", 0, 1, "schema", "bad", "", b"{}"]],
+        column_names=["topic", "partition", "offset", "error_kind", "reason", "event_id", "raw"],
+    )
     assert reader.query("SELECT reason FROM rejected_events").result_rows == [("bad",)]
     with pytest.raises(DatabaseError, match="516"):
         clickhouse_connect.get_client(

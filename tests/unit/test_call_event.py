@@ -39,7 +39,12 @@ def test_camel_case_aliases_of_the_saas_payload() -> None:
     assert (parsed.event_id, parsed.feature, parsed.prompt_version, parsed.user_id) == (
         "r-1", "sales.email_draft", "v3", "u_abc",
     )  # fmt: skip
-    assert (parsed.input_tokens, parsed.output_tokens, parsed.latency_ms, parsed.data_mode) == (5, 2, 120.5, "test")
+    assert (parsed.input_tokens, parsed.output_tokens, parsed.latency_ms, parsed.data_mode) == (
+        5,
+        2,
+        120.5,
+        "test",
+    )
 
 
 def test_missing_feature_is_the_unattributed_bucket() -> None:

@@ -8,7 +8,12 @@ from streams.pricing import Pricer
 
 
 def raw(**fields: object) -> bytes:
-    base: dict[str, object] = {"event_id": "e1", "ts": "2026-11-01T10:00:00Z", "provider": "openai", "model": "gpt-4o"}
+    base: dict[str, object] = {
+        "event_id": "e1",
+        "ts": "2026-11-01T10:00:00Z",
+        "provider": "openai",
+        "model": "gpt-4o",
+    }
     base.update(fields)
     return orjson.dumps(base)
 
