@@ -48,7 +48,7 @@ def events(n: int) -> list[bytes]:
                 "session_id": f"s{i % 5000}",
                 "tenant_id": f"t{i % 20}",
                 "user_id": f"u{i % 300}",
-            }  # fmt: skip
+            }
         ).encode()
         for i in range(n)
     ]
@@ -90,8 +90,8 @@ def baseline_rate(bootstrap: str, topic: str, n: int, home: Path) -> float:
     client = clickhouse_connect.get_client(dsn=f"chdb://{home}")
     client.command("CREATE DATABASE IF NOT EXISTS raw")
     client.command(
-        "CREATE TABLE IF NOT EXISTS raw.calls (event_id String, ts DateTime64(3, 'UTC'), provider LowCardinality(String),"
-        " model LowCardinality(String), feature LowCardinality(String), input_tokens UInt64, output_tokens UInt64,"
+        "CREATE TABLE IF NOT EXISTS raw.calls (event_id String, ts DateTime64(3, 'UTC'),"
+        " provider LowCardinality(String), model LowCardinality(String), feature LowCardinality(String), input_tokens UInt64, output_tokens UInt64,"
         " cache_read_tokens UInt64, latency_ms Float32, session_id String, tenant_id String, user_id String)"
         " ENGINE = MergeTree ORDER BY (toDate(ts), event_id)"
     )
