@@ -91,7 +91,8 @@ def baseline_rate(bootstrap: str, topic: str, n: int, home: Path) -> float:
     client.command("CREATE DATABASE IF NOT EXISTS raw")
     client.command(
         "CREATE TABLE IF NOT EXISTS raw.calls (event_id String, ts DateTime64(3, 'UTC'),"
-        " provider LowCardinality(String), model LowCardinality(String), feature LowCardinality(String), input_tokens UInt64, output_tokens UInt64,"
+        " provider LowCardinality(String), model LowCardinality(String), feature LowCardinality(String),"
+        " input_tokens UInt64, output_tokens UInt64,"
         " cache_read_tokens UInt64, latency_ms Float32, session_id String, tenant_id String, user_id String)"
         " ENGINE = MergeTree ORDER BY (toDate(ts), event_id)"
     )
