@@ -41,8 +41,6 @@ def register_ingest(
         async for events in stream.noack_take(batch_size, within=batch_seconds):  # type: ignore[attr-defined]
             batch: list[EventT[bytes]] = list(events)
             result = ingestor.process(RawEvent(e.message.value, e.message.partition, e.message.offset) for e in batch)
-            for provider, model in result.unpriced_models:
-                logger.warning("unpriced model %s/%s: its calls are stored with cost_usd NULL", provider, model)
             await _publish_dead_letters(dlq, result.rejected)
             sink.add(result.calls, result.rejected)
             await flush_until_written(sink)
