@@ -100,6 +100,7 @@ def emit(source: IO[bytes], topic: str | None) -> None:
     Each bad line is reported by number and reason; the exit status is 1 if any line was bad.
     """
     from producers import Emitter
+    from streams.ingest import describe
 
     settings = _settings()
     topic = topic or settings.topic(topics.CALLS)
@@ -111,8 +112,6 @@ def emit(source: IO[bytes], topic: str | None) -> None:
         try:
             event = CallEvent.model_validate_json(line)
         except ValidationError as exc:
-            from streams.ingest import describe
-
             bad += 1
             click.echo(f"line {number}: {describe(exc)}", err=True)
             continue

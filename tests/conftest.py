@@ -73,6 +73,7 @@ class UpProcess:
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.log = home / "up.log"
+        self._client: Client | None = None
 
     def start(self, timeout: float = 60) -> UpProcess:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,9 @@ class UpProcess:
         return self
 
     def client(self) -> Client:
-        return clickhouse_connect.get_client(host="127.0.0.1", port=self.sql_port, database="spendstream")
+        if self._client is None:
+            self._client = clickhouse_connect.get_client(host="127.0.0.1", port=self.sql_port, database="spendstream")
+        return self._client
 
     def scalar(self, query: str) -> object:
         return self.client().query(query).result_rows[0][0]
