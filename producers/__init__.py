@@ -1,6 +1,23 @@
-"""The spendstream SDK: emit one event per model or tool call to Kafka."""
+"""The spendstream SDK: emit one event per model or tool call to Kafka, and track calls as they run."""
 
 from producers._emitter import Emitter, EmitterStats
 from producers._exceptions import EmitterClosedError, SDKError
+from producers._pseudonym import pseudonymize
+from producers._track import EventSink, TrackedCall, Tracker, TrackerStats, carry_context, current_trace
+from producers._usage import Usage, usage_from
 
-__all__ = ["Emitter", "EmitterClosedError", "EmitterStats", "SDKError"]
+__all__ = [
+    "Emitter",
+    "EmitterClosedError",
+    "EmitterStats",
+    "EventSink",
+    "SDKError",
+    "TrackedCall",
+    "Tracker",
+    "TrackerStats",
+    "Usage",
+    "carry_context",
+    "current_trace",
+    "pseudonymize",
+    "usage_from",
+]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+import orjson
 from clickhouse_connect.driver.client import Client
 
 from sinks.batch import LLM_CALL_COLUMNS, REJECTED_COLUMNS, CallRows, Rejection
@@ -94,7 +95,7 @@ class ClickHouseSink:
             rows = calls if len(fresh) == len(calls) else calls.select(fresh)
             client.insert(
                 f"`{self._database}`.llm_calls",
-                rows.columns,
+                rows.columns(),
                 column_names=list(LLM_CALL_COLUMNS),
                 column_oriented=True,
             )
@@ -107,18 +108,23 @@ class ClickHouseSink:
         return FlushResult(inserted=len(fresh), duplicates=len(calls) - len(fresh), rejected=len(self._rejected))
 
     def _new_positions(self, client: Client, calls: CallRows) -> list[int]:
-        """Positions of the first occurrence of each event_id not yet stored in ``llm_calls``."""
+        """Positions of the first occurrence of each event_id not yet stored in ``llm_calls``.
+
+        The ids travel as one string literal split on the server: ClickHouse parses it far faster
+        than a list of 10,000 literals, and the client sends it unprocessed (``raw_query``).
+        """
         ids = calls.event_ids()
+        unique = list(set(ids))
         stamps = calls.timestamps()
-        stored = client.query(
+        lo = int((min(stamps) - _TS_MARGIN).timestamp() * 1000)
+        hi = int((max(stamps) + _TS_MARGIN).timestamp() * 1000)
+        query = (
             f"SELECT event_id FROM `{self._database}`.llm_calls "
-            "WHERE ts BETWEEN %(lo)s AND %(hi)s AND event_id IN %(ids)s",
-            parameters={
-                "lo": min(stamps) - _TS_MARGIN,
-                "hi": max(stamps) + _TS_MARGIN,
-                "ids": list(set(ids)),
-            },
-        ).result_columns
+            f"PREWHERE event_id IN (SELECT arrayJoin(splitByChar('\\x1F', {_id_list_literal(unique)}))) "
+            f"WHERE ts BETWEEN fromUnixTimestamp64Milli({lo}) AND fromUnixTimestamp64Milli({hi})"
+        )
+        body = client.raw_query(query, settings={"max_query_size": len(query) + 1024}, fmt="JSONCompactColumns")
+        stored = orjson.loads(body) if body.strip() else []
         seen: set[str] = set(stored[0]) if stored else set()
         fresh = []
         for position, event_id in enumerate(ids):
@@ -126,3 +132,9 @@ class ClickHouseSink:
                 seen.add(event_id)
                 fresh.append(position)
         return fresh
+
+
+def _id_list_literal(ids: list[str]) -> str:
+    """A ClickHouse string literal of ``ids`` joined by the unit separator, which no valid id contains."""
+    joined = "\x1f".join(ids).replace("\\", "\\\\").replace("'", "\\'").replace("\x1f", "\\x1F")
+    return f"'{joined}'"

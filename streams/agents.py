@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, cast
 
 import faust
 from faust.types import EventT, StreamT
@@ -19,7 +20,8 @@ from sinks.batch import Rejection
 from sinks.exceptions import ClickHouseTransientError
 from sinks.sink import ClickHouseSink
 from streams.backoff import Backoff
-from streams.ingest import Ingestor, RawEvent
+from streams.batching import RecordChunk
+from streams.ingest import Ingestor, IngestResult, RawEvent
 
 logger = logging.getLogger(__name__)
 
@@ -30,24 +32,49 @@ def register_ingest(
     dlq: faust.TopicT,
     ingestor: Ingestor,
     sink: ClickHouseSink,
-    batch_size: int,
+    max_chunks: int,
     batch_seconds: float,
 ) -> Any:
-    """Register the agent that validates, prices and stores every call event."""
+    """Register the agent that validates, prices and stores every call event.
+
+    The topic's records arrive in :class:`RecordChunk` values (see ``streams.batching``); the agent
+    takes up to ``max_chunks`` of them, or what came within ``batch_seconds``, as one batch. While
+    one batch is being written, the next is validated and priced; writes stay one at a time and in
+    order, so a batch's duplicate check sees every batch written before it.
+    """
+
+    async def write(batch: list[EventT[RecordChunk]], result: IngestResult) -> None:
+        await _publish_dead_letters(dlq, result.rejected)
+        sink.add(result.calls, result.rejected)
+        await flush_until_written(sink)
+        for event in batch:
+            event.ack()
 
     @app.agent(calls, name="ingest")
-    async def ingest(stream: StreamT[bytes]) -> None:
-        # noack_take (faust-streaming) yields events, not values, and never acknowledges them itself.
-        async for events in stream.noack_take(batch_size, within=batch_seconds):  # type: ignore[attr-defined]
-            batch: list[EventT[bytes]] = list(events)
-            result = ingestor.process(RawEvent(e.message.value, e.message.partition, e.message.offset) for e in batch)
-            await _publish_dead_letters(dlq, result.rejected)
-            sink.add(result.calls, result.rejected)
-            await flush_until_written(sink)
-            for event in batch:
-                event.ack()
+    async def ingest(stream: StreamT[RecordChunk]) -> None:
+        writing: asyncio.Task[None] | None = None
+        try:
+            # noack_take (faust-streaming) yields events, not values, and never acknowledges them itself.
+            async for events in stream.noack_take(max_chunks, within=batch_seconds):  # type: ignore[attr-defined]
+                batch: list[EventT[RecordChunk]] = list(events)
+                result = ingestor.process(_raw_events(batch))
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(write(batch, result))
+        finally:
+            # A batch still being written stays unacknowledged: Kafka delivers it again, and the
+            # sink's duplicate check keeps whatever part of it was stored from counting twice.
+            if writing is not None and not writing.done():
+                writing.cancel()
 
     return ingest
+
+
+def _raw_events(batch: list[EventT[RecordChunk]]) -> Iterator[RawEvent]:
+    for event in batch:
+        chunk = cast(RecordChunk, event.value)
+        for value, offset in zip(chunk.values, chunk.offsets, strict=True):
+            yield RawEvent(value, chunk.partition, offset)
 
 
 async def _publish_dead_letters(dlq: faust.TopicT, rejected: list[Rejection]) -> None:

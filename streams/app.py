@@ -10,9 +10,14 @@ from faust.auth import SASLCredentials, SSLCredentials
 
 from sinks.sink import ClickHouseSink
 from streams.agents import register_ingest
+from streams.batching import ChunkingApp
 from streams.config import StreamConfig
 from streams.ingest import Ingestor
 from streams.pricing import Pricer
+
+# The ingest agent's batch arrives in this many chunks at most: few enough that Faust's per-message
+# cost vanishes, enough that a trickle of events still fills a batch before it is written.
+CHUNKS_PER_BATCH = 20
 
 
 def _credentials(security: dict[str, Any]) -> Any:
@@ -32,8 +37,11 @@ def _credentials(security: dict[str, Any]) -> Any:
 
 def create_app(config: StreamConfig, *, sink: ClickHouseSink, pricer: Pricer) -> faust.App:
     """A Faust app consuming ``llm.calls`` and writing priced calls through ``sink``."""
-    app = faust.App(
+    chunk_records = max(1, config.batch_size // CHUNKS_PER_BATCH)
+    app = ChunkingApp(
         config.app_id,
+        batched_topics=frozenset({config.calls_topic}),
+        chunk_records=chunk_records,
         broker=[f"kafka://{server}" for server in config.bootstrap.split(",")],
         broker_credentials=_credentials(config.kafka_security),
         datadir=str(config.data_dir),
@@ -47,11 +55,12 @@ def create_app(config: StreamConfig, *, sink: ClickHouseSink, pricer: Pricer) ->
         broker_session_timeout=config.session_timeout,
         broker_heartbeat_interval=max(1.0, config.session_timeout / 5),
         broker_commit_interval=1.0,
-        stream_buffer_maxsize=max(4096, config.batch_size * 2),
+        stream_buffer_maxsize=2 * CHUNKS_PER_BATCH,
         broker_max_poll_records=config.batch_size,
     )
     calls = app.topic(config.calls_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
     dlq = app.topic(config.dlq_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
     ingestor = Ingestor(pricer, config.calls_topic, config.max_event_bytes)
-    register_ingest(app, calls, dlq, ingestor, sink, config.batch_size, config.batch_seconds)
+    max_chunks = -(-config.batch_size // chunk_records)
+    register_ingest(app, calls, dlq, ingestor, sink, max_chunks, config.batch_seconds)
     return app

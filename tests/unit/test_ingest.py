@@ -30,7 +30,7 @@ def test_prices_good_events_and_rejects_bad_ones_with_reasons() -> None:
         RawEvent(raw(event_id="e7", cost_usd=0.25, kind="tool", tool_name="web_search"), 1, 7),
     ]
     result = ingestor.process(records)
-    rows = [dict(zip(LLM_CALL_COLUMNS, values, strict=True)) for values in zip(*result.calls.columns, strict=True)]
+    rows = [dict(zip(LLM_CALL_COLUMNS, values, strict=True)) for values in result.calls.rows]
     assert [r["event_id"] for r in rows] == ["e1", "e6", "e7"]
     assert rows[0]["cost_usd"] == 2.5 and rows[0]["priced"] == 1 and rows[0]["input_price_per_mtok"] == 2.5
     assert rows[0]["feature"] == "unattributed"
