@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from schemas.call_event import Id
+from schemas.call_event import DataMode, Id
 
 Outcome = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.:-]{1,64}$")]
 
@@ -26,6 +26,8 @@ class OutcomeEvent(BaseModel):
     session_id: Id | None = None
     feature: Id | None = None
     tenant_id: Id | None = None
+    data_mode: DataMode = "real"
+    """``real`` outcomes count in finance queries; ``test`` and ``demo`` ones are kept apart."""
 
     @model_validator(mode="after")
     def _joinable(self) -> OutcomeEvent:

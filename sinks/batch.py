@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from schemas.call_event import CallEvent
+from schemas.outcome_event import OutcomeEvent
 
 LLM_CALL_COLUMNS: tuple[str, ...] = (
     "event_id", "ts", "provider", "model", "kind", "tool_name",
@@ -21,6 +22,11 @@ LLM_CALL_COLUMNS: tuple[str, ...] = (
 
 REJECTED_COLUMNS: tuple[str, ...] = (
     "topic", "partition", "offset", "received_at", "error_kind", "reason", "event_id", "raw",
+)  # fmt: skip
+
+OUTCOME_COLUMNS: tuple[str, ...] = (
+    "event_id", "ts", "outcome", "value", "trace_id", "session_id", "feature", "tenant_id", "data_mode",
+    "source_partition", "source_offset",
 )  # fmt: skip
 
 NO_PRICES = (0.0, 0.0, 0.0, 0.0)
@@ -107,3 +113,11 @@ class Rejection:
             self.topic, self.partition, self.offset, self.received_at, self.error_kind, self.reason,
             self.event_id, self.raw,
         )  # fmt: skip
+
+
+def outcome_row(event: OutcomeEvent, partition: int, offset: int) -> tuple[Any, ...]:
+    """One ``outcomes`` row (in :data:`OUTCOME_COLUMNS` order)."""
+    return (
+        event.event_id, event.ts, event.outcome, event.value, event.trace_id or "", event.session_id or "",
+        event.feature or "", event.tenant_id or "", event.data_mode, partition, offset,
+    )  # fmt: skip

@@ -13,11 +13,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from sinks.batch import LLM_CALL_COLUMNS, REJECTED_COLUMNS, CallRows, Rejection
+from sinks.batch import LLM_CALL_COLUMNS, OUTCOME_COLUMNS, REJECTED_COLUMNS, CallRows, Rejection
 from sinks.clickhouse import classify
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class FlushResult:
     inserted: int
     duplicates: int
     rejected: int
+    outcomes: int = 0
 
 
 class ClickHouseSink:
@@ -48,17 +50,19 @@ class ClickHouseSink:
         self._client: Client | None = None
         self._calls = CallRows()
         self._rejected: list[Rejection] = []
+        self._outcomes: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
 
     @property
     def pending(self) -> int:
-        return len(self._calls) + len(self._rejected)
+        return len(self._calls) + len(self._rejected) + len(self._outcomes)
 
-    def add(self, calls: CallRows, rejected: list[Rejection]) -> None:
-        """Buffer rows for the next :meth:`flush`."""
+    def add(self, calls: CallRows, rejected: list[Rejection], outcomes: list[tuple[Any, ...]] | None = None) -> None:
+        """Buffer rows for the next :meth:`flush` (``outcomes``: rows of :data:`OUTCOME_COLUMNS`)."""
         with self._lock:
             self._calls.extend(calls)
             self._rejected.extend(rejected)
+            self._outcomes.extend(outcomes or ())
 
     def flush(self) -> FlushResult:
         """Write the buffered rows; on failure keep them buffered for the next try.
@@ -76,6 +80,7 @@ class ClickHouseSink:
                 raise classify("insert", exc) from exc
             self._calls = CallRows()
             self._rejected = []
+            self._outcomes = []
             return result
 
     def close(self) -> None:
@@ -105,7 +110,14 @@ class ClickHouseSink:
                 [r.row() for r in self._rejected],
                 column_names=list(REJECTED_COLUMNS),
             )
-        return FlushResult(inserted=len(fresh), duplicates=len(calls) - len(fresh), rejected=len(self._rejected))
+        if self._outcomes:
+            client.insert(f"`{self._database}`.outcomes", self._outcomes, column_names=list(OUTCOME_COLUMNS))
+        return FlushResult(
+            inserted=len(fresh),
+            duplicates=len(calls) - len(fresh),
+            rejected=len(self._rejected),
+            outcomes=len(self._outcomes),
+        )
 
     def _new_positions(self, client: Client, calls: CallRows) -> list[int]:
         """Positions of the first occurrence of each event_id not yet stored in ``llm_calls``.

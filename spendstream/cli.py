@@ -9,10 +9,12 @@ from typing import IO
 import click
 import orjson
 from pydantic import ValidationError
+from rich.console import Console
 
 from schemas import topics
 from schemas.call_event import CallEvent
 from schemas.exceptions import SpendstreamError
+from spendstream.exceptions import StackError
 from spendstream.settings import Settings
 
 
@@ -126,6 +128,61 @@ def emit(source: IO[bytes], topic: str | None) -> None:
         )
     if bad:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--days", default=7.0, show_default=True, type=click.FloatRange(0, 30), help="days of history to send")
+@click.option("--live/--no-live", default=True, show_default=True, help="keep sending live traffic after the history")
+@click.option("--duration", type=click.FloatRange(min=1), help="seconds of live traffic (default: until Ctrl-C)")
+@click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.01, 100), help="multiplies the rate")
+@click.option("--seed", default=7, show_default=True, help="the same seed sends the same traffic")
+def demo(days: float, live: bool, duration: float | None, scale: float, seed: int) -> None:
+    """Fill the running stack with realistic traffic (data_mode 'demo'): history, then live calls.
+
+    A sales copilot, a support agent with tool calls and a coordinator delegating to sub-agents,
+    over several tenants, users, models of OpenAI, Anthropic and Google, prompt versions, retries
+    and errors.
+    """
+    from producers import Emitter
+    from producers.demo import DemoProgress, DemoRunner, DemoTraffic
+    from spendstream.kafka_admin import require_kafka
+
+    settings = _settings()
+    security = settings.kafka_security()
+    try:
+        require_kafka(settings.bootstrap, security)
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    calls = Emitter(settings.bootstrap, topic=settings.topic(topics.CALLS), kafka_config=security)
+    outcomes = Emitter(settings.bootstrap, topic=settings.topic(topics.OUTCOMES), kafka_config=security)
+    runner = DemoRunner(DemoTraffic(seed=seed, scale=scale), calls, outcomes)
+    console = Console(stderr=True)
+
+    def line(progress: DemoProgress) -> str:
+        at = progress.at.strftime("%a %H:%M UTC") if progress.at else ""
+        return (
+            f"[bold]{progress.phase}[/] {at}  {progress.requests:,} requests  "
+            f"{progress.calls:,} calls  {progress.outcomes:,} outcomes"
+        )
+
+    try:
+        with console.status(line(runner.progress)) as status:
+            runner.history(days, lambda p: status.update(line(p)))
+            calls.flush(30)
+            console.print(line(runner.progress) + " sent")
+            if live:
+                runner.live(duration, lambda p: status.update(line(p)))
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        for emitter in (calls, outcomes):
+            stats = emitter.close(timeout=30)
+            if stats.failed or stats.dropped or stats.in_flight:
+                console.print(f"[red]{stats.failed + stats.dropped + stats.in_flight} event(s) not delivered[/]")
+    console.print(
+        'Try: spendstream sql "SELECT key, round(sum(cost_usd), 2) AS usd FROM rollup_day '
+        "WHERE dimension = 'feature' AND data_mode = 'demo' GROUP BY key ORDER BY usd DESC\""
+    )
 
 
 @main.command(name="schema")

@@ -36,3 +36,15 @@ def ensure_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise StackError(f"cannot create topic {name} ({exc})", "create it by hand or grant CREATE") from exc
+
+
+def require_kafka(bootstrap: str, security: dict[str, Any], timeout: float = 5.0) -> None:
+    """Fail fast, and say what to do, when no Kafka answers at ``bootstrap``."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, **security})
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise StackError(
+            f"no Kafka answered at {bootstrap} within {timeout:.0f}s",
+            "start the stack with `spendstream up`, or set SPENDSTREAM_KAFKA_BOOTSTRAP",
+        ) from exc

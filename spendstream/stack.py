@@ -41,6 +41,7 @@ def build_app(settings: Settings, bootstrap: str) -> faust.App:
         app_id=settings.topic("spendstream"),
         calls_topic=settings.topic(topics.CALLS),
         dlq_topic=settings.topic(topics.CALLS_DLQ),
+        outcomes_topic=settings.topic(topics.OUTCOMES),
     )
     return create_app(stream_config, sink=sink, pricer=Pricer(config.prices.overrides))
 

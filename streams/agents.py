@@ -16,12 +16,13 @@ from typing import Any, cast
 import faust
 from faust.types import EventT, StreamT
 
-from sinks.batch import Rejection
+from sinks.batch import CallRows, Rejection
 from sinks.exceptions import ClickHouseTransientError
 from sinks.sink import ClickHouseSink
 from streams.backoff import Backoff
 from streams.batching import RecordChunk
 from streams.ingest import Ingestor, IngestResult, RawEvent
+from streams.outcomes import OutcomeIngestor
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,31 @@ def register_ingest(
                 writing.cancel()
 
     return ingest
+
+
+def register_outcomes(
+    app: faust.App,
+    outcomes: faust.TopicT,
+    dlq: faust.TopicT,
+    ingestor: OutcomeIngestor,
+    sink: ClickHouseSink,
+    max_chunks: int,
+    batch_seconds: float,
+) -> Any:
+    """Register the agent that stores outcome events, with the same acknowledgement discipline."""
+
+    @app.agent(outcomes, name="outcomes")
+    async def store_outcomes(stream: StreamT[RecordChunk]) -> None:
+        async for events in stream.noack_take(max_chunks, within=batch_seconds):  # type: ignore[attr-defined]
+            batch: list[EventT[RecordChunk]] = list(events)
+            result = ingestor.process(_raw_events(batch))
+            await _publish_dead_letters(dlq, result.rejected)
+            sink.add(CallRows(), result.rejected, result.rows)
+            await flush_until_written(sink)
+            for event in batch:
+                event.ack()
+
+    return store_outcomes
 
 
 def _raw_events(batch: list[EventT[RecordChunk]]) -> Iterator[RawEvent]:

@@ -9,10 +9,11 @@ import faust
 from faust.auth import SASLCredentials, SSLCredentials
 
 from sinks.sink import ClickHouseSink
-from streams.agents import register_ingest
+from streams.agents import register_ingest, register_outcomes
 from streams.batching import ChunkingApp
 from streams.config import StreamConfig
 from streams.ingest import Ingestor
+from streams.outcomes import OutcomeIngestor
 from streams.pricing import Pricer
 
 # The ingest agent's batch arrives in this many chunks at most: few enough that Faust's per-message
@@ -40,7 +41,7 @@ def create_app(config: StreamConfig, *, sink: ClickHouseSink, pricer: Pricer) ->
     chunk_records = max(1, config.batch_size // CHUNKS_PER_BATCH)
     app = ChunkingApp(
         config.app_id,
-        batched_topics=frozenset({config.calls_topic}),
+        batched_topics=frozenset({config.calls_topic, config.outcomes_topic}),
         chunk_records=chunk_records,
         broker=[f"kafka://{server}" for server in config.bootstrap.split(",")],
         broker_credentials=_credentials(config.kafka_security),
@@ -60,7 +61,10 @@ def create_app(config: StreamConfig, *, sink: ClickHouseSink, pricer: Pricer) ->
     )
     calls = app.topic(config.calls_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
     dlq = app.topic(config.dlq_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
+    outcomes = app.topic(config.outcomes_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
     ingestor = Ingestor(pricer, config.calls_topic, config.max_event_bytes)
     max_chunks = -(-config.batch_size // chunk_records)
     register_ingest(app, calls, dlq, ingestor, sink, max_chunks, config.batch_seconds)
+    outcome_ingestor = OutcomeIngestor(config.outcomes_topic, config.max_event_bytes)
+    register_outcomes(app, outcomes, dlq, outcome_ingestor, sink, max_chunks, config.batch_seconds)
     return app

@@ -35,4 +35,5 @@ class StreamConfig:
     max_event_bytes: int = 64 * 1024
     calls_topic: str = topics.CALLS
     dlq_topic: str = topics.CALLS_DLQ
+    outcomes_topic: str = topics.OUTCOMES
     kafka_security: dict[str, Any] = field(default_factory=dict)

@@ -66,14 +66,14 @@ class Ingestor:
         append = result.calls.append
         for record in records:
             raw = record.value
-            if raw is None or len(raw) > self._max_event_bytes:
-                result.rejected.append(self._reject(record, *self._unread_reason(raw)))
+            unread = unread_reason(raw, self._max_event_bytes)
+            if unread is not None:
+                result.rejected.append(rejection(self._topic, record, *unread))
                 continue
             try:
-                event = CallEvent.model_validate_json(raw)
+                event = CallEvent.model_validate_json(raw)  # type: ignore[arg-type]  # raw is bytes here
             except ValidationError as exc:
-                kind = "malformed_json" if exc.errors()[0]["type"] == "json_invalid" else "schema"
-                result.rejected.append(self._reject(record, kind, describe(exc)))
+                result.rejected.append(rejection(self._topic, record, error_kind(exc), describe(exc)))
                 continue
             if event.cost_usd is not None:
                 cost: float | None = event.cost_usd
@@ -102,22 +102,31 @@ class Ingestor:
             )
         return result
 
-    def _unread_reason(self, raw: bytes | None) -> tuple[str, str]:
-        if raw is None:
-            return "schema", "empty message (no value): send one JSON object per call"
-        return "oversize", f"message is {len(raw)} bytes, over the limit of {self._max_event_bytes}"
 
-    def _reject(self, record: RawEvent, kind: str, reason: str) -> Rejection:
-        return Rejection(
-            topic=self._topic,
-            partition=record.partition,
-            offset=record.offset,
-            received_at=datetime.now(UTC),
-            error_kind=kind,
-            reason=reason,
-            event_id=_event_id_of(record.value) if kind != "oversize" else "",
-            raw=record.value or b"",
-        )
+def error_kind(exc: ValidationError) -> str:
+    return "malformed_json" if exc.errors()[0]["type"] == "json_invalid" else "schema"
+
+
+def unread_reason(raw: bytes | None, max_event_bytes: int) -> tuple[str, str] | None:
+    """Why a record is rejected without being parsed, or None when it can be read."""
+    if raw is None:
+        return "schema", "empty message (no value): send one JSON object per event"
+    if len(raw) > max_event_bytes:
+        return "oversize", f"message is {len(raw)} bytes, over the limit of {max_event_bytes}"
+    return None
+
+
+def rejection(topic: str, record: RawEvent, kind: str, reason: str) -> Rejection:
+    return Rejection(
+        topic=topic,
+        partition=record.partition,
+        offset=record.offset,
+        received_at=datetime.now(UTC),
+        error_kind=kind,
+        reason=reason,
+        event_id=_event_id_of(record.value) if kind != "oversize" else "",
+        raw=record.value or b"",
+    )
 
 
 def _event_id_of(raw: bytes | None) -> str:

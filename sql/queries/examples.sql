@@ -53,3 +53,22 @@ SELECT error_kind, reason, count() AS events, any(event_id) AS example_event_id
 FROM rejected_events
 WHERE received_at >= now() - INTERVAL 1 DAY
 GROUP BY error_kind, reason ORDER BY events DESC LIMIT 20;
+
+-- Q: cost per outcome per feature, last 7 days: the feature's whole spend over its outcomes
+SELECT o.feature AS feature, o.outcome AS outcome, o.n_outcomes AS n_outcomes, round(s.usd, 2) AS spend_usd,
+       round(s.usd / o.n_outcomes, 4) AS usd_per_outcome
+FROM
+(
+    SELECT feature, outcome, count() AS n_outcomes
+    FROM outcomes FINAL
+    WHERE ts >= today() - 7 AND data_mode = 'real' AND feature != ''
+    GROUP BY feature, outcome
+) AS o
+LEFT JOIN
+(
+    SELECT key AS feature, sum(cost_usd) AS usd
+    FROM rollup_day
+    WHERE dimension = 'feature' AND bucket >= today() - 7 AND data_mode = 'real'
+    GROUP BY key
+) AS s ON s.feature = o.feature
+ORDER BY usd_per_outcome DESC;
