@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from clickhouse_connect.driver.client import Client
 
 from sinks.batch import LLM_CALL_COLUMNS, OUTCOME_COLUMNS, REJECTED_COLUMNS, CallRows, Rejection
 from sinks.clickhouse import classify
+from sinks.journal import InsertJournal, JournalEntry
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +41,23 @@ class FlushResult:
 class ClickHouseSink:
     """Writes priced calls to ``llm_calls`` and rejections to ``rejected_events``.
 
+    An insert into ``llm_calls`` is retried, after a failure or a crash, as the very same insert
+    with the same deduplication token (see ``sinks.journal``), so each rollup gets it exactly once.
+
     Args:
         client_factory: makes a clickhouse-connect client; called lazily, and again after a failure.
         database: the database holding the tables of ``sql/``.
+        journal_dir: where batches wait until ClickHouse confirmed them (None: memory only, no
+            recovery after a crash).
     """
 
-    def __init__(self, client_factory: Callable[[], Client], database: str) -> None:
+    def __init__(self, client_factory: Callable[[], Client], database: str, journal_dir: Path | None = None) -> None:
         self._client_factory = client_factory
         self._database = database
         self._client: Client | None = None
+        self._journal = InsertJournal(journal_dir)
+        self._recovered = False
+        self._in_flight: tuple[JournalEntry, int] | None = None  # an insert to repeat as is, its duplicates
         self._calls = CallRows()
         self._rejected: list[Rejection] = []
         self._outcomes: list[tuple[Any, ...]] = []
@@ -94,16 +104,24 @@ class ClickHouseSink:
         return self._client
 
     def _write(self, client: Client) -> FlushResult:
+        if not self._recovered:
+            for entry in self._journal.leftovers():
+                logger.warning("completing a batch of %d calls interrupted by the previous run", len(entry.rows))
+                self._insert_calls(client, entry)
+            self._recovered = True
         calls = self._calls
-        fresh = self._new_positions(client, calls) if len(calls) else []
-        if fresh:
-            rows = calls if len(fresh) == len(calls) else calls.select(fresh)
-            client.insert(
-                f"`{self._database}`.llm_calls",
-                rows.columns(),
-                column_names=list(LLM_CALL_COLUMNS),
-                column_oriented=True,
-            )
+        inserted = duplicates = 0
+        if self._in_flight is None and len(calls):
+            fresh = self._new_positions(client, calls)
+            duplicates = len(calls) - len(fresh)
+            if fresh:
+                rows = calls.rows if not duplicates else calls.select(fresh).rows
+                self._in_flight = (self._journal.record(rows), duplicates)
+        if self._in_flight is not None:
+            entry, duplicates = self._in_flight
+            self._insert_calls(client, entry)
+            inserted = len(entry.rows)
+            self._in_flight = None
         if self._rejected:
             client.insert(
                 f"`{self._database}`.rejected_events",
@@ -113,11 +131,26 @@ class ClickHouseSink:
         if self._outcomes:
             client.insert(f"`{self._database}`.outcomes", self._outcomes, column_names=list(OUTCOME_COLUMNS))
         return FlushResult(
-            inserted=len(fresh),
-            duplicates=len(calls) - len(fresh),
+            inserted=inserted,
+            duplicates=duplicates,
             rejected=len(self._rejected),
             outcomes=len(self._outcomes),
         )
+
+    def _insert_calls(self, client: Client, entry: JournalEntry) -> None:
+        if entry.rows:
+            client.insert(
+                f"`{self._database}`.llm_calls",
+                CallRows(entry.rows).columns(),
+                column_names=list(LLM_CALL_COLUMNS),
+                column_oriented=True,
+                settings={
+                    "insert_deduplicate": 1,
+                    "deduplicate_blocks_in_dependent_materialized_views": 1,
+                    "insert_deduplication_token": entry.token,
+                },
+            )
+        self._journal.done(entry)
 
     def _new_positions(self, client: Client, calls: CallRows) -> list[int]:
         """Positions of the first occurrence of each event_id not yet stored in ``llm_calls``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -75,6 +76,37 @@ def migrate() -> None:
     except Exception as exc:
         raise click.ClickException(f"cannot reach ClickHouse ({exc}): check SPENDSTREAM_CLICKHOUSE_URL") from exc
     click.echo(f"{len(applied)} migration(s) applied to {settings.database}" if applied else "up to date")
+
+
+@main.command()
+@click.option("--since", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="first UTC day to reprice")
+@click.option("--model", default=None, help="only calls of this model")
+@click.option("--dry-run", is_flag=True, help="say what would change, change nothing")
+def reprice(since: datetime, model: str | None, dry_run: bool) -> None:
+    """Recompute stored costs with the current price table and the config's overrides.
+
+    Rollups (minute, hour, day, per trace) are corrected by the difference, so a fixed price
+    fixes history. Calls whose cost the caller stated are left alone. Restart running workers
+    after changing the config, so that new calls are priced the same way.
+    """
+    from spendstream.clickhouse_target import client_for_command
+    from streams.pricing import Pricer
+    from streams.reprice import reprice as run_reprice
+
+    settings = _settings()
+    try:
+        pricer = Pricer(settings.load_config().prices.overrides)
+        client = client_for_command(settings, database=settings.database)
+        result = run_reprice(client, settings.database, pricer, since.date(), model, dry_run=dry_run)
+    except SpendstreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except Exception as exc:
+        raise click.ClickException(f"reprice failed: {str(exc).splitlines()[0]}") from exc
+    verb = "would change" if dry_run else "changed"
+    click.echo(
+        f"examined {result.examined:,} call(s) since {since.date()}{f' of {model}' if model else ''}; "
+        f"{verb} {result.changed:,} ({result.newly_priced:,} newly priced), total {result.delta_usd:+,.6f} USD"
+    )
 
 
 @main.command()

@@ -220,6 +220,11 @@ class _Handler(BaseHTTPRequestHandler):
         client = owner.client(writer)
         client.database = params.get("database") or owner.database
         query_id = params.get("query_id") or str(uuid.uuid4())
+        if not query and body[:6].upper() == b"INSERT":
+            # clickhouse-connect may send "INSERT INTO t (cols) FORMAT Native\n" and the data in one body
+            head, _, rest = body.partition(b"\n")
+            if _INSERT_WITH_DATA.match(head.decode(errors="replace")):
+                query, body = head.decode(), rest
         try:
             insert = _INSERT_WITH_DATA.match(query) if query and body else None
             if insert is not None:

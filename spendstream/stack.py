@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 def build_app(settings: Settings, bootstrap: str) -> faust.App:
     config = settings.load_config()
     dsn = engine_dsn(settings)
-    sink = ClickHouseSink(lambda: connect(dsn, database=settings.database), settings.database)
+    sink = ClickHouseSink(
+        lambda: connect(dsn, database=settings.database), settings.database, journal_dir=settings.home / "sink-journal"
+    )
     stream_config = StreamConfig(
         bootstrap=bootstrap,
         data_dir=settings.home / "faust",

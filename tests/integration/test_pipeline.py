@@ -123,4 +123,4 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
     assert restarted.wait_for("SELECT count() FROM llm_calls", total, timeout=120) == total
     assert restarted.scalar("SELECT uniqExact(event_id) FROM llm_calls") == total
     assert restarted.wait_for("SELECT sum(calls) FROM rollup_minute WHERE dimension = 'all'", total) == total
-    assert restarted.scalar("SELECT sum(calls) FROM rollup_day WHERE dimension = 'feature'") == total
+    assert restarted.wait_for("SELECT sum(calls) FROM rollup_day WHERE dimension = 'feature'", total) == total

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -71,3 +72,51 @@ def test_a_clickhouse_failure_keeps_the_batch_until_it_is_written(
     ch.command(f"ALTER TABLE {database}.llm_calls MODIFY SETTING parts_to_throw_insert = 3000")
     assert sink.flush().inserted == 2
     assert totals(ch, database)["minute"] == 3
+
+
+def fail_views_while_flagged(ch: Client, database: str) -> None:
+    """A view that fails while the table ``flag`` has a row: ClickHouse fails half way through an insert."""
+    ch.command(f"CREATE TABLE {database}.flag (x UInt8) ENGINE = MergeTree ORDER BY x")
+    ch.command(f"CREATE TABLE {database}.audit (n UInt64) ENGINE = MergeTree ORDER BY n")
+    ch.command(
+        f"CREATE MATERIALIZED VIEW {database}.aa_audit_mv TO {database}.audit AS "
+        f"SELECT count() + throwIf((SELECT count() FROM {database}.flag) > 0) AS n FROM {database}.llm_calls"
+    )
+    ch.command(f"INSERT INTO {database}.flag VALUES (1)")
+
+
+def test_an_insert_that_failed_half_way_is_completed_exactly_once(
+    sink: ClickHouseSink, ch: Client, database: str
+) -> None:
+    fail_views_while_flagged(ch, database)
+    sink.add(rows("a", "b", "c"), [])
+    with pytest.raises(Exception, match="throwIf"):
+        sink.flush()
+    assert ch.query(f"SELECT count() FROM {database}.llm_calls").result_rows[0][0] == 3  # written, views not all
+
+    ch.command(f"TRUNCATE TABLE {database}.flag")
+    result = sink.flush()
+
+    assert (result.inserted, result.duplicates) == (3, 0)
+    assert totals(ch, database) == {"llm_calls": 3, "minute": 3, "hour": 3, "day_cost": 1.5, "trace": 3}
+
+
+def test_a_batch_interrupted_by_a_crash_is_completed_by_the_next_process(
+    chdb_dsn: str, ch: Client, database: str, tmp_path: Path
+) -> None:
+    migrate(ch, database)
+    fail_views_while_flagged(ch, database)
+    crashed = ClickHouseSink(lambda: connect(chdb_dsn), database, journal_dir=tmp_path / "journal")
+    crashed.add(rows("a", "b", "c"), [])
+    with pytest.raises(Exception, match="throwIf"):
+        crashed.flush()
+    assert list((tmp_path / "journal").iterdir())  # the batch waits on disk; this process is gone
+    ch.command(f"TRUNCATE TABLE {database}.flag")
+
+    restarted = ClickHouseSink(lambda: connect(chdb_dsn), database, journal_dir=tmp_path / "journal")
+    restarted.add(rows("a", "b", "c", "d"), [])  # Kafka redelivers the unacknowledged events, and one more
+    result = restarted.flush()
+
+    assert (result.inserted, result.duplicates) == (1, 3)
+    assert totals(ch, database) == {"llm_calls": 4, "minute": 4, "hour": 4, "day_cost": 2.0, "trace": 4}
+    assert list((tmp_path / "journal").iterdir()) == []
