@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas.alert import Alert
 from schemas.call_event import CallEvent
 from schemas.outcome_event import OutcomeEvent
 
@@ -15,6 +16,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "jsonschema"
 EXPORTED: dict[str, type[BaseModel]] = {
     "call_event.schema.json": CallEvent,
     "outcome_event.schema.json": OutcomeEvent,
+    "alert.schema.json": Alert,
 }
 
 

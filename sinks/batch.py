@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from schemas.alert import Alert
 from schemas.call_event import CallEvent
 from schemas.outcome_event import OutcomeEvent
 
@@ -27,6 +28,11 @@ REJECTED_COLUMNS: tuple[str, ...] = (
 OUTCOME_COLUMNS: tuple[str, ...] = (
     "event_id", "ts", "outcome", "value", "trace_id", "session_id", "feature", "tenant_id", "data_mode",
     "source_partition", "source_offset",
+)  # fmt: skip
+
+ALERT_COLUMNS: tuple[str, ...] = (
+    "alert_id", "ts", "kind", "severity", "dimension", "key", "value", "baseline", "threshold", "window",
+    "message", "query", "dedup_key", "data_mode",
 )  # fmt: skip
 
 NO_PRICES = (0.0, 0.0, 0.0, 0.0)
@@ -121,3 +127,8 @@ def outcome_row(event: OutcomeEvent, partition: int, offset: int) -> tuple[Any, 
         event.event_id, event.ts, event.outcome, event.value, event.trace_id or "", event.session_id or "",
         event.feature or "", event.tenant_id or "", event.data_mode, partition, offset,
     )  # fmt: skip
+
+
+def alert_row(alert: Alert) -> tuple[Any, ...]:
+    """One ``alerts`` row (in :data:`ALERT_COLUMNS` order)."""
+    return tuple(getattr(alert, column) for column in ALERT_COLUMNS)

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from sinks.batch import LLM_CALL_COLUMNS, OUTCOME_COLUMNS, REJECTED_COLUMNS, CallRows, Rejection
+from sinks.batch import ALERT_COLUMNS, LLM_CALL_COLUMNS, OUTCOME_COLUMNS, REJECTED_COLUMNS, CallRows, Rejection
 from sinks.clickhouse import classify
 from sinks.journal import InsertJournal, JournalEntry
 
@@ -61,18 +61,26 @@ class ClickHouseSink:
         self._calls = CallRows()
         self._rejected: list[Rejection] = []
         self._outcomes: list[tuple[Any, ...]] = []
+        self._alerts: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
 
     @property
     def pending(self) -> int:
-        return len(self._calls) + len(self._rejected) + len(self._outcomes)
+        return len(self._calls) + len(self._rejected) + len(self._outcomes) + len(self._alerts)
 
-    def add(self, calls: CallRows, rejected: list[Rejection], outcomes: list[tuple[Any, ...]] | None = None) -> None:
-        """Buffer rows for the next :meth:`flush` (``outcomes``: rows of :data:`OUTCOME_COLUMNS`)."""
+    def add(
+        self,
+        calls: CallRows,
+        rejected: list[Rejection],
+        outcomes: list[tuple[Any, ...]] | None = None,
+        alerts: list[tuple[Any, ...]] | None = None,
+    ) -> None:
+        """Buffer rows for the next :meth:`flush` (rows of :data:`OUTCOME_COLUMNS`, :data:`ALERT_COLUMNS`)."""
         with self._lock:
             self._calls.extend(calls)
             self._rejected.extend(rejected)
             self._outcomes.extend(outcomes or ())
+            self._alerts.extend(alerts or ())
 
     def flush(self) -> FlushResult:
         """Write the buffered rows; on failure keep them buffered for the next try.
@@ -91,6 +99,7 @@ class ClickHouseSink:
             self._calls = CallRows()
             self._rejected = []
             self._outcomes = []
+            self._alerts = []
             return result
 
     def close(self) -> None:
@@ -130,6 +139,8 @@ class ClickHouseSink:
             )
         if self._outcomes:
             client.insert(f"`{self._database}`.outcomes", self._outcomes, column_names=list(OUTCOME_COLUMNS))
+        if self._alerts:
+            client.insert(f"`{self._database}`.alerts", self._alerts, column_names=list(ALERT_COLUMNS))
         return FlushResult(
             inserted=inserted,
             duplicates=duplicates,

@@ -44,6 +44,7 @@ def build_app(settings: Settings, bootstrap: str) -> faust.App:
         calls_topic=settings.topic(topics.CALLS),
         dlq_topic=settings.topic(topics.CALLS_DLQ),
         outcomes_topic=settings.topic(topics.OUTCOMES),
+        alerts_topic=settings.topic(topics.ALERTS),
     )
     return create_app(stream_config, sink=sink, pricer=Pricer(config.prices.overrides))
 

@@ -16,13 +16,15 @@ from typing import Any, cast
 import faust
 from faust.types import EventT, StreamT
 
-from sinks.batch import CallRows, Rejection
+from schemas.alert import Alert
+from sinks.batch import CallRows, Rejection, alert_row
 from sinks.exceptions import ClickHouseTransientError
 from sinks.sink import ClickHouseSink
 from streams.backoff import Backoff
 from streams.batching import RecordChunk
 from streams.ingest import Ingestor, IngestResult, RawEvent
 from streams.outcomes import OutcomeIngestor
+from streams.unpriced import UnpricedModelDetector
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ def register_ingest(
     app: faust.App,
     calls: faust.TopicT,
     dlq: faust.TopicT,
+    alerts: faust.TopicT,
     ingestor: Ingestor,
     sink: ClickHouseSink,
     max_chunks: int,
@@ -44,9 +47,13 @@ def register_ingest(
     order, so a batch's duplicate check sees every batch written before it.
     """
 
+    unpriced = UnpricedModelDetector()
+
     async def write(batch: list[EventT[RecordChunk]], result: IngestResult) -> None:
         await _publish_dead_letters(dlq, result.rejected)
-        sink.add(result.calls, result.rejected)
+        raised = unpriced.check(result.unpriced_calls)
+        await _publish_alerts(alerts, raised)
+        sink.add(result.calls, result.rejected, alerts=[alert_row(a) for a in raised])
         await flush_until_written(sink)
         for event in batch:
             event.ack()
@@ -127,6 +134,22 @@ async def _publish_dead_letters(dlq: faust.TopicT, rejected: list[Rejection]) ->
         except Exception as exc:  # the broker is down: keep the batch unacknowledged and retry
             delay = backoff.next()
             logger.error("dead-letter topic %s unavailable (%s); retrying in %.1fs", dlq.get_topic_name(), exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def _publish_alerts(topic: faust.TopicT, alerts: list[Alert]) -> None:
+    """Send alerts to ``spendstream.alerts`` (keyed by dedup key) and wait for the broker's ack."""
+    backoff = Backoff()
+    while alerts:
+        try:
+            futures = [await topic.send(key=a.dedup_key.encode(), value=a.model_dump_json().encode()) for a in alerts]
+            await asyncio.gather(*futures)
+            for alert in alerts:
+                logger.warning("alert %s: %s", alert.kind, alert.message)
+            return
+        except Exception as exc:  # the broker is down: keep the batch unacknowledged and retry
+            delay = backoff.next()
+            logger.error("alerts topic %s unavailable (%s); retrying in %.1fs", topic.get_topic_name(), exc, delay)
             await asyncio.sleep(delay)
 
 

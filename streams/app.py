@@ -61,10 +61,11 @@ def create_app(config: StreamConfig, *, sink: ClickHouseSink, pricer: Pricer) ->
     )
     calls = app.topic(config.calls_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
     dlq = app.topic(config.dlq_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
+    alerts = app.topic(config.alerts_topic, value_type=bytes, key_type=bytes, partitions=1)
     outcomes = app.topic(config.outcomes_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
     ingestor = Ingestor(pricer, config.calls_topic, config.max_event_bytes)
     max_chunks = -(-config.batch_size // chunk_records)
-    register_ingest(app, calls, dlq, ingestor, sink, max_chunks, config.batch_seconds)
+    register_ingest(app, calls, dlq, alerts, ingestor, sink, max_chunks, config.batch_seconds)
     outcome_ingestor = OutcomeIngestor(config.outcomes_topic, config.max_event_bytes)
     register_outcomes(app, outcomes, dlq, outcome_ingestor, sink, max_chunks, config.batch_seconds)
     return app

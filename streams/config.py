@@ -36,4 +36,5 @@ class StreamConfig:
     calls_topic: str = topics.CALLS
     dlq_topic: str = topics.CALLS_DLQ
     outcomes_topic: str = topics.OUTCOMES
+    alerts_topic: str = topics.ALERTS
     kafka_security: dict[str, Any] = field(default_factory=dict)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import orjson
 from pydantic import ValidationError
@@ -29,7 +29,8 @@ class RawEvent:
 class IngestResult:
     calls: CallRows = field(default_factory=CallRows)
     rejected: list[Rejection] = field(default_factory=list)
-    unpriced_models: set[tuple[str, str]] = field(default_factory=set)
+    unpriced_calls: dict[tuple[str, str, date, str], int] = field(default_factory=dict)
+    """Calls stored without a price, per (provider, model, UTC day, data_mode)."""
 
 
 def describe(exc: ValidationError) -> str:
@@ -82,7 +83,8 @@ class Ingestor:
                 prices = unit_prices(event.provider, event.model, event.ts.date(), event.input_tokens)
                 if prices is None:
                     cost, source, units = None, "", None
-                    result.unpriced_models.add((event.provider, event.model))
+                    where = (event.provider, event.model, event.ts.date(), event.data_mode)
+                    result.unpriced_calls[where] = result.unpriced_calls.get(where, 0) + 1
                 else:
                     cost = prices.cost(
                         event.input_tokens,

@@ -36,7 +36,8 @@ def test_prices_good_events_and_rejects_bad_ones_with_reasons() -> None:
     assert rows[0]["feature"] == "unattributed"
     assert rows[1]["cost_usd"] is None and rows[1]["priced"] == 0
     assert rows[2]["cost_usd"] == 0.25 and rows[2]["price_source"] == "stated by caller"
-    assert result.unpriced_models == {("acme", "no-such-model")}
+    [(where, calls)] = result.unpriced_calls.items()
+    assert (where[:2], where[3], calls) == (("acme", "no-such-model"), "real", 1)
     rejected = {r.offset: r for r in result.rejected}
     assert rejected[2].error_kind == "malformed_json" and "Invalid JSON" in rejected[2].reason
     assert rejected[3].error_kind == "schema" and rejected[3].reason.startswith("input_tokens:")
