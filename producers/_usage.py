@@ -57,21 +57,9 @@ def usage_of(usage: Any) -> Usage | None:
     if usage is None:
         return None
     if _get(usage, "prompt_tokens") is not None:  # OpenAI Chat Completions
-        return Usage(
-            input_tokens=_int(usage, "prompt_tokens"),
-            output_tokens=_int(usage, "completion_tokens"),
-            cache_read_tokens=_int(usage, "prompt_tokens_details", "cached_tokens"),
-            cache_write_tokens=_int(usage, "prompt_tokens_details", "cache_write_tokens"),
-            reasoning_tokens=_int(usage, "completion_tokens_details", "reasoning_tokens"),
-        )
+        return _openai(usage, "prompt_tokens", "completion_tokens")
     if _get(usage, "input_tokens_details") is not None:  # OpenAI Responses
-        return Usage(
-            input_tokens=_int(usage, "input_tokens"),
-            output_tokens=_int(usage, "output_tokens"),
-            cache_read_tokens=_int(usage, "input_tokens_details", "cached_tokens"),
-            cache_write_tokens=_int(usage, "input_tokens_details", "cache_write_tokens"),
-            reasoning_tokens=_int(usage, "output_tokens_details", "reasoning_tokens"),
-        )
+        return _openai(usage, "input_tokens", "output_tokens")
     if _get(usage, "input_tokens") is not None or _get(usage, "output_tokens") is not None:  # Anthropic
         cache_read = _int(usage, "cache_read_input_tokens")
         cache_write = _int(usage, "cache_creation_input_tokens")
@@ -83,6 +71,17 @@ def usage_of(usage: Any) -> Usage | None:
             reasoning_tokens=_int(usage, "output_tokens_details", "thinking_tokens"),
         )
     return None
+
+
+def _openai(usage: Any, prompt: str, completion: str) -> Usage:
+    """OpenAI's two usage shapes differ only in names: ``prompt_tokens`` or ``input_tokens``, and their details."""
+    return Usage(
+        input_tokens=_int(usage, prompt),
+        output_tokens=_int(usage, completion),
+        cache_read_tokens=_int(usage, f"{prompt}_details", "cached_tokens"),
+        cache_write_tokens=_int(usage, f"{prompt}_details", "cache_write_tokens"),
+        reasoning_tokens=_int(usage, f"{completion}_details", "reasoning_tokens"),
+    )
 
 
 def usage_from(response: Any) -> Usage | None:

@@ -73,15 +73,21 @@ def applied_versions(client: Client, database: str) -> set[int]:
     return {int(r[0]) for r in rows}
 
 
-def backfill(client: Client, database: str, view: str) -> int:
-    """Insert into ``view``'s target table what its query gives over the rows already stored."""
+def view_definition(client: Client, database: str, view: str) -> tuple[str, str] | None:
+    """A materialized view's SELECT and its CREATE statement, or None when there is no such view."""
     rows = client.query(
         "SELECT as_select, create_table_query FROM system.tables WHERE database = {db:String} AND name = {v:String}",
         parameters={"db": database, "v": view},
     ).result_rows
-    if not rows:
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def backfill(client: Client, database: str, view: str) -> int:
+    """Insert into ``view``'s target table what its query gives over the rows already stored."""
+    definition = view_definition(client, database, view)
+    if definition is None:
         raise MigrationError(view, "backfill", LookupError(f"no materialized view {view} in {database}"))
-    as_select, create = rows[0]
+    as_select, create = definition
     target = re.search(r"\bTO\s+(`?[\w.]+`?(?:\.`?\w+`?)?)", create)
     if target is None:
         raise MigrationError(view, "backfill", LookupError(f"{view} has no TO table"))

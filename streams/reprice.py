@@ -21,6 +21,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from sinks.migrations import view_definition
 from streams.pricing import CALLER_SOURCE, Pricer
 
 logger = logging.getLogger(__name__)
@@ -132,14 +133,10 @@ def _new_price(pricer: Pricer, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
 
 
 def _view_select(client: Client, database: str, view: str) -> str:
-    rows = client.query(
-        "SELECT as_select FROM system.tables WHERE database = %(db)s AND name = %(view)s",
-        parameters={"db": database, "view": view},
-    ).result_rows
-    if not rows:
+    definition = view_definition(client, database, view)
+    if definition is None:
         raise LookupError(f"materialized view {database}.{view} is missing: run `spendstream migrate`")
-    select: str = rows[0][0]
-    return select
+    return definition[0]
 
 
 def _from(select: str, database: str, source: str) -> str:
