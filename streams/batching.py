@@ -41,7 +41,15 @@ class ChunkingConsumer(aiokafka_driver.Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._delivered: dict[TP, int] = {}
+        self._delivered: dict[TP, tuple[int, int]] = {}  # last offset delivered, consumer generation
+
+    async def perform_seek(self) -> None:
+        self._delivered.clear()
+        await super().perform_seek()
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        self._delivered.pop(partition, None)
+        await super().seek(partition, offset)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run by Faust's fetcher
         callback = self.callback
@@ -121,16 +129,19 @@ class ChunkingConsumer(aiokafka_driver.Consumer):
             self._gap[tp].addi(first, last + 1)
 
     # Faust's read offset means "last record read" after a delivery but "next record to read" after a
-    # seek (rebalance, restart): remember which offsets this consumer set to tell them apart.
+    # seek (rebalance, restart): remember which offsets this consumer set, and in which consumer
+    # generation, to tell them apart. When in doubt it reads a record again (the sink drops repeats)
+    # rather than skip one.
     def _next_offset(self, tp: TP, default: int) -> int:
         read = self._read_offset[tp]
         if read is None:
             return default
-        return read + 1 if self._delivered.get(tp) == read else read
+        delivered_here = self._delivered.get(tp) == (read, self.app.consumer_generation_id)
+        return read + 1 if delivered_here else read
 
     def _mark_read(self, tp: TP, offset: int) -> None:
         self._read_offset[tp] = offset
-        self._delivered[tp] = offset
+        self._delivered[tp] = (offset, self.app.consumer_generation_id)
 
     def _unread(self, tp: TP, records: Sequence[Any]) -> list[Any]:
         if not records:
