@@ -8,6 +8,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from schemas.alert import AlertKind, Severity
 from schemas.exceptions import ConfigError
 
 PerMTok = Annotated[float, Field(ge=0, le=100_000)]
@@ -39,12 +40,43 @@ class PricesConfig(BaseModel):
     overrides: list[PriceOverride] = Field(default_factory=list)
 
 
+Channel = Annotated[str, StringConstraints(pattern=r"^(#[a-z0-9][a-z0-9._-]{0,79}|[CG][A-Z0-9]{8,})$")]
+
+
+class RouteMatch(BaseModel):
+    """Which alerts a route takes; every field given must match (``key`` may use ``*`` wildcards)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: AlertKind | None = None
+    severity: Severity | None = None
+    dimension: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    key: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+
+
+class Route(BaseModel):
+    """Alerts matching ``match`` go to ``channel`` (a ``#name`` or a channel id): how a team subscribes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    channel: Channel
+
+
+class AlertsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    routes: list[Route] = Field(default_factory=list)
+    """Tried in order; the first that matches an alert takes it."""
+
+
 class SpendstreamConfig(BaseModel):
     """The whole config file. Every section is optional."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prices: PricesConfig = Field(default_factory=PricesConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
 
 def load_config(path: Path | str | None) -> SpendstreamConfig:

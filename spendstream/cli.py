@@ -217,6 +217,81 @@ def demo(days: float, live: bool, duration: float | None, scale: float, seed: in
     )
 
 
+@main.command()
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARN", "ERROR"]))
+def alerter(log_level: str) -> None:
+    """Deliver stored alerts to the Slack channels of the config's routes (server mode; `up` runs one)."""
+    import logging
+    import signal
+    import threading
+
+    from spendstream.stack import build_alerter
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    try:
+        service = build_alerter(settings)
+    except SpendstreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        service.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@main.group(invoke_without_command=True)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.pass_context
+def alerts(ctx: click.Context, limit: int) -> None:
+    """List recent alerts: kind, severity, what, delivery state (subcommand: test-slack)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from spendstream.clickhouse_target import client_for_command
+
+    settings = _settings()
+    try:
+        client = client_for_command(settings, database=settings.database)
+        output = client.raw_query(
+            "SELECT ts, kind, severity, dimension, key, round(value, 4) AS value, delivery_state, channel, "
+            f"delivery_error FROM alerts FINAL ORDER BY ts DESC, alert_id LIMIT {limit}",
+            fmt="PrettyCompactMonoBlock",
+        )
+    except Exception as exc:
+        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+    click.echo(output.decode(errors="replace"), nl=False)
+
+
+@alerts.command(name="test-slack")
+def test_slack() -> None:
+    """Post a test message to each channel the routes name, and say which failed and why."""
+    from alerting.slack import SlackDeliveryError, SlackPoster
+
+    settings = _settings()
+    try:
+        routes = settings.load_config().alerts.routes
+    except SpendstreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if settings.slack_bot_token is None:
+        raise click.ClickException("no Slack bot token: set SPENDSTREAM_SLACK_BOT_TOKEN")
+    channels = list(dict.fromkeys(route.channel for route in routes))
+    if not channels:
+        raise click.ClickException("the config has no alerts.routes: add at least one (see the README)")
+    poster = SlackPoster(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
+    failed = 0
+    for channel in channels:
+        try:
+            poster.post_blocks(channel, f"spendstream test message: alerts routed to {channel} will arrive here")
+        except SlackDeliveryError as exc:
+            failed += 1
+            click.echo(f"{channel}: FAILED: {exc.reason}")
+        else:
+            click.echo(f"{channel}: ok")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(channels)} channel(s) failed")
+
+
 @main.command(name="schema")
 @click.option("--write", "directory", type=click.Path(path_type=Path), help="write the files into this folder")
 def schema(directory: Path | None) -> None:

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     sql_writable: bool = False
     """Let anonymous clients of the embedded SQL endpoint write (default: read-only)."""
 
+    slack_bot_token: SecretStr | None = None
+    """A Slack bot token with ``chat:write``: alerts go to the channels of the config's routes."""
+    slack_api_url: str = Field(default="https://slack.com/api/", pattern=r"^https?://")
+    """The Slack Web API base URL (Enterprise Grid, or a stand-in in tests)."""
+
     batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
     batch_seconds: float = Field(default=0.5, gt=0, le=60)
     max_event_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)

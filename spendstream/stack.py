@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 
 import faust
 
+from alerting.alerter import Alerter
+from alerting.slack import SlackPoster
 from schemas import topics
 from sinks.clickhouse import connect
 from sinks.migrations import migrate
@@ -49,6 +52,18 @@ def build_app(settings: Settings, bootstrap: str) -> faust.App:
     return create_app(stream_config, sink=sink, pricer=Pricer(config.prices.overrides))
 
 
+def build_alerter(settings: Settings) -> Alerter:
+    token = settings.slack_bot_token
+    poster = SlackPoster(token.get_secret_value(), settings.slack_api_url) if token is not None else None
+    dsn = engine_dsn(settings)
+    return Alerter(
+        lambda: connect(dsn, database=settings.database),
+        settings.database,
+        settings.load_config().alerts.routes,
+        poster,
+    )
+
+
 def run_worker(app: faust.App, loglevel: str = "WARN") -> None:
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     with contextlib.suppress(SystemExit):  # the worker exits the process when stopped; let callers clean up
@@ -65,6 +80,7 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
         )
     broker = EmbeddedBroker(settings.broker_port, settings.home / "broker.log") if settings.embedded_kafka else None
     endpoint: SqlEndpoint | None = None
+    alerter_stop = threading.Event()
     try:
         if broker is not None:
             broker.start()
@@ -83,9 +99,22 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
             )
             endpoint.start()
             say(f"SQL: {endpoint.url}/?query=SELECT+count()+FROM+llm_calls  (ClickHouse HTTP interface, read-only)")
+        alerter = threading.Thread(
+            target=build_alerter(settings).run, args=(alerter_stop,), name="alerter", daemon=True
+        )
+        alerter.start()
+        say(
+            "alerter: "
+            + (
+                "posting alerts to Slack"
+                if settings.slack_bot_token
+                else "no SPENDSTREAM_SLACK_BOT_TOKEN: alerts are stored, not posted"
+            )
+        )
         say("worker: pricing calls into ClickHouse; Ctrl-C stops everything")
         run_worker(build_app(settings, settings.bootstrap), loglevel)
     finally:
+        alerter_stop.set()
         if endpoint is not None:
             endpoint.stop()
         if broker is not None:

@@ -17,10 +17,14 @@ CREATE TABLE IF NOT EXISTS alerts
     dedup_key String,
     data_mode LowCardinality(String),
 
-    -- delivery: 'pending' until a route delivered it ('delivered'), or 'unrouted'
+    -- delivery: 'pending' until delivered to its route's channel ('delivered'), or 'unrouted' when
+    -- no route matches; every change is a new row version (read with FINAL)
     delivery_state LowCardinality(String) DEFAULT 'pending',
-    raised_at DateTime64(3, 'UTC') DEFAULT now64(3)
+    channel String DEFAULT '',
+    delivery_error String DEFAULT '',
+    attempts UInt32 DEFAULT 0,
+    updated_at DateTime64(3, 'UTC') DEFAULT now64(3)
 )
-ENGINE = ReplacingMergeTree(raised_at)
+ENGINE = ReplacingMergeTree(updated_at)
 PARTITION BY toYYYYMM(ts)
 ORDER BY (alert_id);

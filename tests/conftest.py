@@ -18,6 +18,7 @@ from clickhouse_connect.driver.client import Client
 
 from sinks.clickhouse import connect
 from spendstream.broker import EmbeddedBroker, port_open
+from tests.slack_standin import SlackStandIn
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,3 +143,11 @@ def start_up(broker: str, tmp_path: Path) -> Iterator[Callable[..., UpProcess]]:
     yield factory
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackStandIn]:
+    """A local Slack Web API stand-in (a real HTTP server) recording what is posted."""
+    standin = SlackStandIn()
+    yield standin
+    standin.close()

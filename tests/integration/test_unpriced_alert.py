@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
@@ -13,14 +14,22 @@ from kafka import KafkaConsumer
 from producers import Emitter
 from schemas import Alert
 from tests.conftest import UpProcess
+from tests.slack_standin import SlackStandIn
 
 pytestmark = pytest.mark.integration
 
 
 def test_an_unpriced_model_raises_one_alert_per_day_with_what_to_do(
-    start_up: Callable[..., UpProcess], broker: str
+    start_up: Callable[..., UpProcess], broker: str, slack: SlackStandIn, tmp_path: Path
 ) -> None:
-    up = start_up()
+    config = tmp_path / "spendstream.yaml"
+    config.write_text(
+        "alerts:\n  routes:\n    - match: {kind: loop_detected}\n      channel: '#agent-loops'\n"
+        "    - channel: '#llm-costs'\n"
+    )
+    up = start_up(
+        SPENDSTREAM_CONFIG=str(config), SPENDSTREAM_SLACK_BOT_TOKEN="xoxb-test", SPENDSTREAM_SLACK_API_URL=slack.url
+    )
     prefix = up.env["SPENDSTREAM_TOPIC_PREFIX"]
     emitter = Emitter(broker, topic=prefix + "llm.calls")
     for n in range(30):
@@ -51,3 +60,8 @@ def test_an_unpriced_model_raises_one_alert_per_day_with_what_to_do(
     published = [Alert.model_validate_json(message.value) for message in consumer]
     consumer.close()
     assert [(a.kind, a.key) for a in published] == [("unpriced_model", "selfhost/in-house-llm")]
+
+    # the alerter of `up` posts it to the channel of the first route that matches
+    assert up.wait_for("SELECT any(delivery_state) FROM alerts FINAL", "delivered") == "delivered"
+    assert slack.channels() == ["#llm-costs"]
+    assert "in-house-llm" in slack.posted[0].text

@@ -1,0 +1,25 @@
+"""Routing: which Slack channel an alert goes to."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+
+from schemas.alert import Alert
+from schemas.config import Route
+
+
+def channel_for(alert: Alert, routes: Sequence[Route]) -> str | None:
+    """The channel of the first route that matches ``alert``, or None when none does."""
+    for route in routes:
+        match = route.match
+        if match.kind is not None and match.kind != alert.kind:
+            continue
+        if match.severity is not None and match.severity != alert.severity:
+            continue
+        if match.dimension is not None and match.dimension != alert.dimension:
+            continue
+        if match.key is not None and not fnmatchcase(alert.key, match.key):
+            continue
+        return route.channel
+    return None

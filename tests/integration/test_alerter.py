@@ -1,0 +1,101 @@
+"""Alert delivery: routes pick the channel, Slack outages and rate limits lose nothing, restarts repost nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from alerting.alerter import Alerter
+from alerting.slack import SlackPoster
+from schemas.alert import Alert, alert_id_for
+from schemas.config import Route, RouteMatch
+from sinks.batch import CallRows, alert_row
+from sinks.clickhouse import connect
+from sinks.migrations import migrate
+from sinks.sink import ClickHouseSink
+from tests.slack_standin import SlackStandIn
+
+pytestmark = pytest.mark.integration
+
+ROUTES = [
+    Route(match=RouteMatch(kind="loop_detected"), channel="#agent-loops"),
+    Route(match=RouteMatch(severity="critical"), channel="#llm-oncall"),
+    Route(match=RouteMatch(dimension="tenant_id", key="tenant_*"), channel="#llm-costs"),
+    Route(match=RouteMatch(kind="unpriced_model"), channel="#llm-costs"),
+]
+
+
+def alert(kind: str, severity: str, dimension: str, key: str) -> Alert:
+    dedup_key = f"{kind}:{dimension}:{key}"
+    return Alert(
+        alert_id=alert_id_for(dedup_key), ts=datetime.now(UTC), kind=kind, severity=severity,  # type: ignore[arg-type]
+        dimension=dimension, key=key, value=3.5, baseline=1.0, threshold=2.0, window="1h",
+        message=f"{kind} on {key}", query="SELECT 1", dedup_key=dedup_key,
+    )  # fmt: skip
+
+
+def states(ch: Client, database: str) -> dict[str, tuple[str, str]]:
+    rows = ch.query(f"SELECT key, delivery_state, channel FROM {database}.alerts FINAL").result_rows
+    return {key: (state, channel) for key, state, channel in rows}
+
+
+def test_alerts_reach_their_routes_through_an_outage_and_a_rate_limit(
+    chdb_dsn: str, ch: Client, database: str, slack: SlackStandIn
+) -> None:
+    migrate(ch, database)
+    sink = ClickHouseSink(lambda: connect(chdb_dsn), database)
+    raised = [
+        alert("loop_detected", "warning", "session_id", "s-1"),
+        alert("spend_spike", "critical", "feature", "sales.email_draft"),
+        alert("spend_spike", "warning", "tenant_id", "tenant_acme"),
+        alert("hourly_burn", "info", "team", "platform"),  # no route takes it
+    ]
+    sink.add(CallRows(), [], alerts=[alert_row(a) for a in raised])
+    sink.flush()
+    slack.failures = [
+        (503, {}, {"ok": False, "error": "service_unavailable"}),
+        (429, {"Retry-After": "3"}, {"ok": False, "error": "ratelimited"}),
+    ]
+
+    def alerter() -> Alerter:  # a fresh alerter each round: as if restarted in between
+        return Alerter(lambda: connect(chdb_dsn), database, ROUTES, SlackPoster("xoxb-test", slack.url))
+
+    outage = alerter().deliver_pending()
+    assert (outage.delivered, outage.failed, slack.posted) == (0, 1, [])
+    limited = alerter().deliver_pending()
+    assert (limited.delivered, limited.retry_after) == (0, 3.0)
+    assert all(state == "pending" for key, (state, _) in states(ch, database).items() if key != "platform")
+
+    done = alerter().deliver_pending()
+
+    assert (done.delivered, done.unrouted) == (3, 1)
+    assert sorted(slack.channels()) == ["#agent-loops", "#llm-costs", "#llm-oncall"]
+    assert states(ch, database) == {
+        "s-1": ("delivered", "#agent-loops"),
+        "sales.email_draft": ("delivered", "#llm-oncall"),
+        "tenant_acme": ("delivered", "#llm-costs"),
+        "platform": ("unrouted", ""),
+    }
+    assert alerter().deliver_pending().delivered == 0  # nothing is posted twice
+    assert len(slack.posted) == 3
+    posted = next(p for p in slack.posted if p.channel == "#llm-oncall")
+    assert posted.blocks is not None and "spend_spike" in str(posted.blocks) and "SELECT 1" in str(posted.blocks)
+
+
+def test_a_channel_the_bot_cannot_post_to_keeps_the_alert_with_the_reason(
+    chdb_dsn: str, ch: Client, database: str, slack: SlackStandIn
+) -> None:
+    migrate(ch, database)
+    sink = ClickHouseSink(lambda: connect(chdb_dsn), database)
+    sink.add(CallRows(), [], alerts=[alert_row(alert("unpriced_model", "warning", "model", "selfhost/x"))])
+    sink.flush()
+    routes = [Route(channel="#nowhere")]
+
+    result = Alerter(lambda: connect(chdb_dsn), database, routes, SlackPoster("xoxb-test", slack.url)).deliver_pending()
+
+    assert (result.delivered, result.failed) == (0, 1)
+    state, error = ch.query(f"SELECT delivery_state, delivery_error FROM {database}.alerts FINAL").result_rows[0]
+    assert state == "pending"
+    assert "channel_not_found" in error and "invite the bot" in error

@@ -1,0 +1,65 @@
+"""Alert routes: the first matching route takes an alert; a bad route is refused with the field and reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from alerting.routes import channel_for
+from schemas.alert import Alert
+from schemas.config import load_config
+from schemas.exceptions import ConfigError
+
+CONFIG = """
+alerts:
+  routes:
+    - match: {kind: loop_detected}
+      channel: "#agent-loops"
+    - match: {severity: critical}
+      channel: "#llm-oncall"
+    - match: {dimension: tenant_id, key: "tenant_acme*"}
+      channel: "#acme-account"
+    - channel: "#llm-costs"        # everything else
+"""
+
+
+def alert(kind: str = "spend_spike", severity: str = "warning", dimension: str = "feature", key: str = "x") -> Alert:
+    return Alert.model_validate(
+        {"alert_id": "a", "ts": datetime.now(UTC), "kind": kind, "severity": severity, "dimension": dimension,
+         "key": key, "value": 1.0, "window": "1h", "message": "m", "query": "SELECT 1", "dedup_key": "d"}
+    )  # fmt: skip
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spendstream.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_first_matching_route_takes_the_alert(tmp_path: Path) -> None:
+    routes = load_config(write(tmp_path, CONFIG)).alerts.routes
+    assert channel_for(alert(kind="loop_detected", severity="critical"), routes) == "#agent-loops"
+    assert channel_for(alert(severity="critical"), routes) == "#llm-oncall"
+    assert channel_for(alert(dimension="tenant_id", key="tenant_acme_eu"), routes) == "#acme-account"
+    assert channel_for(alert(dimension="tenant_id", key="tenant_globex"), routes) == "#llm-costs"
+    assert channel_for(alert(), routes[:3]) is None
+
+
+@pytest.mark.parametrize(
+    ("route", "field", "reason"),
+    [
+        ("- match: {kind: loops}\n      channel: '#x'", "alerts.routes.0.match.kind", "Input should be"),
+        ("- channel: 'llm costs'", "alerts.routes.0.channel", "should match pattern"),
+        ("- match: {severity: high}\n      channel: '#x'", "alerts.routes.0.match.severity", "Input should be"),
+        ("- channel: '#x'\n      chanel: '#y'", "alerts.routes.0.chanel", "unknown field"),
+    ],
+)
+def test_a_bad_route_is_refused_with_the_file_field_and_reason(
+    tmp_path: Path, route: str, field: str, reason: str
+) -> None:
+    path = write(tmp_path, f"alerts:\n  routes:\n    {route}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(path) in str(refused.value) and field in str(refused.value) and reason in str(refused.value)
