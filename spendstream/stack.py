@@ -53,8 +53,8 @@ def build_app(settings: Settings, bootstrap: str) -> faust.App:
 
 
 def build_alerter(settings: Settings) -> Alerter:
-    token = settings.slack_bot_token
-    poster = SlackPoster(token.get_secret_value(), settings.slack_api_url) if token is not None else None
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token is not None else ""
+    poster = SlackPoster(token, settings.slack_api_url) if token else None
     dsn = engine_dsn(settings)
     return Alerter(
         lambda: connect(dsn, database=settings.database),
