@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anthropic
-import httpx2 as httpx
 import openai
 import pytest
 from anthropic.types import Message, RawContentBlockDeltaEvent, RawMessageDeltaEvent, RawMessageStartEvent
@@ -19,6 +18,8 @@ from producers import SDKError, Tracker, carry_context, current_trace, pseudonym
 from schemas.call_event import CallEvent
 
 KEY = "k" * 32
+# the HTTP package the provider SDKs build their errors from (httpx, or httpx2 in newer releases)
+httpx: Any = getattr(openai._exceptions, "httpx2", None) or getattr(openai._exceptions, "httpx")  # noqa: B009
 
 
 class Collected:
