@@ -50,9 +50,12 @@ class Alerter:
     def deliver_pending(self) -> DeliveryRound:
         """Try every pending alert once, oldest first; stop early when Slack asks to slow down."""
         client = self._connected()
+        # after a few failed attempts (a channel the bot is not in), an alert is tried less often
         rows = client.query(
-            f"SELECT {', '.join(_STATE_COLUMNS[:-1])}, attempts FROM `{self._database}`.alerts FINAL "
-            f"WHERE delivery_state = 'pending' ORDER BY ts, alert_id LIMIT {ROUND_LIMIT}"
+            f"SELECT {', '.join(_STATE_COLUMNS)} FROM `{self._database}`.alerts FINAL "
+            "WHERE delivery_state = 'pending' AND (attempts <= 2 OR "
+            "updated_at <= now64(3) - toIntervalSecond(least(600, 5 * attempts))) "
+            f"ORDER BY ts, alert_id LIMIT {ROUND_LIMIT}"
         ).named_results()
         delivered = unrouted = failed = 0
         retry_after = 0.0

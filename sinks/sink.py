@@ -139,14 +139,26 @@ class ClickHouseSink:
             )
         if self._outcomes:
             client.insert(f"`{self._database}`.outcomes", self._outcomes, column_names=list(OUTCOME_COLUMNS))
-        if self._alerts:
-            client.insert(f"`{self._database}`.alerts", self._alerts, column_names=list(ALERT_COLUMNS))
+        alerts = self._new_alerts(client)
+        if alerts:
+            client.insert(f"`{self._database}`.alerts", alerts, column_names=list(ALERT_COLUMNS))
         return FlushResult(
             inserted=inserted,
             duplicates=duplicates,
             rejected=len(self._rejected),
             outcomes=len(self._outcomes),
         )
+
+    def _new_alerts(self, client: Client) -> list[tuple[Any, ...]]:
+        """Alerts not stored yet: one raised again (a restarted worker) must not reset its delivery state."""
+        if not self._alerts:
+            return []
+        stored = client.query(
+            f"SELECT alert_id FROM `{self._database}`.alerts WHERE alert_id IN %(ids)s",
+            parameters={"ids": [row[0] for row in self._alerts]},
+        ).result_rows
+        known = {row[0] for row in stored}
+        return [row for row in self._alerts if row[0] not in known]
 
     def _insert_calls(self, client: Client, entry: JournalEntry) -> None:
         if entry.rows:
