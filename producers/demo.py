@@ -307,8 +307,6 @@ class DemoProgress:
     calls: int = 0
     outcomes: int = 0
     requests: int = 0
-    spend_usd: float = 0.0
-    """Spend the generator can price itself (tools); model calls are priced by the pipeline."""
     phase: str = "history"
     at: datetime | None = None
 
@@ -378,7 +376,6 @@ class DemoRunner:
             if isinstance(event, CallEvent):
                 self._calls.emit(event)
                 self.progress.calls += 1
-                self.progress.spend_usd += event.cost_usd or 0.0
             else:
                 self._outcomes.emit_raw(
                     orjson.dumps(event.model_dump(mode="json", exclude_none=True)),

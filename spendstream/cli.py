@@ -54,9 +54,9 @@ def worker(log_level: str) -> None:
 
     settings = _settings()
     try:
-        settings.load_config()
+        config = settings.load_config()
         ensure_topics(settings.bootstrap, settings.partitions, settings.kafka_security(), settings.topic_prefix)
-        run_worker(build_app(settings, settings.bootstrap), log_level)
+        run_worker(build_app(settings, settings.bootstrap, config), log_level)
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -101,7 +101,12 @@ def reprice(since: datetime, model: str | None, dry_run: bool) -> None:
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:
-        raise click.ClickException(f"reprice failed: {str(exc).splitlines()[0]}") from exc
+        raise click.ClickException(
+            f"reprice failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): check that "
+            "ClickHouse is reachable (`spendstream up` running, or SPENDSTREAM_CLICKHOUSE_URL). Before running "
+            "it again, compare `SELECT sum(cost_usd) FROM rollup_day WHERE dimension = 'all'` with "
+            "`SELECT sum(cost_usd) FROM llm_calls`: if they differ, the rollups were corrected and the table was not."
+        ) from exc
     verb = "would change" if dry_run else "changed"
     click.echo(
         f"examined {result.examined:,} call(s) since {since.date()}{f' of {model}' if model else ''}; "
@@ -230,7 +235,7 @@ def alerter(log_level: str) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings()
     try:
-        service = build_alerter(settings)
+        service = build_alerter(settings, settings.load_config())
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
     stop = threading.Event()

@@ -12,6 +12,7 @@ import faust
 from alerting.alerter import Alerter
 from alerting.slack import SlackPoster
 from schemas import topics
+from schemas.config import SpendstreamConfig
 from sinks.clickhouse import connect
 from sinks.migrations import migrate
 from sinks.sink import ClickHouseSink
@@ -28,8 +29,7 @@ from streams.pricing import Pricer
 logger = logging.getLogger(__name__)
 
 
-def build_app(settings: Settings, bootstrap: str) -> faust.App:
-    config = settings.load_config()
+def build_app(settings: Settings, bootstrap: str, config: SpendstreamConfig) -> faust.App:
     dsn = engine_dsn(settings)
     sink = ClickHouseSink(
         lambda: connect(dsn, database=settings.database), settings.database, journal_dir=settings.home / "sink-journal"
@@ -52,14 +52,14 @@ def build_app(settings: Settings, bootstrap: str) -> faust.App:
     return create_app(stream_config, sink=sink, pricer=Pricer(config.prices.overrides))
 
 
-def build_alerter(settings: Settings) -> Alerter:
+def build_alerter(settings: Settings, config: SpendstreamConfig) -> Alerter:
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token is not None else ""
     poster = SlackPoster(token, settings.slack_api_url) if token else None
     dsn = engine_dsn(settings)
     return Alerter(
         lambda: connect(dsn, database=settings.database),
         settings.database,
-        settings.load_config().alerts.routes,
+        config.alerts.routes,
         poster,
     )
 
@@ -72,7 +72,7 @@ def run_worker(app: faust.App, loglevel: str = "WARN") -> None:
 
 def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -> None:
     """Run broker (unless external), migrations, SQL endpoint (chDB only) and the worker until stopped."""
-    settings.load_config()  # refuse a bad config before starting anything
+    config = settings.load_config()  # refuse a bad config before starting anything
     if up_is_running(settings):
         raise StackError(
             f"something already listens on {settings.sql_host}:{settings.sql_port}",
@@ -100,7 +100,7 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
             endpoint.start()
             say(f"SQL: {endpoint.url}/?query=SELECT+count()+FROM+llm_calls  (ClickHouse HTTP interface, read-only)")
         alerter = threading.Thread(
-            target=build_alerter(settings).run, args=(alerter_stop,), name="alerter", daemon=True
+            target=build_alerter(settings, config).run, args=(alerter_stop,), name="alerter", daemon=True
         )
         alerter.start()
         say(
@@ -112,7 +112,7 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
             )
         )
         say("worker: pricing calls into ClickHouse; Ctrl-C stops everything")
-        run_worker(build_app(settings, settings.bootstrap), loglevel)
+        run_worker(build_app(settings, settings.bootstrap, config), loglevel)
     finally:
         alerter_stop.set()
         if endpoint is not None:

@@ -110,47 +110,53 @@ def _raw_events(batch: list[EventT[RecordChunk]]) -> Iterator[RawEvent]:
             yield RawEvent(value, chunk.partition, offset)
 
 
-async def _publish_dead_letters(dlq: faust.TopicT, rejected: list[Rejection]) -> None:
-    """Send each rejected event's raw bytes to the dead-letter topic and wait for the broker's ack."""
+# (key, value, headers) of one Kafka message
+Message = tuple[bytes | None, bytes, dict[str, bytes] | None]
+
+
+async def _send_until_acked(topic: faust.TopicT, messages: list[Message]) -> None:
+    """Send ``messages`` and wait for the broker's acks; while the broker is down, retry with backoff.
+
+    The caller's events stay unacknowledged meanwhile, so nothing is lost if the worker stops.
+    """
     backoff = Backoff()
-    pending = list(rejected)
-    while pending:
+    while messages:
         try:
-            futures = [
-                await dlq.send(
-                    value=r.raw,
-                    headers={
-                        "reason": r.reason.encode()[:4096],
-                        "error_kind": r.error_kind.encode(),
-                        "source_topic": r.topic.encode(),
-                        "source_partition": str(r.partition).encode(),
-                        "source_offset": str(r.offset).encode(),
-                    },
-                )
-                for r in pending
-            ]
+            futures = [await topic.send(key=key, value=value, headers=headers) for key, value, headers in messages]
             await asyncio.gather(*futures)
             return
-        except Exception as exc:  # the broker is down: keep the batch unacknowledged and retry
+        except Exception as exc:
             delay = backoff.next()
-            logger.error("dead-letter topic %s unavailable (%s); retrying in %.1fs", dlq.get_topic_name(), exc, delay)
+            logger.error("topic %s unavailable (%s); retrying in %.1fs", topic.get_topic_name(), exc, delay)
             await asyncio.sleep(delay)
+
+
+async def _publish_dead_letters(dlq: faust.TopicT, rejected: list[Rejection]) -> None:
+    """Send each rejected event's raw bytes to the dead-letter topic, with why in the headers."""
+    await _send_until_acked(
+        dlq,
+        [
+            (
+                None,
+                r.raw,
+                {
+                    "reason": r.reason.encode()[:4096],
+                    "error_kind": r.error_kind.encode(),
+                    "source_topic": r.topic.encode(),
+                    "source_partition": str(r.partition).encode(),
+                    "source_offset": str(r.offset).encode(),
+                },
+            )
+            for r in rejected
+        ],
+    )
 
 
 async def _publish_alerts(topic: faust.TopicT, alerts: list[Alert]) -> None:
-    """Send alerts to ``spendstream.alerts`` (keyed by dedup key) and wait for the broker's ack."""
-    backoff = Backoff()
-    while alerts:
-        try:
-            futures = [await topic.send(key=a.dedup_key.encode(), value=a.model_dump_json().encode()) for a in alerts]
-            await asyncio.gather(*futures)
-            for alert in alerts:
-                logger.warning("alert %s: %s", alert.kind, alert.message)
-            return
-        except Exception as exc:  # the broker is down: keep the batch unacknowledged and retry
-            delay = backoff.next()
-            logger.error("alerts topic %s unavailable (%s); retrying in %.1fs", topic.get_topic_name(), exc, delay)
-            await asyncio.sleep(delay)
+    """Send alerts to ``spendstream.alerts``, keyed by dedup key."""
+    await _send_until_acked(topic, [(a.dedup_key.encode(), a.model_dump_json().encode(), None) for a in alerts])
+    for alert in alerts:
+        logger.warning("alert %s: %s", alert.kind, alert.message)
 
 
 async def flush_until_written(sink: ClickHouseSink) -> None:

@@ -93,7 +93,7 @@ class Ingestor:
                         event.cache_write_tokens,
                     )
                     source = prices.source
-                    units = (prices.input, prices.output, prices.cache_read, prices.cache_write)
+                    units = prices.per_mtok
             append(
                 event,
                 cost_usd=cost,

@@ -37,6 +37,11 @@ class UnitPrices:
     cache_write: float
     source: str
 
+    @property
+    def per_mtok(self) -> tuple[float, float, float, float]:
+        """Input, output, cache-read and cache-write prices, the order ``llm_calls`` stores them in."""
+        return (self.input, self.output, self.cache_read, self.cache_write)
+
     def cost(self, input_tokens: int, output_tokens: int, cache_read_tokens: int, cache_write_tokens: int) -> float:
         """Cost in USD; ``input_tokens`` counts every prompt token, cached ones included."""
         uncached = input_tokens - cache_read_tokens - cache_write_tokens

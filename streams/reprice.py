@@ -120,9 +120,7 @@ def _new_price(pricer: Pricer, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
     if prices is None:
         new: tuple[Any, ...] = (event_id, None, 0, "", 0.0, 0.0, 0.0, 0.0)
     else:
-        new_cost = prices.cost(inp, out, cache_read, cache_write)
-        units = (prices.input, prices.output, prices.cache_read, prices.cache_write)
-        new = (event_id, new_cost, 1, prices.source, *units)
+        new = (event_id, prices.cost(inp, out, cache_read, cache_write), 1, prices.source, *prices.per_mtok)
     old = (event_id, cost, priced, source, *row[11:15])
     same_cost = (cost is None and new[1] is None) or (
         cost is not None and new[1] is not None and abs(cost - new[1]) <= _COST_EPSILON
