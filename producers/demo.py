@@ -32,6 +32,14 @@ from typing import Protocol
 import orjson
 
 from producers._pseudonym import pseudonymize
+from producers.demo_incidents import (
+    LOOP_SESSION,
+    LOOP_TOOL,
+    REGRESSED_FEATURE,
+    REGRESSED_VERSION,
+    SPIKE_FEATURE,
+    DemoIncidents,
+)
 from schemas.call_event import CallEvent
 from schemas.outcome_event import OutcomeEvent
 
@@ -53,10 +61,10 @@ DRAFT_MODELS = (("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-5"), ("goog
 SUPPORT_TOOLS = ("kb_search", "ticket_lookup", "refund_policy", "order_status")
 
 # requests per hour at the daily peak, per workload (scaled by ``scale``)
-PEAK_PER_HOUR = {"sales": 70.0, "support": 25.0, "coordinator": 8.0}
+PEAK_PER_HOUR = {"sales": 210.0, "support": 75.0, "coordinator": 24.0}
 # seconds per generated token, and a fixed overhead, per model family
-SPEED = {"gpt-4o": (0.012, 0.35), "gpt-4o-mini": (0.008, 0.25), "claude-sonnet-4-5": (0.015, 0.5),
-         "claude-haiku-4-5": (0.006, 0.3), "gemini-2.5-pro": (0.014, 0.6), "gemini-2.0-flash": (0.004, 0.2),
+SPEED = {"gpt-4o": (0.008, 0.35), "gpt-4o-mini": (0.006, 0.25), "claude-sonnet-4-5": (0.008, 0.5),
+         "claude-haiku-4-5": (0.005, 0.3), "gemini-2.5-pro": (0.007, 0.6), "gemini-2.0-flash": (0.004, 0.2),
          "text-embedding-3-small": (0.0, 0.08)}  # fmt: skip
 
 
@@ -78,9 +86,10 @@ class Request:
 class DemoTraffic:
     """Generates the demo's requests. ``scale`` multiplies the request rate."""
 
-    def __init__(self, seed: int = 7, scale: float = 1.0) -> None:
+    def __init__(self, seed: int = 7, scale: float = 1.0, incidents: DemoIncidents | None = None) -> None:
         self._rng = random.Random(seed)
         self._scale = scale
+        self._incidents = incidents
         self._users = {t: [pseudonymize(f"{t}-user-{i}", DEMO_USER_KEY) for i in range(12)] for t in TENANTS}
 
     def requests_between(self, start: datetime, end: datetime) -> Iterator[Request]:
@@ -94,6 +103,10 @@ class DemoTraffic:
                 for _ in range(self._poisson(peak * share)):
                     offset = self._rng.random() * (step_end - minute).total_seconds()
                     starts.append((minute + timedelta(seconds=offset), workload))
+            if self._incidents is not None:
+                starts.extend((at, "spike") for at in self._incidents.spike_starts(minute, step_end))
+                if minute <= self._incidents.loop_start < step_end:
+                    starts.append((self._incidents.loop_start, "loop"))
             for at, workload in sorted(starts):
                 yield self._request(workload, at)
             minute = step_end
@@ -105,6 +118,10 @@ class DemoTraffic:
             return self._sales(at)
         if workload == "support":
             return self._support(at)
+        if workload == "loop":
+            return self._runaway_session(at)
+        if workload == "spike":
+            return self._pipeline_rerun(at)
         return self._coordinator(at)
 
     def _sales(self, at: datetime) -> Request:
@@ -122,10 +139,12 @@ class DemoTraffic:
         request = Request()
         trace = self._id()
         context = rng.randint(1500, 6000)
+        draft_out = rng.randint(250, 900)
+        if common["prompt_version"] == REGRESSED_VERSION and feature == REGRESSED_FEATURE:
+            context = int(context * 2.5)  # the regression: the new prompt pastes the whole account history
         at, root = self._call(request, at, trace, None, "openai", "text-embedding-3-small", context, 0, common)
         at = self._tool(request, at, trace, root, "crm_search", common)
         provider, model = DRAFT_MODELS[zlib.crc32(f"{tenant}/{feature}".encode()) % len(DRAFT_MODELS)]
-        draft_out = rng.randint(250, 900)
         at, _ = self._call(request, at, trace, root, provider, model, context + 800, draft_out, common, stream=True)
         at, _ = self._call(request, at, trace, root, "openai", "gpt-4o-mini", draft_out + 400, draft_out, common)
         at, _ = self._call(request, at, trace, root, "google", "gemini-2.0-flash", draft_out + 300, 20, common)
@@ -148,8 +167,8 @@ class DemoTraffic:
             "session_id": session,
         }
         request = Request()
-        history = rng.randint(800, 2000)
-        for _ in range(rng.randint(2, 5)):
+        history = rng.randint(400, 900)
+        for _ in range(rng.randint(2, 4)):
             trace = self._id()
             model = "claude-haiku-4-5" if rng.random() < 0.7 else "gpt-4o-mini"
             provider = "anthropic" if model.startswith("claude") else "openai"
@@ -157,8 +176,8 @@ class DemoTraffic:
             for tool in rng.sample(SUPPORT_TOOLS, rng.randint(1, 3)):
                 at = self._tool(request, at, trace, root, tool, common)
             out = rng.randint(120, 400)
-            at, _ = self._call(request, at, trace, root, provider, model, history + 600, out, common, stream=True)
-            history += 600 + out
+            at, _ = self._call(request, at, trace, root, provider, model, history + 300, out, common, stream=True)
+            history += 300 + out
             at += timedelta(seconds=rng.uniform(20, 180))  # the customer writes back
         if rng.random() < 0.6:
             request.outcomes.append(self._outcome(at, "ticket_closed", None, common))
@@ -174,11 +193,46 @@ class DemoTraffic:
         at, root = self._call(request, at, trace, None, "openai", "gpt-4o", 3000, 400, plan)
         for _ in range(rng.randint(1, 3)):
             coder = {**common, "agent_id": "code_agent"}
-            at, code = self._call(request, at, trace, root, "anthropic", "claude-sonnet-4-5", 9000, 1500, coder)
+            at, code = self._call(request, at, trace, root, "anthropic", "claude-sonnet-4-5", 9000, 700, coder)
             analyzer = {**common, "agent_id": "syntax_analyzer"}
             at, check = self._call(request, at, trace, code, "openai", "gpt-4o-mini", 2500, 200, analyzer)
             at = self._tool(request, at, trace, check, "run_linter", analyzer)
         self._call(request, at, trace, root, "openai", "gpt-4o", 5000, 600, plan)
+        return request
+
+    # -- incidents ---------------------------------------------------------------------------------
+
+    def _runaway_session(self, at: datetime) -> Request:
+        """A support agent that keeps asking for the order status with the same prompt, 24 times."""
+        rng = self._rng
+        tenant = "tenant_globex"
+        common = {
+            "feature": "support.ticket_reply", "prompt_version": "v7", "tenant_id": tenant,
+            "user_id": self._users[tenant][3], "team": "support", "agent_id": "support_agent",
+            "session_id": LOOP_SESSION,
+        }  # fmt: skip
+        request = Request()
+        history = 700
+        for turn in range(24):
+            trace = self._id()
+            looping = {**common, "prompt_hash": "ph_order_status_retry"} if turn else common
+            at, root = self._call(request, at, trace, None, "anthropic", "claude-haiku-4-5", history, 80, looping)
+            at = self._tool(request, at, trace, root, LOOP_TOOL, common)
+            history += 450
+            at += timedelta(seconds=rng.uniform(1, 3))
+        return request
+
+    def _pipeline_rerun(self, at: datetime) -> Request:
+        """One risk brief of a whole pipeline re-run by one user: 40k tokens of context on gpt-4o."""
+        tenant = "tenant_initech"
+        common = {
+            "feature": SPIKE_FEATURE, "prompt_version": "v1", "tenant_id": tenant,
+            "user_id": self._users[tenant][0], "team": "sales-eng", "agent_id": "sales_copilot",
+        }  # fmt: skip
+        request = Request()
+        trace = self._id()
+        at, root = self._call(request, at, trace, None, "openai", "text-embedding-3-small", 40_000, 0, common)
+        at, _ = self._call(request, at, trace, root, "openai", "gpt-4o", 40_000, 500, common, stream=True)
         return request
 
     # -- events ------------------------------------------------------------------------------------
@@ -216,6 +270,8 @@ class DemoTraffic:
         if status == "error":
             output_tokens = 0
         latency_ms = (overhead + per_token * output_tokens) * 1000 * rng.uniform(0.8, 1.4)
+        if self._incidents is not None and self._incidents.is_slow(model, at):
+            latency_ms = rng.uniform(35_000, 55_000)  # the provider's latency collapse
         cached = int(input_tokens * rng.uniform(0.3, 0.8)) if input_tokens > 2000 and rng.random() < 0.5 else 0
         ttft_ms = round(min(latency_ms, overhead * 1000 * rng.uniform(0.8, 1.2)), 1) if stream else None
         event = self._event(
@@ -275,10 +331,13 @@ class DemoTraffic:
 
     def _version(self, feature: str, at: datetime) -> str:
         versions = PROMPT_VERSIONS[feature]
-        if len(versions) == 1:
-            return versions[0]
         # the newer version rolls out to half the traffic over the last three days
         rollout = at > datetime.now(UTC) - timedelta(days=3)
+        if feature == REGRESSED_FEATURE and self._incidents is not None:
+            rollout = at >= self._incidents.rollout
+            versions = (versions[0], REGRESSED_VERSION)
+        if len(versions) == 1:
+            return versions[0]
         return versions[-1] if rollout and self._rng.random() < 0.5 else versions[0]
 
     def _id(self) -> str:

@@ -12,6 +12,7 @@ AlertKind = Literal[
     "unpriced_model", "unattributed_spend", "prompt_version_regression", "tenant_concentration",
 ]  # fmt: skip
 Severity = Literal["info", "warning", "critical"]
+AlertStatus = Literal["firing", "resolved"]
 _ALERT_NAMESPACE = uuid.UUID("6f1d3c52-8f0e-4d61-9a57-2f1b1a7e9c10")
 
 
@@ -43,3 +44,5 @@ class Alert(BaseModel):
     dedup_key: str
     """Alerts with the same key are one incident (grouped, held back by a cooldown)."""
     data_mode: Annotated[str, Field(pattern=r"^(real|test|demo)$")] = "real"
+    status: AlertStatus = "firing"
+    """``resolved``: the condition of the incident ``dedup_key`` has cleared."""

@@ -1,12 +1,12 @@
-"""The config file (YAML, ``SPENDSTREAM_CONFIG``): price overrides now; budgets, routes and thresholds build on it."""
+"""The config file (YAML, ``SPENDSTREAM_CONFIG``): price overrides, alert routes and grouping, detector thresholds."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from schemas.alert import AlertKind, Severity
 from schemas.exceptions import ConfigError
@@ -64,10 +64,141 @@ class Route(BaseModel):
 
 
 class AlertsConfig(BaseModel):
+    """Where alerts go, and how an incident's alerts are grouped (in the manner of Alertmanager)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     routes: list[Route] = Field(default_factory=list)
     """Tried in order; the first that matches an alert takes it."""
+    group_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    """How long a new incident's first message waits for more of its alerts (a burst becomes one message)."""
+    group_interval_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+    """Updates of an open incident are posted (in its thread) at most this often; a resolution at once."""
+
+
+Share = Annotated[float, Field(gt=0, le=1)]
+Usd = Annotated[float, Field(ge=0)]
+Factor = Annotated[float, Field(gt=1)]
+Calls = Annotated[int, Field(ge=1)]
+Millis = Annotated[float, Field(gt=0)]
+SpendDimension = Literal["feature", "model", "provider", "agent_id", "tenant_id", "team", "user_id", "environment"]
+_SPEND_DIMENSIONS: tuple[SpendDimension, ...] = ("feature", "model", "agent_id", "tenant_id", "team", "user_id")
+
+
+class _Detector(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+
+
+class SpendSpikeConfig(_Detector):
+    """Trailing-24h spend of a dimension's key against its 7-day daily average."""
+
+    factor: Factor = 2.0
+    critical_factor: Factor = 4.0
+    min_excess_usd: Usd = 5.0
+    """The spend above normal must also pass this: a $0.02 feature tripling is not worth a message."""
+    min_baseline_days: Annotated[float, Field(gt=0, le=7)] = 2.0
+    """Days of history the detector must have seen before it compares (no alert on an empty baseline)."""
+    dimensions: list[SpendDimension] = Field(default_factory=lambda: list(_SPEND_DIMENSIONS))
+
+
+class HourlyBurnConfig(_Detector):
+    """Spend of the last 60 minutes against the rolling hourly average of the last 7 days."""
+
+    factor: Factor = 3.0
+    critical_factor: Factor = 6.0
+    min_excess_usd: Usd = 2.0
+    min_baseline_days: Annotated[float, Field(gt=0, le=7)] = 2.0
+    dimensions: list[SpendDimension] = Field(default_factory=lambda: list(_SPEND_DIMENSIONS))
+
+
+class LatencyConfig(_Detector):
+    """p95 latency and TTFT per feature and per model over a sliding window."""
+
+    window_minutes: Annotated[int, Field(ge=1, le=60)] = 5
+    warning_ms: Millis = 15_000
+    critical_ms: Millis = 30_000
+    ttft_warning_ms: Millis = 15_000
+    ttft_critical_ms: Millis = 30_000
+    min_calls: Calls = 10
+
+
+class LoopConfig(_Detector):
+    """One session looking like a runaway agent."""
+
+    tool_window: Annotated[int, Field(ge=2, le=100)] = 5
+    same_tool_share: Share = 0.8
+    """More than this share of the last ``tool_window`` tool calls being one tool is a loop."""
+    prompt_repeats: Annotated[int, Field(ge=2)] = 3
+    """The same ``prompt_hash`` sent this many times in a session is a loop."""
+    max_tool_calls: Calls = 15
+    max_tokens: Calls = 20_000
+    max_cost_usd: Annotated[float, Field(gt=0)] = 0.5
+    session_idle_minutes: Annotated[float, Field(gt=0, le=1440)] = 30
+    """A session quiet for this long is over: its incident resolves and its state is dropped."""
+
+
+class ErrorRateConfig(_Detector):
+    """Error, timeout and rate-limit share per provider, model and feature over a sliding window."""
+
+    window_minutes: Annotated[int, Field(ge=1, le=60)] = 5
+    warning_share: Share = 0.1
+    critical_share: Share = 0.25
+    min_calls: Calls = 20
+
+
+class UnattributedConfig(_Detector):
+    """Spend without a feature tag, as a share of all spend over the last 24 hours."""
+
+    max_share: Share = 0.1
+    min_usd: Usd = 1.0
+
+
+class PromptRegressionConfig(_Detector):
+    """A feature's newest prompt version against the version before it, per model call."""
+
+    factor: Factor = 1.5
+    min_calls: Calls = 50
+
+
+class TenantConcentrationConfig(_Detector):
+    """The top tenant's share of the last 24 hours' spend against its share over the 7 days before."""
+
+    min_share: Share = 0.5
+    jump: Share = 0.2
+    min_usd: Usd = 10.0
+
+
+class DetectorsConfig(BaseModel):
+    """Thresholds of the stream detectors; every field has a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repeat_hours: Annotated[float, Field(gt=0, le=168)] = 4.0
+    """An incident still firing is raised again after this much event time (a reminder in its thread)."""
+    spend_spike: SpendSpikeConfig = Field(default_factory=SpendSpikeConfig)
+    hourly_burn: HourlyBurnConfig = Field(default_factory=HourlyBurnConfig)
+    latency_p95: LatencyConfig = Field(default_factory=LatencyConfig)
+    loop_detected: LoopConfig = Field(default_factory=LoopConfig)
+    error_rate: ErrorRateConfig = Field(default_factory=ErrorRateConfig)
+    unattributed_spend: UnattributedConfig = Field(default_factory=UnattributedConfig)
+    prompt_version_regression: PromptRegressionConfig = Field(default_factory=PromptRegressionConfig)
+    tenant_concentration: TenantConcentrationConfig = Field(default_factory=TenantConcentrationConfig)
+
+    @model_validator(mode="after")
+    def _critical_above_warning(self) -> DetectorsConfig:
+        pairs = [
+            ("spend_spike.critical_factor", self.spend_spike.critical_factor, self.spend_spike.factor),
+            ("hourly_burn.critical_factor", self.hourly_burn.critical_factor, self.hourly_burn.factor),
+            ("latency_p95.critical_ms", self.latency_p95.critical_ms, self.latency_p95.warning_ms),
+            ("latency_p95.ttft_critical_ms", self.latency_p95.ttft_critical_ms, self.latency_p95.ttft_warning_ms),
+            ("error_rate.critical_share", self.error_rate.critical_share, self.error_rate.warning_share),
+        ]
+        for name, critical, warning in pairs:
+            if critical < warning:
+                raise ValueError(f"{name} ({critical}) must not be below its warning level ({warning})")
+        return self
 
 
 class SpendstreamConfig(BaseModel):
@@ -77,6 +208,7 @@ class SpendstreamConfig(BaseModel):
 
     prices: PricesConfig = Field(default_factory=PricesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
 
 
 def load_config(path: Path | str | None) -> SpendstreamConfig:

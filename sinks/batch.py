@@ -32,7 +32,7 @@ OUTCOME_COLUMNS: tuple[str, ...] = (
 
 ALERT_COLUMNS: tuple[str, ...] = (
     "alert_id", "ts", "kind", "severity", "dimension", "key", "value", "baseline", "threshold", "window",
-    "message", "query", "dedup_key", "data_mode",
+    "message", "query", "dedup_key", "data_mode", "status",
 )  # fmt: skip
 
 NO_PRICES = (0.0, 0.0, 0.0, 0.0)

@@ -1,0 +1,104 @@
+"""``error_rate``: the share of failed calls (error, timeout, rate limited) per provider, model and feature.
+
+A share from a few calls is noisy: the detector fires when the lower end of the 99% confidence
+interval of the share (Wilson) passes the threshold, so 3 failures in 20 calls of a service that
+usually fails 4% of the time do not page anyone, and 10 in 20 do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from schemas.config import ErrorRateConfig
+from streams.detectors import calls as c
+from streams.detectors.findings import RELAXED, Finding, severity_of, until
+from streams.detectors.windows import MinuteWindows, WindowKey
+from streams.unpriced import sql_string
+
+_DIMENSIONS = (("provider", c.PROVIDER), ("model", c.MODEL), ("feature", c.FEATURE))
+_FAILED = frozenset({"error", "timeout", "rate_limited"})
+_Z = 2.576
+
+
+def wilson_lower(failures: int, calls: int) -> float:
+    """The lower bound of the 99% Wilson score interval of ``failures / calls``."""
+    if calls == 0:
+        return 0.0
+    share = failures / calls
+    z2 = _Z * _Z
+    centre = share + z2 / (2 * calls)
+    margin = _Z * math.sqrt(share * (1 - share) / calls + z2 / (4 * calls * calls))
+    return max(0.0, (centre - margin) / (1 + z2 / calls))
+
+
+class ErrorRateDetector:
+    def __init__(self, config: ErrorRateConfig) -> None:
+        self._config = config
+        # per minute: calls, failures, retries
+        self._windows: MinuteWindows[list[int]] = MinuteWindows(config.window_minutes, lambda: [0, 0, 0])
+        self._firing: set[WindowKey] = set()
+
+    def observe(self, rows: Iterable[c.Row]) -> None:
+        if not self._config.enabled:
+            return
+        windows = self._windows
+        for row in rows:
+            if row[c.KIND] != "llm":
+                continue
+            at = row[c.TS].timestamp()
+            failed = row[c.STATUS] in _FAILED
+            retry = row[c.ATTEMPT] > 1
+            for dim, index in _DIMENSIONS:
+                cell = windows.cell((row[c.DATA_MODE], dim, row[index]), at)
+                cell[0] += 1
+                cell[1] += failed
+                cell[2] += retry
+
+    def check(self, now_of: dict[str, float]) -> list[Finding]:
+        findings = []
+        keys = self._windows.take_touched() | self._firing
+        self._firing = set()
+        for key in keys:
+            now = now_of.get(key[0])
+            if now is None:
+                continue
+            calls = failures = retries = 0
+            for cell in self._windows.window(key, now):
+                calls += cell[0]
+                failures += cell[1]
+                retries += cell[2]
+            finding = self._finding(key, calls, failures, retries, now)
+            if finding is not None:
+                findings.append(finding)
+                if finding.watched:
+                    self._firing.add(key)
+        return findings
+
+    def _finding(self, key: WindowKey, calls: int, failures: int, retries: int, now: float) -> Finding | None:
+        cfg = self._config
+        data_mode, dim, name = key
+        if 0 < calls < cfg.min_calls:
+            return None
+        share = failures / calls if calls else 0.0
+        lower = wilson_lower(failures, calls)
+        severity = severity_of(lower > cfg.warning_share, lower > cfg.critical_share)
+        multiplier = calls / (calls - retries) if calls > retries else float(calls or 1)
+        window = f"{cfg.window_minutes}m"
+        return Finding(
+            kind="error_rate", data_mode=data_mode, dimension=dim, key=name, severity=severity,
+            value=round(share, 4), baseline=None, threshold=cfg.warning_share, window=window,
+            sustained=lower > RELAXED * cfg.warning_share,
+            message=(
+                f"{failures} of {calls} calls of {dim} {name} failed in the last {window} ({share:.0%}; "
+                f"alerts when surely above {cfg.warning_share:.0%}). Retries make each request cost "
+                f"{multiplier:.2f}x ({retries} retried calls)."
+            ),
+            query=(
+                "SELECT toStartOfMinute(ts) AS minute, status, error_type, count() AS calls, "
+                f"countIf(attempt > 1) AS retries FROM llm_calls WHERE {dim} = {sql_string(name)} "
+                f"AND data_mode = {sql_string(data_mode)} "
+                f"AND ts BETWEEN {until(now)} - INTERVAL 30 MINUTE AND {until(now)} GROUP BY ALL ORDER BY minute"
+            ),
+            at=now,
+        )  # fmt: skip

@@ -1,0 +1,125 @@
+"""``latency_p95``: p95 latency and time to first token per feature and per model, over a sliding window.
+
+Successful model calls count; a failed call's latency is a timeout or an early error (``error_rate``).
+
+Latencies are counted in log-spaced buckets (each 10% wide), so a window of any traffic costs a
+few hundred integers and its p95 is known within 5%.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from schemas.config import LatencyConfig
+from streams.detectors import calls as c
+from streams.detectors.findings import RELAXED, Finding, severity_of, until
+from streams.detectors.windows import MinuteWindows, WindowKey
+from streams.unpriced import sql_string
+
+_GROWTH = 1.1
+_LOG_GROWTH = math.log(_GROWTH)
+_DIMENSIONS = (("feature", c.FEATURE), ("model", c.MODEL))
+_METRICS = (("latency", c.LATENCY_MS), ("ttft", c.TTFT_MS))
+
+Histogram = dict[int, int]
+"""Calls per bucket: bucket ``b`` holds latencies in [1.1**b, 1.1**(b+1)) milliseconds."""
+
+
+def bucket_of(ms: float) -> int:
+    return int(math.log(ms) / _LOG_GROWTH) if ms >= 1 else 0
+
+
+def quantile(histogram: Histogram, q: float) -> tuple[float, int]:
+    """The ``q`` quantile (the bucket's geometric middle) and the number of values."""
+    total = sum(histogram.values())
+    if total == 0:
+        return 0.0, 0
+    rank = q * total
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return _GROWTH ** (bucket + 0.5), total
+    return _GROWTH ** (max(histogram) + 0.5), total
+
+
+class LatencyDetector:
+    def __init__(self, config: LatencyConfig) -> None:
+        self._config = config
+        self._windows: MinuteWindows[dict[str, Histogram]] = MinuteWindows(
+            config.window_minutes, lambda: {"latency": {}, "ttft": {}}
+        )
+        self._firing: set[WindowKey] = set()
+
+    def observe(self, rows: Iterable[c.Row]) -> None:
+        if not self._config.enabled:
+            return
+        windows = self._windows
+        for row in rows:
+            if row[c.KIND] != "llm" or row[c.STATUS] != "success":
+                continue  # a failed call's latency is a client timeout or an early error: error_rate has them
+            at = row[c.TS].timestamp()
+            for dim, index in _DIMENSIONS:
+                cell = windows.cell((row[c.DATA_MODE], dim, row[index]), at)
+                for metric, column in _METRICS:
+                    ms = row[column]
+                    if ms is not None:
+                        histogram = cell[metric]
+                        b = bucket_of(ms)
+                        histogram[b] = histogram.get(b, 0) + 1
+
+    def check(self, now_of: dict[str, float]) -> list[Finding]:
+        findings = []
+        keys = self._windows.take_touched() | self._firing
+        self._firing = set()
+        for key in keys:
+            now = now_of.get(key[0])
+            if now is None:
+                continue
+            merged: dict[str, Histogram] = {"latency": {}, "ttft": {}}
+            for cell in self._windows.window(key, now):
+                for metric, histogram in cell.items():
+                    into = merged[metric]
+                    for b, n in histogram.items():
+                        into[b] = into.get(b, 0) + n
+            for metric, _ in _METRICS:
+                finding = self._finding(key, metric, merged[metric], now)
+                if finding is not None:
+                    findings.append(finding)
+                    if finding.watched:
+                        self._firing.add(key)
+        return findings
+
+    def _finding(self, key: WindowKey, metric: str, histogram: Histogram, now: float) -> Finding | None:
+        cfg = self._config
+        data_mode, dim, name = key
+        p95, calls = quantile(histogram, 0.95)
+        warning, critical = (cfg.warning_ms, cfg.critical_ms) if metric == "latency" else (
+            cfg.ttft_warning_ms, cfg.ttft_critical_ms)  # fmt: skip
+        if calls < cfg.min_calls and calls > 0:
+            return None  # too few calls to judge; an open incident waits for more, or for an empty window
+        severity = severity_of(calls > 0 and p95 > warning, p95 > critical)
+        label = "latency" if metric == "latency" else "time to first token"
+        column = "latency_ms" if metric == "latency" else "ttft_ms"
+        window = f"{cfg.window_minutes}m"
+        message = (
+            f"p95 {label} of {dim} {name} is {p95 / 1000:,.1f} s over the last {window} ({calls} calls; "
+            f"warning above {warning / 1000:g} s, critical above {critical / 1000:g} s)."
+            if calls
+            else f"no calls of {dim} {name} in the last {window}."
+        )
+        return Finding(
+            kind="latency_p95", data_mode=data_mode, dimension=dim, key=name, severity=severity,
+            value=round(p95, 1), baseline=None, threshold=warning, window=window, message=message,
+            sustained=calls > 0 and p95 > RELAXED * warning,
+            query=(
+                f"SELECT toStartOfMinute(ts) AS minute, {'model' if dim == 'feature' else 'feature'}, "
+                "count() AS calls, "
+                f"round(quantile(0.95)({column})) AS p95_ms, countIf(status != 'success') AS failed FROM llm_calls "
+                f"WHERE {dim} = {sql_string(name)} AND data_mode = {sql_string(data_mode)} "
+                f"AND ts BETWEEN {until(now)} - INTERVAL 30 MINUTE AND {until(now)} "
+                "GROUP BY ALL ORDER BY minute, calls DESC"
+            ),
+            at=now, detail=metric,
+        )  # fmt: skip

@@ -1,0 +1,147 @@
+"""``loop_detected``: one session behaving like a runaway agent.
+
+Per session: the last tool calls (one tool over and over), how often each prompt hash came back,
+and the session's tool calls, tokens and cost against their caps. An incident lasts until the
+session has been quiet for ``session_idle_minutes``; then it resolves with what the session cost.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from schemas.alert import Severity
+from schemas.config import LoopConfig
+from streams.detectors import calls as c
+from streams.detectors.findings import Finding
+from streams.unpriced import sql_string
+
+
+@dataclass(slots=True)
+class _Session:
+    agent: str
+    feature: str
+    started: float
+    last: float
+    tools: deque[str]
+    prompts: Counter[str] = field(default_factory=Counter)
+    calls: int = 0
+    tool_calls: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+
+
+class LoopDetector:
+    def __init__(self, config: LoopConfig) -> None:
+        self._config = config
+        self._sessions: dict[tuple[str, str], _Session] = {}
+        self._touched: set[tuple[str, str]] = set()
+        self._firing: set[tuple[str, str]] = set()
+        self._swept: dict[str, int] = {}
+
+    def observe(self, rows: Iterable[c.Row]) -> None:
+        if not self._config.enabled:
+            return
+        window = self._config.tool_window
+        for row in rows:
+            session_id = row[c.SESSION_ID]
+            if not session_id:
+                continue
+            at = row[c.TS].timestamp()
+            key = (row[c.DATA_MODE], session_id)
+            session = self._sessions.get(key)
+            if session is None:
+                session = self._sessions[key] = _Session(row[c.AGENT_ID], row[c.FEATURE], at, at, deque(maxlen=window))
+            session.last = max(session.last, at)
+            session.calls += 1
+            session.tokens += row[c.INPUT_TOKENS] + row[c.OUTPUT_TOKENS]
+            session.cost += row[c.COST_USD] or 0.0
+            if row[c.KIND] == "tool":
+                session.tool_calls += 1
+                session.tools.append(row[c.TOOL_NAME])
+            if row[c.PROMPT_HASH]:
+                session.prompts[row[c.PROMPT_HASH]] += 1
+            self._touched.add(key)
+
+    def check(self, now_of: dict[str, float]) -> list[Finding]:
+        findings = []
+        idle = self._config.session_idle_minutes * 60
+        keys, self._touched = self._touched | self._firing, set()
+        self._firing = set()
+        for key in keys:
+            session = self._sessions.get(key)
+            now = now_of.get(key[0])
+            if session is None or now is None:
+                continue
+            ended = now - session.last >= idle
+            finding = self._finding(key, session, now, ended)
+            if finding is not None:
+                findings.append(finding)
+                if finding.watched:
+                    self._firing.add(key)
+        self._forget_ended(now_of, idle)
+        return findings
+
+    def _finding(self, key: tuple[str, str], session: _Session, now: float, ended: bool) -> Finding | None:
+        cfg = self._config
+        reasons: list[str] = []
+        doubled = False
+        if len(session.tools) == cfg.tool_window:
+            tool, times = Counter(session.tools).most_common(1)[0]
+            if times / cfg.tool_window > cfg.same_tool_share:
+                reasons.append(f"{times} of its last {cfg.tool_window} tool calls were {tool}")
+        if session.prompts:
+            prompt, times = session.prompts.most_common(1)[0]
+            if times >= cfg.prompt_repeats:
+                reasons.append(f"the same prompt ({prompt[:12]}) was sent {times} times")
+        for label, value, cap in (("tool calls", session.tool_calls, cfg.max_tool_calls),
+                                  ("tokens", session.tokens, cfg.max_tokens),
+                                  ("cost", session.cost, cfg.max_cost_usd)):  # fmt: skip
+            if value > cap:
+                shown = f"${value:,.2f} (cap ${cap:g})" if label == "cost" else f"{value:,} {label} (cap {cap:,})"
+                reasons.append(shown)
+                doubled = doubled or value > 2 * cap
+        severity: Severity | None = None
+        if reasons and not ended:
+            severity = "critical" if doubled or len(reasons) >= 3 else "warning"
+        elif not ended:
+            return None
+        data_mode, session_id = key
+        who = f"agent {session.agent}" if session.agent else "a session"
+        summary = (
+            f"{session.calls} calls, {session.tool_calls} tool calls, {session.tokens:,} tokens, ${session.cost:,.2f}"
+        )
+        if ended:
+            message = f"session {session_id} of {who} ({session.feature}) went quiet: {summary} in all."
+        else:
+            message = (
+                f"{who} looks stuck in a loop in session {session_id} ({session.feature}): "
+                + "; ".join(reasons)
+                + f". So far: {summary}."
+            )
+        return Finding(
+            kind="loop_detected", data_mode=data_mode, dimension="session_id", key=session_id,
+            severity=severity, sustained=not ended, value=round(session.cost, 4), baseline=None,
+            threshold=cfg.max_cost_usd,
+            window="session", message=message,
+            query=(
+                "SELECT ts, agent_id, kind, if(kind = 'tool', tool_name, model) AS what, prompt_hash, "
+                "input_tokens + output_tokens AS tokens, cost_usd, status FROM llm_calls "
+                f"WHERE session_id = {sql_string(session_id)} AND data_mode = {sql_string(data_mode)} "
+                "ORDER BY ts"
+            ),
+            at=now,
+        )  # fmt: skip
+
+    def _forget_ended(self, now_of: dict[str, float], idle: float) -> None:
+        """Once a minute of event time, drop sessions quiet for longer than the idle time (and not firing)."""
+        for data_mode, now in now_of.items():
+            minute = int(now // 60)
+            if self._swept.get(data_mode) == minute:
+                continue
+            self._swept[data_mode] = minute
+            ended = [k for k, s in self._sessions.items() if k[0] == data_mode and now - s.last >= idle]
+            for key in ended:
+                if key not in self._firing:
+                    del self._sessions[key]

@@ -1,0 +1,103 @@
+"""``prompt_version_regression``: a feature's newest prompt version costs or uses more per model call.
+
+Per feature, each prompt version's model calls, cost and tokens since it was first seen. The newest
+version is compared with the one before it once both have ``min_calls`` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from schemas.config import PromptRegressionConfig
+from streams.detectors import calls as c
+from streams.detectors.findings import RELAXED, Finding
+from streams.unpriced import sql_string
+
+
+@dataclass(slots=True)
+class _Version:
+    first: float
+    calls: int = 0
+    cost: float = 0.0
+    tokens: int = 0
+
+    def per_call(self) -> tuple[float, float]:
+        return self.cost / self.calls, self.tokens / self.calls
+
+
+class PromptRegressionDetector:
+    def __init__(self, config: PromptRegressionConfig) -> None:
+        self._config = config
+        self._features: dict[tuple[str, str], dict[str, _Version]] = {}
+        self._touched: set[tuple[str, str]] = set()
+        self._firing: set[tuple[str, str]] = set()
+
+    def observe(self, rows: Iterable[c.Row]) -> None:
+        if not self._config.enabled:
+            return
+        for row in rows:
+            version = row[c.PROMPT_VERSION]
+            if not version or row[c.KIND] != "llm":
+                continue
+            self.add(row[c.DATA_MODE], row[c.FEATURE], version, row[c.TS].timestamp(), 1,
+                     row[c.COST_USD] or 0.0, row[c.INPUT_TOKENS] + row[c.OUTPUT_TOKENS])  # fmt: skip
+
+    def add(self, data_mode: str, feature: str, version: str, at: float, calls: int, cost: float, tokens: int) -> None:
+        """Count calls of one version (also used to warm up from ``rollup_day``)."""
+        key = (data_mode, feature)
+        versions = self._features.setdefault(key, {})
+        found = versions.get(version)
+        if found is None:
+            found = versions[version] = _Version(at)
+        found.first = min(found.first, at)
+        found.calls += calls
+        found.cost += cost
+        found.tokens += tokens
+        self._touched.add(key)
+
+    def check(self, now_of: dict[str, float]) -> list[Finding]:
+        cfg = self._config
+        findings = []
+        keys, self._touched = self._touched | self._firing, set()
+        self._firing = set()
+        for key in keys:
+            now = now_of.get(key[0])
+            versions = self._features.get(key, {})
+            if now is None or len(versions) < 2:
+                continue
+            (old_name, old), (new_name, new) = sorted(versions.items(), key=lambda item: item[1].first)[-2:]
+            if old.calls < cfg.min_calls or new.calls < cfg.min_calls:
+                continue
+            (old_cost, old_tokens), (new_cost, new_tokens) = old.per_call(), new.per_call()
+            cost_ratio = new_cost / old_cost if old_cost > 0 else 1.0
+            token_ratio = new_tokens / old_tokens if old_tokens > 0 else 1.0
+            firing = cost_ratio >= cfg.factor or token_ratio >= cfg.factor
+            sustained = max(cost_ratio, token_ratio) >= RELAXED * cfg.factor
+            data_mode, feature = key
+            findings.append(
+                Finding(
+                    kind="prompt_version_regression", data_mode=data_mode, dimension="prompt_version",
+                    key=f"{feature}@{new_name}", severity="warning" if firing else None, sustained=sustained,
+                    value=round(new_cost, 6), baseline=round(old_cost, 6), threshold=round(cfg.factor * old_cost, 6),
+                    window="version",
+                    message=(
+                        f"prompt version {new_name} of {feature} costs ${new_cost:.4f} and {new_tokens:,.0f} tokens "
+                        f"per model call over {new.calls:,} calls: {cost_ratio:.1f}x the cost and "
+                        f"{token_ratio:.1f}x the tokens of {old_name} (${old_cost:.4f}, {old_tokens:,.0f} tokens; "
+                        f"alerts at {cfg.factor:g}x)."
+                    ),
+                    query=(
+                        "SELECT prompt_version, model, count() AS calls, round(avg(input_tokens)) AS input_per_call, "
+                        "round(avg(output_tokens)) AS output_per_call, round(avg(cost_usd), 6) AS usd_per_call "
+                        f"FROM llm_calls WHERE feature = {sql_string(feature)} AND kind = 'llm' "
+                        f"AND data_mode = {sql_string(data_mode)} "
+                        f"AND prompt_version IN ({sql_string(old_name)}, {sql_string(new_name)}) "
+                        "GROUP BY prompt_version, model ORDER BY prompt_version, calls DESC"
+                    ),
+                    at=now,
+                )
+            )  # fmt: skip
+            if firing or sustained:
+                self._firing.add(key)
+        return findings

@@ -1,0 +1,53 @@
+"""Sliding event-time windows kept as per-minute cells, per (data mode, dimension, key)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+Cell = TypeVar("Cell")
+WindowKey = tuple[str, str, str]
+"""(data mode, dimension, key)"""
+
+
+class MinuteWindows(Generic[Cell]):
+    """Per key, one ``Cell`` per event-time minute of the last ``minutes`` minutes.
+
+    ``touched`` holds the keys changed since :meth:`take_touched`: a detector evaluates those and the
+    ones whose incident is open.
+    """
+
+    def __init__(self, minutes: int, new_cell: Callable[[], Cell]) -> None:
+        self.minutes = minutes
+        self._new_cell = new_cell
+        self._cells: dict[WindowKey, dict[int, Cell]] = {}
+        self.touched: set[WindowKey] = set()
+
+    def cell(self, key: WindowKey, at: float) -> Cell:
+        minute = int(at // 60)
+        cells = self._cells.get(key)
+        if cells is None:
+            cells = self._cells[key] = {}
+        found = cells.get(minute)
+        if found is None:
+            found = cells[minute] = self._new_cell()
+        self.touched.add(key)
+        return found
+
+    def window(self, key: WindowKey, now: float) -> Iterator[Cell]:
+        """The cells of the last ``minutes`` minutes up to ``now``; older ones are dropped."""
+        cells = self._cells.get(key)
+        if not cells:
+            return iter(())
+        oldest = int(now // 60) - self.minutes
+        if min(cells) <= oldest:
+            for minute in [m for m in cells if m <= oldest]:
+                del cells[minute]
+            if not cells:
+                del self._cells[key]
+                return iter(())
+        return (cell for minute, cell in cells.items() if minute <= now // 60)
+
+    def take_touched(self) -> set[WindowKey]:
+        touched, self.touched = self.touched, set()
+        return touched
