@@ -3,15 +3,25 @@
 The ``alerts`` table is the outbox. Every state change is a new row version, so an alert that
 Slack did not take (an outage, a rate limit, a channel the bot is not in) stays ``pending`` and is
 tried again in a later round, also by an alerter started after a restart: nothing is dropped.
+
+Grouping, in the manner of Alertmanager:
+
+- new incidents of one kind that go to one channel and are raised within ``group_wait`` of each
+  other become one message (a runaway feature that lights up its team, model and tenant too);
+- later alerts of an incident (an escalation, a reminder, its resolution) are replies in the
+  thread of that message, at most one per ``group_interval``, a resolution at once; alerts held
+  back meanwhile are folded into the next reply, which shows the latest of them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -24,72 +34,120 @@ from sinks.batch import ALERT_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-_STATE_COLUMNS = (*ALERT_COLUMNS, "delivery_state", "channel", "delivery_error", "attempts")
-ROUND_LIMIT = 200
+_STATE_COLUMNS = (*ALERT_COLUMNS, "raised_at", "delivery_state", "channel", "delivery_error", "attempts", "thread_ts")
+ROUND_LIMIT = 500
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryRound:
     delivered: int
+    """Alerts delivered (several may share one message)."""
+    messages: int
     unrouted: int
     failed: int
+    held: int
+    """Alerts waiting for their group wait or group interval."""
     retry_after: float
     """Seconds to wait before the next round (Slack's Retry-After, or 0)."""
 
 
+@dataclass(slots=True)
+class _Pending:
+    alert: Alert
+    raised_at: float
+    attempts: int
+    channel: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Thread:
+    ts: str
+    last_posted: float
+
+
 class Alerter:
     def __init__(
-        self, client_factory: Callable[[], Client], database: str, routes: Sequence[Route], poster: SlackPoster | None
+        self,
+        client_factory: Callable[[], Client],
+        database: str,
+        routes: Sequence[Route],
+        poster: SlackPoster | None,
+        group_wait: float = 10.0,
+        group_interval: float = 300.0,
     ) -> None:
         self._client_factory = client_factory
         self._database = database
         self._routes = list(routes)
         self._poster = poster
+        self._group_wait = group_wait
+        self._group_interval = group_interval
         self._client: Client | None = None
 
     def deliver_pending(self) -> DeliveryRound:
-        """Try every pending alert once, oldest first; stop early when Slack asks to slow down."""
+        """Deliver what is due, oldest first; stop early when Slack asks to slow down."""
         client = self._connected()
-        # after a few failed attempts (a channel the bot is not in), an alert is tried less often
-        rows = client.query(
-            f"SELECT {', '.join(_STATE_COLUMNS)} FROM `{self._database}`.alerts FINAL "
-            "WHERE delivery_state = 'pending' AND (attempts <= 2 OR "
-            "updated_at <= now64(3) - toIntervalSecond(least(600, 5 * attempts))) "
-            f"ORDER BY ts, alert_id LIMIT {ROUND_LIMIT}"
-        ).named_results()
-        delivered = unrouted = failed = 0
-        retry_after = 0.0
+        now = time.time()
+        pending = self._pending(client)
+        threads = self._open_threads(client, {p.alert.dedup_key for p in pending})
         updates: list[tuple[Any, ...]] = []
-        for row in rows:
-            fields = {c: row[c] for c in ALERT_COLUMNS}
-            if fields["ts"].tzinfo is None:  # DateTime64('UTC') may come back naive
-                fields["ts"] = fields["ts"].replace(tzinfo=UTC)
-            alert = Alert.model_validate(fields)
-            channel = channel_for(alert, self._routes)
-            if channel is None:
-                updates.append(_state(alert, "unrouted", "", "no route matches", row["attempts"]))
-                unrouted += 1
-                continue
-            if self._poster is None:
-                error = "no Slack bot token: set SPENDSTREAM_SLACK_BOT_TOKEN"
-                updates.append(_state(alert, "pending", channel, error, row["attempts"] + 1))
-                failed += 1
-                continue
-            try:
-                self._poster.post(channel, alert)
-            except SlackDeliveryError as exc:
-                logger.warning("alert %s to %s not delivered yet: %s", alert.alert_id, channel, exc.reason)
-                updates.append(_state(alert, "pending", channel, exc.reason, row["attempts"] + 1))
-                failed += 1
-                if exc.transient:  # Slack is down or busy: the rest waits for the next round
-                    retry_after = max(exc.retry_after, 1.0)
+        counts = {"delivered": 0, "messages": 0, "unrouted": 0, "failed": 0, "held": 0}
+        replies: dict[tuple[str, str], list[_Pending]] = defaultdict(list)
+        groups: dict[tuple[str, str, str], list[_Pending]] = defaultdict(list)
+        for item in pending:
+            if item.channel is None:
+                updates.append(_state(item, "unrouted", "", "no route matches", item.attempts, ""))
+                counts["unrouted"] += 1
+            elif (item.alert.dedup_key, item.channel) in threads:
+                replies[(item.alert.dedup_key, item.channel)].append(item)
+            else:
+                groups[(item.channel, item.alert.kind, item.alert.data_mode)].append(item)
+
+        # (channel, items, thread_ts or None)
+        due: list[tuple[str, list[_Pending], str | None]] = []
+        for (dedup_key, channel), items in replies.items():
+            thread = threads[(dedup_key, channel)]
+            resolved = any(i.alert.status == "resolved" for i in items)
+            if resolved or now - thread.last_posted >= self._group_interval:
+                due.append((channel, items, thread.ts))
+            else:
+                counts["held"] += len(items)
+        for (channel, _, _), items in groups.items():
+            if now - min(i.raised_at for i in items) >= self._group_wait:
+                due.append((channel, items, None))
+            else:
+                counts["held"] += len(items)
+
+        retry_after = 0.0
+        for channel, items, thread_ts in sorted(due, key=lambda d: min(i.alert.ts for i in d[1])):
+            if thread_ts is None and any(i.alert.status == "firing" for i in items):
+                # a new message shows what fired; resolutions that came with it follow in its thread
+                posts = [
+                    [i for i in items if i.alert.status == "firing"],
+                    [i for i in items if i.alert.status != "firing"],
+                ]
+            else:
+                posts = [items]
+            for part in filter(None, posts):
+                try:
+                    if self._poster is None:
+                        raise SlackDeliveryError("no Slack bot token: set SPENDSTREAM_SLACK_BOT_TOKEN", transient=False)
+                    ts = self._poster.post(channel, _latest_per_incident(part), thread_ts)
+                except SlackDeliveryError as exc:
+                    logger.warning("%d alert(s) to %s not delivered yet: %s", len(part), channel, exc.reason)
+                    updates.extend(_state(i, "pending", channel, exc.reason, i.attempts + 1, "") for i in part)
+                    counts["failed"] += len(part)
+                    if exc.transient:  # Slack is down or busy: the rest waits for the next round
+                        retry_after = max(exc.retry_after, 1.0)
                     break
-                continue
-            updates.append(_state(alert, "delivered", channel, "", row["attempts"] + 1))
-            delivered += 1
+                thread_ts = thread_ts or ts
+                updates.extend(_state(i, "delivered", channel, "", i.attempts + 1, thread_ts) for i in part)
+                counts["delivered"] += len(part)
+                counts["messages"] += 1
+            if retry_after:
+                break
         if updates:
             client.insert(f"`{self._database}`.alerts", updates, column_names=list(_STATE_COLUMNS))
-        return DeliveryRound(delivered, unrouted, failed, retry_after)
+        return DeliveryRound(retry_after=retry_after, **counts)
 
     def run(self, stop: threading.Event, interval: float = 2.0) -> None:
         """Deliver in rounds until ``stop`` is set; failures of ClickHouse itself are logged and retried."""
@@ -104,11 +162,60 @@ class Alerter:
                 wait = 10.0
             stop.wait(wait)
 
+    def _pending(self, client: Client) -> list[_Pending]:
+        # after a few failed attempts (a channel the bot is not in), an alert is tried less often
+        rows = client.query(
+            f"SELECT {', '.join(_STATE_COLUMNS)} FROM `{self._database}`.alerts FINAL "
+            "WHERE delivery_state = 'pending' AND (attempts <= 2 OR "
+            "updated_at <= now64(3) - toIntervalSecond(least(600, 5 * attempts))) "
+            f"ORDER BY ts, alert_id LIMIT {ROUND_LIMIT}"
+        ).named_results()
+        pending = []
+        for row in rows:
+            fields = {c: row[c] for c in ALERT_COLUMNS}
+            fields["ts"] = _aware(fields["ts"])
+            alert = Alert.model_validate(fields)
+            raised_at = _aware(row["raised_at"]).timestamp()
+            pending.append(_Pending(alert, raised_at, row["attempts"], channel_for(alert, self._routes)))
+        return pending
+
+    def _open_threads(self, client: Client, dedup_keys: set[str]) -> dict[tuple[str, str], _Thread]:
+        """Per (dedup key, channel): the thread of the incident's message, while the incident is open."""
+        if not dedup_keys:
+            return {}
+        rows = client.query(
+            "SELECT dedup_key, channel, argMax(thread_ts, updated_at), max(updated_at), "
+            f"argMax(status, (ts, updated_at)) FROM `{self._database}`.alerts FINAL "
+            "WHERE delivery_state = 'delivered' AND thread_ts != '' AND dedup_key IN %(keys)s "
+            "GROUP BY dedup_key, channel",
+            parameters={"keys": sorted(dedup_keys)},
+        ).result_rows
+        return {
+            (key, channel): _Thread(ts, _aware(last).timestamp())
+            for key, channel, ts, last, status in rows
+            if status == "firing"
+        }
+
     def _connected(self) -> Client:
         if self._client is None:
             self._client = self._client_factory()
         return self._client
 
 
-def _state(alert: Alert, state: str, channel: str, error: str, attempts: int) -> tuple[Any, ...]:
-    return (*(getattr(alert, c) for c in ALERT_COLUMNS), state, channel, error, attempts)
+def _latest_per_incident(items: list[_Pending]) -> list[Alert]:
+    """One alert per incident, the latest; incidents in the order they were raised."""
+    latest: dict[str, Alert] = {}
+    for item in sorted(items, key=lambda i: i.alert.ts):
+        latest[item.alert.dedup_key] = item.alert
+    return list(latest.values())
+
+
+def _aware(value: datetime) -> datetime:
+    """DateTime64('UTC') may come back naive."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _state(item: _Pending, state: str, channel: str, error: str, attempts: int, thread_ts: str) -> tuple[Any, ...]:
+    alert = item.alert
+    raised_at = datetime.fromtimestamp(item.raised_at, UTC)
+    return (*(getattr(alert, c) for c in ALERT_COLUMNS), raised_at, state, channel, error, attempts, thread_ts)

@@ -10,6 +10,12 @@ from slack_sdk.errors import SlackApiError
 from schemas.alert import Alert
 
 SEVERITY_MARK = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
+RESOLVED_MARK = ":white_check_mark:"
+GROUP_LINES = 15
+
+
+def mark(alert: Alert) -> str:
+    return RESOLVED_MARK if alert.status == "resolved" else SEVERITY_MARK[alert.severity]
 
 
 class SlackDeliveryError(Exception):
@@ -34,7 +40,8 @@ def blocks_for(alert: Alert) -> list[dict[str, Any]]:
             "type": "section",
             "text": {
                 "type": "mrkdwn",
-                "text": f"{SEVERITY_MARK[alert.severity]} *{alert.kind}* {alert.dimension} `{alert.key}`",
+                "text": f"{mark(alert)} *{alert.kind}*{' resolved' if alert.status == 'resolved' else ''} "
+                f"{alert.dimension} `{alert.key}`",
             },
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": alert.message[:2900]}},
@@ -46,6 +53,32 @@ def blocks_for(alert: Alert) -> list[dict[str, Any]]:
     ]
 
 
+def group_blocks(alerts: list[Alert]) -> list[dict[str, Any]]:
+    """One message for several alerts of one kind raised together: a line each, then the first's detail."""
+    first = alerts[0]
+    lines = [f"{mark(a)} {a.dimension} `{a.key}`: {a.message.split('. ')[0][:200]}" for a in alerts[:GROUP_LINES]]
+    if len(alerts) > GROUP_LINES:
+        lines.append(f"... and {len(alerts) - GROUP_LINES} more (`spendstream alerts`)")
+    return [
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": f"*{len(alerts)} {first.kind} alerts* ({first.data_mode})"},
+        },
+        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:2900]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"```{first.query[:2800]}```"}},
+    ]
+
+
+def text_of(alerts: list[Alert]) -> str:
+    """The notification text (what a phone shows before the message is opened)."""
+    first = alerts[0]
+    state = "resolved" if first.status == "resolved" else first.severity
+    if len(alerts) == 1:
+        return f"[{state}] {first.kind} {first.dimension}={first.key}: {first.message}"[:3000]
+    keys = ", ".join(f"{a.dimension}={a.key}" for a in alerts[:5])
+    return f"[{first.severity}] {len(alerts)} {first.kind} alerts: {keys}"[:3000]
+
+
 class SlackPoster:
     """Posts with a bot token; ``base_url`` points elsewhere than slack.com (Enterprise Grid, tests)."""
 
@@ -54,13 +87,17 @@ class SlackPoster:
             token=token, base_url=base_url if base_url.endswith("/") else base_url + "/", timeout=timeout
         )
 
-    def post(self, channel: str, alert: Alert) -> None:
-        text = f"[{alert.severity}] {alert.kind} {alert.dimension}={alert.key}: {alert.message}"
-        self.post_blocks(channel, text[:3000], blocks_for(alert))
+    def post(self, channel: str, alerts: list[Alert], thread_ts: str | None = None) -> str:
+        """Post ``alerts`` (of one kind) as one message, or as a reply in ``thread_ts``; returns its ts."""
+        blocks = blocks_for(alerts[0]) if len(alerts) == 1 else group_blocks(alerts)
+        return self.post_blocks(channel, text_of(alerts), blocks, thread_ts)
 
-    def post_blocks(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
+    def post_blocks(
+        self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
+    ) -> str:
         try:
-            self._client.chat_postMessage(channel=channel, text=text, blocks=blocks)
+            answer = self._client.chat_postMessage(channel=channel, text=text, blocks=blocks, thread_ts=thread_ts)
+            return str(answer.get("ts") or "")
         except SlackApiError as exc:
             status = exc.response.status_code
             error = exc.response.get("error", "") if isinstance(exc.response.data, dict) else ""

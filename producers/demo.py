@@ -86,7 +86,11 @@ class Request:
 class DemoTraffic:
     """Generates the demo's requests. ``scale`` multiplies the request rate."""
 
-    def __init__(self, seed: int = 7, scale: float = 1.0, incidents: DemoIncidents | None = None) -> None:
+    def __init__(
+        self, seed: int = 7, scale: float = 1.0, incidents: DemoIncidents | None = None, now: datetime | None = None
+    ) -> None:
+        self._now = now or datetime.now(UTC)
+        """Where the history ends: prompt rollouts are placed relative to it."""
         self._rng = random.Random(seed)
         self._scale = scale
         self._incidents = incidents
@@ -332,7 +336,7 @@ class DemoTraffic:
     def _version(self, feature: str, at: datetime) -> str:
         versions = PROMPT_VERSIONS[feature]
         # the newer version rolls out to half the traffic over the last three days
-        rollout = at > datetime.now(UTC) - timedelta(days=3)
+        rollout = at > self._now - timedelta(days=3)
         if feature == REGRESSED_FEATURE and self._incidents is not None:
             rollout = at >= self._incidents.rollout
             versions = (versions[0], REGRESSED_VERSION)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from clickhouse_connect.driver.client import Client
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 # How far apart the stored copy and the redelivered copy of an event may be in ``ts``: equal, since
 # the event is the same bytes; the margin only absorbs rounding to milliseconds.
 _TS_MARGIN = timedelta(seconds=1)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,8 @@ class FlushResult:
     duplicates: int
     rejected: int
     outcomes: int = 0
+    stored: list[tuple[Any, ...]] = field(default_factory=list)
+    """The ``llm_calls`` rows this flush stored (duplicates left out): what the detectors see."""
 
 
 class ClickHouseSink:
@@ -102,6 +105,15 @@ class ClickHouseSink:
             self._alerts = []
             return result
 
+    def read(self, query: Callable[[Client, str], T]) -> T:
+        """Run ``query(client, database)`` on the sink's connection (the detectors' warm-up reads this way)."""
+        with self._lock:
+            try:
+                return query(self._connected(), self._database)
+            except Exception:
+                self._client = None
+                raise
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -113,10 +125,12 @@ class ClickHouseSink:
         return self._client
 
     def _write(self, client: Client) -> FlushResult:
+        stored: list[tuple[Any, ...]] = []
         if not self._recovered:
             for entry in self._journal.leftovers():
                 logger.warning("completing a batch of %d calls interrupted by the previous run", len(entry.rows))
                 self._insert_calls(client, entry)
+                stored.extend(entry.rows)
             self._recovered = True
         calls = self._calls
         inserted = duplicates = 0
@@ -130,6 +144,7 @@ class ClickHouseSink:
             entry, duplicates = self._in_flight
             self._insert_calls(client, entry)
             inserted = len(entry.rows)
+            stored.extend(entry.rows)
             self._in_flight = None
         if self._rejected:
             client.insert(
@@ -147,6 +162,7 @@ class ClickHouseSink:
             duplicates=duplicates,
             rejected=len(self._rejected),
             outcomes=len(self._outcomes),
+            stored=stored,
         )
 
     def _new_alerts(self, client: Client) -> list[tuple[Any, ...]]:

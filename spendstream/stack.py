@@ -24,6 +24,7 @@ from spendstream.settings import Settings
 from spendstream.sql_endpoint import SqlEndpoint, load_or_create_token
 from streams.app import create_app
 from streams.config import StreamConfig
+from streams.detectors.engine import Detectors
 from streams.pricing import Pricer
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ def build_app(settings: Settings, bootstrap: str, config: SpendstreamConfig) -> 
         outcomes_topic=settings.topic(topics.OUTCOMES),
         alerts_topic=settings.topic(topics.ALERTS),
     )
-    return create_app(stream_config, sink=sink, pricer=Pricer(config.prices.overrides))
+    return create_app(
+        stream_config, sink=sink, pricer=Pricer(config.prices.overrides), detectors=Detectors(config.detectors)
+    )
 
 
 def build_alerter(settings: Settings, config: SpendstreamConfig) -> Alerter:
@@ -61,6 +64,8 @@ def build_alerter(settings: Settings, config: SpendstreamConfig) -> Alerter:
         settings.database,
         config.alerts.routes,
         poster,
+        group_wait=config.alerts.group_wait_seconds,
+        group_interval=config.alerts.group_interval_seconds,
     )
 
 

@@ -19,9 +19,11 @@ from faust.types import EventT, StreamT
 from schemas.alert import Alert
 from sinks.batch import CallRows, Rejection, alert_row
 from sinks.exceptions import ClickHouseTransientError
-from sinks.sink import ClickHouseSink
+from sinks.sink import ClickHouseSink, FlushResult
 from streams.backoff import Backoff
 from streams.batching import RecordChunk
+from streams.detectors.engine import Detectors
+from streams.detectors.warmup import warm_up
 from streams.ingest import Ingestor, IngestResult, RawEvent
 from streams.outcomes import OutcomeIngestor
 from streams.unpriced import UnpricedModelDetector
@@ -38,6 +40,7 @@ def register_ingest(
     sink: ClickHouseSink,
     max_chunks: int,
     batch_seconds: float,
+    detectors: Detectors | None = None,
 ) -> Any:
     """Register the agent that validates, prices and stores every call event.
 
@@ -45,22 +48,36 @@ def register_ingest(
     takes up to ``max_chunks`` of them, or what came within ``batch_seconds``, as one batch. While
     one batch is being written, the next is validated and priced; writes stay one at a time and in
     order, so a batch's duplicate check sees every batch written before it.
+
+    The ``detectors`` see the calls a batch stored (a redelivered duplicate is not seen twice), after
+    ClickHouse confirmed them; the alerts they raise are stored before the batch is acknowledged.
     """
 
     unpriced = UnpricedModelDetector()
+
+    async def raise_alerts(raised: list[Alert]) -> None:
+        if raised:
+            await _publish_alerts(alerts, raised)
+            sink.add(CallRows(), [], alerts=[alert_row(a) for a in raised])
+            await flush_until_written(sink)
 
     async def write(batch: list[EventT[RecordChunk]], result: IngestResult) -> None:
         await _publish_dead_letters(dlq, result.rejected)
         raised = unpriced.check(result.unpriced_calls)
         await _publish_alerts(alerts, raised)
         sink.add(result.calls, result.rejected, alerts=[alert_row(a) for a in raised])
-        await flush_until_written(sink)
+        written = await flush_until_written(sink)
+        if detectors is not None:
+            await raise_alerts(detectors.observe(written.stored))
         for event in batch:
             event.ack()
 
     @app.agent(calls, name="ingest")
     async def ingest(stream: StreamT[RecordChunk]) -> None:
         writing: asyncio.Task[None] | None = None
+        if detectors is not None:
+            await _warm_up(detectors, sink)
+            await raise_alerts(detectors.check())
         try:
             # noack_take (faust-streaming) yields events, not values, and never acknowledges them itself.
             async for events in stream.noack_take(max_chunks, within=batch_seconds):  # type: ignore[attr-defined]
@@ -159,7 +176,20 @@ async def _publish_alerts(topic: faust.TopicT, alerts: list[Alert]) -> None:
         logger.warning("alert %s: %s", alert.kind, alert.message)
 
 
-async def flush_until_written(sink: ClickHouseSink) -> None:
+async def _warm_up(detectors: Detectors, sink: ClickHouseSink) -> None:
+    """Fill the detectors from ClickHouse; while it cannot be read, wait and retry (the stream waits too)."""
+    backoff = Backoff()
+    while True:
+        try:
+            await asyncio.to_thread(sink.read, lambda client, database: warm_up(detectors, client, database))
+            return
+        except Exception as exc:
+            delay = backoff.next()
+            logger.error("detectors cannot warm up from ClickHouse (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def flush_until_written(sink: ClickHouseSink) -> FlushResult:
     """Flush the sink, retrying with backoff for as long as ClickHouse fails; the stream waits meanwhile."""
     backoff = Backoff()
     while True:
@@ -174,5 +204,5 @@ async def flush_until_written(sink: ClickHouseSink) -> None:
         else:
             if result.duplicates:
                 logger.info("skipped %d events already stored (redelivered)", result.duplicates)
-            return
+            return result
         await asyncio.sleep(delay)

@@ -12,6 +12,7 @@ from sinks.sink import ClickHouseSink
 from streams.agents import register_ingest, register_outcomes
 from streams.batching import ChunkingApp
 from streams.config import StreamConfig
+from streams.detectors.engine import Detectors
 from streams.ingest import Ingestor
 from streams.outcomes import OutcomeIngestor
 from streams.pricing import Pricer
@@ -36,8 +37,10 @@ def _credentials(security: dict[str, Any]) -> Any:
     return SSLCredentials(context)
 
 
-def create_app(config: StreamConfig, *, sink: ClickHouseSink, pricer: Pricer) -> faust.App:
-    """A Faust app consuming ``llm.calls`` and writing priced calls through ``sink``."""
+def create_app(
+    config: StreamConfig, *, sink: ClickHouseSink, pricer: Pricer, detectors: Detectors | None = None
+) -> faust.App:
+    """A Faust app consuming ``llm.calls`` and writing priced calls through ``sink``, watched by ``detectors``."""
     chunk_records = max(1, config.batch_size // CHUNKS_PER_BATCH)
     app = ChunkingApp(
         config.app_id,
@@ -65,7 +68,7 @@ def create_app(config: StreamConfig, *, sink: ClickHouseSink, pricer: Pricer) ->
     outcomes = app.topic(config.outcomes_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
     ingestor = Ingestor(pricer, config.calls_topic, config.max_event_bytes)
     max_chunks = -(-config.batch_size // chunk_records)
-    register_ingest(app, calls, dlq, alerts, ingestor, sink, max_chunks, config.batch_seconds)
+    register_ingest(app, calls, dlq, alerts, ingestor, sink, max_chunks, config.batch_seconds, detectors)
     outcome_ingestor = OutcomeIngestor(config.outcomes_topic, config.max_event_bytes)
     register_outcomes(app, outcomes, dlq, outcome_ingestor, sink, max_chunks, config.batch_seconds)
     return app

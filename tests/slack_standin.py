@@ -15,6 +15,9 @@ class Posted:
     channel: str
     text: str
     blocks: list[dict[str, Any]] | None
+    ts: str
+    thread_ts: str | None
+    """The message this one replies to, or None for a new message."""
 
 
 @dataclass
@@ -49,8 +52,10 @@ class SlackStandIn:
                 elif args.get("channel") not in standin.known_channels:
                     status, headers, answer = 200, {}, {"ok": False, "error": "channel_not_found"}
                 else:
-                    standin.posted.append(Posted(args["channel"], args.get("text", ""), args.get("blocks")))
-                    status, headers, answer = 200, {}, {"ok": True, "channel": args["channel"], "ts": "1.0"}
+                    ts = f"{1_700_000_000 + len(standin.posted)}.000100"
+                    thread = args.get("thread_ts") or None
+                    standin.posted.append(Posted(args["channel"], args.get("text", ""), args.get("blocks"), ts, thread))
+                    status, headers, answer = 200, {}, {"ok": True, "channel": args["channel"], "ts": ts}
                 payload = json.dumps(answer).encode()
                 self.send_response(status)
                 for name, value in headers.items():
@@ -70,6 +75,13 @@ class SlackStandIn:
 
     def channels(self) -> list[str]:
         return [p.channel for p in self.posted]
+
+    def messages(self) -> list[Posted]:
+        """New messages (not thread replies)."""
+        return [p for p in self.posted if p.thread_ts is None]
+
+    def replies_to(self, message: Posted) -> list[Posted]:
+        return [p for p in self.posted if p.thread_ts == message.ts]
 
     def close(self) -> None:
         self._server.shutdown()

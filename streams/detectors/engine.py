@@ -1,7 +1,7 @@
 """All stream detectors behind one interface: feed the calls as stored, collect the alerts they raise.
 
 Detectors run on event time. :meth:`Detectors.observe` takes the calls of a batch in time order and
-checks the detectors after every minute of event time, so seven days of history replayed in a few
+checks the detectors after each minute of event time (whole minutes of the clock), so seven days of history replayed in a few
 seconds raise the alerts live traffic would have raised, at the times they would have fired.
 """
 
@@ -43,16 +43,15 @@ class Detectors:
         ordered = sorted(rows, key=lambda row: row[c.TS])
         alerts: list[Alert] = []
         start = 0
-        slice_end = ordered[0][c.TS].timestamp() + _SLICE_SECONDS
+        minute = ordered[0][c.TS].timestamp() // _SLICE_SECONDS
         for i in range(1, len(ordered) + 1):
-            if i < len(ordered) and ordered[i][c.TS].timestamp() < slice_end:
+            if i < len(ordered) and ordered[i][c.TS].timestamp() // _SLICE_SECONDS == minute:
                 continue
-            part = ordered[start:i]
-            self._feed(part)
+            self._feed(ordered[start:i])
             alerts.extend(self.check())
             if i < len(ordered):
                 start = i
-                slice_end = ordered[i][c.TS].timestamp() + _SLICE_SECONDS
+                minute = ordered[i][c.TS].timestamp() // _SLICE_SECONDS
         return alerts
 
     def observe_recent(self, rows: Sequence[c.Row]) -> None:

@@ -1,6 +1,6 @@
 """``error_rate``: the share of failed calls (error, timeout, rate limited) per provider, model and feature.
 
-A share from a few calls is noisy: the detector fires when the lower end of the 99% confidence
+A share from a few calls is noisy: the detector fires when the lower end of the 99.9% confidence
 interval of the share (Wilson) passes the threshold, so 3 failures in 20 calls of a service that
 usually fails 4% of the time do not page anyone, and 10 in 20 do.
 """
@@ -18,11 +18,11 @@ from streams.unpriced import sql_string
 
 _DIMENSIONS = (("provider", c.PROVIDER), ("model", c.MODEL), ("feature", c.FEATURE))
 _FAILED = frozenset({"error", "timeout", "rate_limited"})
-_Z = 2.576
+_Z = 3.29
 
 
 def wilson_lower(failures: int, calls: int) -> float:
-    """The lower bound of the 99% Wilson score interval of ``failures / calls``."""
+    """The lower bound of the 99.9% Wilson score interval of ``failures / calls``."""
     if calls == 0:
         return 0.0
     share = failures / calls

@@ -4,14 +4,16 @@ A condition that starts holding opens an incident and raises a ``firing`` alert;
 alert is raised again only when its severity rises, or when ``repeat`` seconds of event time have
 passed and the value has grown by a quarter; when it clears, a ``resolved`` alert closes the incident. An open
 incident stays open while the condition holds at a relaxed level (``sustained``, 80% of the
-thresholds), so a value hovering at its threshold does not flap. Alert ids follow from the incident and its
-sequence number, so the same event stream always raises the same alerts (a replay stores them once).
+thresholds), so a value hovering at its threshold does not flap. Alert ids follow from the incident (the minute
+it opened) and its sequence number, so a replay of the same calls raises the same alerts, and the
+``alerts`` table stores them once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 from schemas.alert import Alert, AlertKind, Severity, alert_id_for
 
@@ -88,6 +90,11 @@ class Incidents:
     def __len__(self) -> int:
         return len(self._open)
 
+    def restore(self, dedup_key: str, severity: str, at: float, value: float) -> None:
+        """Keep an incident open that the ``alerts`` table has as firing (a restarted worker)."""
+        if severity in _RANK and dedup_key not in self._open:
+            self._open[dedup_key] = _Incident(at, cast(Severity, severity), at, value, 1000)
+
     def update(self, finding: Finding) -> Alert | None:
         """The alert ``finding`` raises, if any."""
         key = finding.dedup_key
@@ -116,7 +123,7 @@ def _alert(finding: Finding, incident: _Incident, status: str) -> Alert:
     dedup_key = finding.dedup_key
     resolved = status == "resolved"
     return Alert(
-        alert_id=alert_id_for(f"{dedup_key}@{incident.opened:.0f}#{incident.sequence}"),
+        alert_id=alert_id_for(f"{dedup_key}@{int(incident.opened // 60)}#{incident.sequence}"),
         ts=datetime.fromtimestamp(finding.at, UTC),
         kind=finding.kind,
         severity=incident.severity if resolved else (finding.severity or incident.severity),

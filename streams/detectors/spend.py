@@ -106,10 +106,16 @@ class SpendDetectors:
                     series.add(at, cost)
                     mode.touched.add((dim, key))
 
-    def warm(self, data_mode: str, dimension: str, key: str, hour_start: float, usd: float) -> None:
-        """Add stored spend of one hour (from ``rollup_hour``), or of one minute (``rollup_minute``)."""
-        mode = self._mode(data_mode, hour_start)
-        mode.series.setdefault((dimension, key), _Series()).add(hour_start, usd)
+    def warm(
+        self, data_mode: str, dimension: str, key: str, at: float, usd: float, *, minute: bool, hour: bool = True
+    ) -> None:
+        """Add stored spend: of the hour or minute starting at ``at`` to the hourly and/or minute store."""
+        mode = self._mode(data_mode, at)
+        series = mode.series.setdefault((dimension, key), _Series())
+        if hour:
+            series.hours[int(at // HOUR)] = series.hours.get(int(at // HOUR), 0.0) + usd
+        if minute:
+            series.minutes[int(at // 60)] = series.minutes.get(int(at // 60), 0.0) + usd
         if dimension != "all":
             mode.touched.add((dimension, key))
 

@@ -1,0 +1,104 @@
+"""Warm-up: a started worker fills its detectors from ClickHouse before it reads new calls.
+
+Spend comes from the rollups (hours of the last eight days, minutes of the current and last hour),
+prompt versions from the daily rollup, and the short windows (sessions, latency, errors) from the
+calls of the last half hour. Incidents still open in the ``alerts`` table stay open, so a restarted
+worker neither raises them again nor forgets to resolve them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from sinks.batch import LLM_CALL_COLUMNS
+from streams.detectors.engine import Detectors
+from streams.detectors.spend import SPEND_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+RECENT_CALLS_LIMIT = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class WarmUp:
+    spend_rows: int
+    prompt_versions: int
+    recent_calls: int
+    open_incidents: int
+
+
+def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
+    db = f"`{database}`"
+    marks = client.query(f"SELECT data_mode, max(ts) FROM {db}.llm_calls GROUP BY data_mode").result_rows
+    if not marks:
+        return WarmUp(0, 0, 0, 0)
+    dims = ", ".join(f"'{d}'" for d in ("all", *SPEND_COLUMNS))
+    spend_rows = 0
+    for data_mode, latest in marks:
+        latest = latest if latest.tzinfo else latest.replace(tzinfo=UTC)
+        hour = latest.replace(minute=0, second=0, microsecond=0)
+        params = {"mode": data_mode, "hour": hour.replace(tzinfo=None)}
+        hours = client.query(
+            f"SELECT dimension, key, bucket, sum(cost_usd) FROM {db}.rollup_hour "
+            f"WHERE data_mode = %(mode)s AND dimension IN ({dims}) AND bucket >= %(hour)s - INTERVAL 8 DAY "
+            "AND bucket < %(hour)s GROUP BY dimension, key, bucket HAVING sum(cost_usd) > 0",
+            parameters=params,
+        ).result_rows
+        minutes = client.query(
+            f"SELECT dimension, key, bucket, sum(cost_usd) FROM {db}.rollup_minute "
+            f"WHERE data_mode = %(mode)s AND dimension IN ({dims}) AND bucket >= %(hour)s - INTERVAL 1 HOUR "
+            "GROUP BY dimension, key, bucket HAVING sum(cost_usd) > 0",
+            parameters=params,
+        ).result_rows
+        for dimension, key, bucket, usd in hours:
+            detectors.spend.warm(data_mode, dimension, key, _epoch(bucket), usd, minute=False)
+        for dimension, key, bucket, usd in minutes:
+            at = _epoch(bucket)
+            detectors.spend.warm(data_mode, dimension, key, at, usd, minute=True, hour=at >= hour.timestamp())
+        spend_rows += len(hours) + len(minutes)
+    versions = client.query(
+        f"SELECT data_mode, key, min(bucket), sum(llm_calls), sum(cost_usd), sum(input_tokens + output_tokens) "
+        f"FROM {db}.rollup_day WHERE dimension = 'prompt_version' GROUP BY data_mode, key"
+    ).result_rows
+    for data_mode, key, first, calls, usd, tokens in versions:
+        feature, _, version = key.rpartition("@")
+        if calls:
+            detectors.prompts.add(data_mode, feature, version, _epoch(first), int(calls), float(usd), int(tokens))
+    window = max(detectors.config.loop_detected.session_idle_minutes, 60.0)
+    recent = client.query(
+        f"SELECT {', '.join(LLM_CALL_COLUMNS)} FROM {db}.llm_calls "
+        f"WHERE ts > (SELECT max(ts) FROM {db}.llm_calls) - INTERVAL {int(window)} MINUTE "
+        f"ORDER BY ts LIMIT {RECENT_CALLS_LIMIT}"
+    ).result_rows
+    rows = [_aware(row) for row in recent]
+    detectors.observe_recent(rows)
+    for data_mode, latest in marks:
+        at = (latest if latest.tzinfo else latest.replace(tzinfo=UTC)).timestamp()
+        detectors.now_of[data_mode] = max(detectors.now_of.get(data_mode, 0.0), at)
+    open_incidents = client.query(
+        f"SELECT dedup_key, argMax(severity, ts), max(ts), argMax(value, ts) FROM {db}.alerts FINAL "
+        "WHERE kind != 'unpriced_model' AND ts > now() - INTERVAL 8 DAY GROUP BY dedup_key "
+        "HAVING argMax(status, ts) = 'firing'"
+    ).result_rows
+    for dedup_key, severity, at, value in open_incidents:
+        detectors.incidents.restore(dedup_key, severity, _epoch(at), float(value))
+    summary = WarmUp(spend_rows, len(versions), len(rows), len(open_incidents))
+    logger.info("detectors warmed up from ClickHouse: %s", summary)
+    return summary
+
+
+def _epoch(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _aware(row: Sequence[Any]) -> tuple[Any, ...]:
+    ts = row[1]
+    if isinstance(ts, datetime) and ts.tzinfo is None:
+        return (row[0], ts.replace(tzinfo=UTC), *row[2:])
+    return tuple(row)

@@ -1,0 +1,168 @@
+"""The detectors on the demo's seven days: each staged incident raises its alert, the controls stay quiet."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from functools import cache
+
+import orjson
+import pytest
+
+from producers.demo import DemoTraffic
+from producers.demo_incidents import (
+    LOOP_SESSION,
+    REGRESSED_FEATURE,
+    SLOW_MODEL,
+    SPIKE_FEATURE,
+    DemoIncidents,
+)
+from schemas.alert import Alert
+from schemas.call_event import CallEvent
+from schemas.config import DetectorsConfig, LatencyConfig, LoopConfig
+from streams.detectors.engine import Detectors
+from streams.detectors.errors import wilson_lower
+from streams.ingest import Ingestor, IngestResult, RawEvent
+from streams.pricing import Pricer
+
+NOW = datetime(2026, 11, 23, 10, 45, tzinfo=UTC)  # a Monday: the incidents were on Friday afternoon
+
+
+def priced(events: list[CallEvent]) -> IngestResult:
+    raw = (RawEvent(orjson.dumps(e.model_dump(mode="json", exclude_none=True)), 0, n) for n, e in enumerate(events))
+    return Ingestor(Pricer([]), "llm.calls").process(raw)
+
+
+def demo_calls(incidents: DemoIncidents | None, days: float = 6.5, size: int = 5000) -> Iterator[list[CallEvent]]:
+    """The demo's calls in time order, in batches as the worker would store them."""
+    events = [
+        call
+        for request in DemoTraffic(seed=7, incidents=incidents, now=NOW).requests_between(NOW - timedelta(days=days), NOW)
+        for call in request.calls
+        if call.ts <= NOW
+    ]
+    events.sort(key=lambda e: e.ts)
+    for start in range(0, len(events), size):
+        yield events[start : start + size]
+
+
+@cache
+def demo_alerts(with_incidents: bool) -> tuple[Alert, ...]:
+    detectors = Detectors(DetectorsConfig())
+    alerts: list[Alert] = []
+    for batch in demo_calls(DemoIncidents.before(NOW) if with_incidents else None):
+        alerts.extend(detectors.observe(priced(batch).calls.rows))
+    return tuple(alerts)
+
+
+def firing(alerts: tuple[Alert, ...]) -> set[tuple[str, str, str]]:
+    return {(a.kind, a.dimension, a.key) for a in alerts if a.status == "firing"}
+
+
+def test_each_staged_incident_raises_its_alert_at_the_time_it_happened() -> None:
+    incidents = DemoIncidents.before(NOW)
+    alerts = demo_alerts(True)
+    raised = firing(alerts)
+
+    def first(kind: str, dimension: str, key: str) -> Alert:
+        return next(a for a in alerts if (a.kind, a.dimension, a.key) == (kind, dimension, key))
+
+    loop = first("loop_detected", "session_id", LOOP_SESSION)
+    assert loop.ts - incidents.loop_start < timedelta(minutes=2)
+    assert "order_status" in loop.message and "same prompt" in loop.message
+    slow = first("latency_p95", "model", SLOW_MODEL)
+    assert timedelta(0) <= slow.ts - incidents.slow_window[0] < timedelta(minutes=3)
+    assert slow.severity == "critical" and slow.value > 30_000
+    regression = first("prompt_version_regression", "prompt_version", f"{REGRESSED_FEATURE}@v2")
+    assert regression.ts < incidents.anchor and "tokens" in regression.message
+    spike = first("spend_spike", "feature", SPIKE_FEATURE)
+    burn = first("hourly_burn", "feature", SPIKE_FEATURE)
+    assert incidents.spike_window[0] < burn.ts < spike.ts < incidents.spike_window[1] + timedelta(hours=1)
+    # the spike's user and tenant are named too; a loop resolves once its session went quiet
+    assert any(kind == "hourly_burn" and dim == "user_id" for kind, dim, _ in raised)
+    assert any(a.status == "resolved" and a.key == LOOP_SESSION for a in alerts)
+
+
+def test_the_controls_stay_quiet() -> None:
+    raised = firing(demo_alerts(True))
+    quiet_features = {"support.ticket_reply", "eng.code_review"}
+    quiet_models = {"claude-haiku-4-5", "claude-sonnet-4-5", "gpt-4o-mini", "text-embedding-3-small"}
+    assert not {r for r in raised if r[2] in quiet_features | quiet_models}
+    # other prompt rollouts (same cost per call) do not look like a regression
+    assert {r[2] for r in raised if r[0] == "prompt_version_regression"} == {f"{REGRESSED_FEATURE}@v2"}
+    assert not {r for r in raised if r[0] in ("error_rate", "unattributed_spend", "tenant_concentration")}
+    # every alert belongs to one of the four incidents
+    slow_features = {"sales.email_draft", "sales.crm_followup", "sales.proposal_summary", SPIKE_FEATURE}
+    for kind, dimension, key in raised:
+        if kind == "latency_p95":
+            assert key == SLOW_MODEL or key in slow_features
+        elif kind in ("spend_spike", "hourly_burn"):
+            assert dimension in ("feature", "user_id", "tenant_id", "model") and (
+                dimension != "feature" or key == SPIKE_FEATURE
+            )
+
+
+def test_the_same_traffic_without_incidents_raises_nothing() -> None:
+    assert demo_alerts(False) == ()
+
+
+def test_an_incident_is_raised_once_while_it_lasts() -> None:
+    alerts = demo_alerts(True)
+    loop = [a for a in alerts if a.key == LOOP_SESSION]
+    assert [a.status for a in loop] == ["firing", "resolved"]
+    assert len({a.alert_id for a in alerts}) == len(alerts)
+
+
+def test_a_replay_in_other_batches_raises_the_same_alerts() -> None:
+    again = Detectors(DetectorsConfig())
+    replayed: list[Alert] = []
+    for batch in demo_calls(DemoIncidents.before(NOW), size=1700):
+        replayed.extend(again.observe(priced(batch).calls.rows))
+    assert [a.alert_id for a in replayed] == [a.alert_id for a in demo_alerts(True)]
+
+
+def session_call(n: int, tool: str, at: datetime, **extra: object) -> CallEvent:
+    return CallEvent.model_validate(
+        {"event_id": f"e{n}", "ts": at, "provider": "internal", "model": tool, "kind": "tool", "tool_name": tool,
+         "session_id": "s-1", "agent_id": "a", "feature": "f", "cost_usd": 0.001, **extra}
+    )  # fmt: skip
+
+
+def test_loop_caps_and_thresholds_come_from_the_config() -> None:
+    start = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    tools = ["search", "fetch", "search", "fetch", "summarize"] * 4  # varied tools, 20 tool calls
+    calls = [session_call(n, tool, start + timedelta(seconds=n)) for n, tool in enumerate(tools)]
+    rows = priced(calls).calls.rows
+
+    strict = Detectors(DetectorsConfig(loop_detected=LoopConfig(max_tool_calls=15)))
+    lenient = Detectors(DetectorsConfig(loop_detected=LoopConfig(max_tool_calls=50)))
+
+    raised = strict.observe(rows)
+    assert [(a.kind, a.key) for a in raised] == [("loop_detected", "s-1")]
+    assert "20 tool calls (cap 15)" in raised[0].message  # checked once per minute of event time
+    assert lenient.observe(rows) == []
+
+
+def test_latency_needs_enough_calls_and_counts_successful_calls_only() -> None:
+    start = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    slow = [
+        CallEvent.model_validate({"event_id": f"s{n}", "ts": start + timedelta(seconds=n), "provider": "p",
+                                  "model": "m", "feature": "f", "latency_ms": 40_000.0,
+                                  "status": "timeout" if n % 2 else "success"})
+        for n in range(24)
+    ]  # fmt: skip
+    config = DetectorsConfig(latency_p95=LatencyConfig(min_calls=12))
+    raised = [a for a in Detectors(config).observe(priced(slow).calls.rows) if a.kind == "latency_p95"]
+    assert {(a.dimension, a.key, a.severity) for a in raised} == {
+        ("model", "m", "critical"),
+        ("feature", "f", "critical"),
+    }
+    too_few = Detectors(config).observe(priced(slow[:20]).calls.rows)  # 10 successful calls
+    assert [a for a in too_few if a.kind == "latency_p95"] == []
+
+
+@pytest.mark.parametrize(
+    ("failures", "calls", "fires"), [(3, 20, False), (10, 20, True), (30, 300, False), (60, 300, True)]
+)
+def test_error_share_fires_only_when_surely_above_the_threshold(failures: int, calls: int, fires: bool) -> None:
+    assert (wilson_lower(failures, calls) > 0.1) is fires
