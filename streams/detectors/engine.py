@@ -1,8 +1,9 @@
 """All stream detectors behind one interface: feed the calls as stored, collect the alerts they raise.
 
 Detectors run on event time. :meth:`Detectors.observe` takes the calls of a batch in time order and
-checks the detectors after each minute of event time (whole minutes of the clock), so seven days of history replayed in a few
-seconds raise the alerts live traffic would have raised, at the times they would have fired.
+checks the detectors after each minute of event time (whole minutes of the clock), so seven days of
+history replayed in a few seconds raise the alerts live traffic would have raised, at the times
+they would have fired.
 """
 
 from __future__ import annotations

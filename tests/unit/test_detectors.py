@@ -35,9 +35,10 @@ def priced(events: list[CallEvent]) -> IngestResult:
 
 def demo_calls(incidents: DemoIncidents | None, days: float = 6.5, size: int = 5000) -> Iterator[list[CallEvent]]:
     """The demo's calls in time order, in batches as the worker would store them."""
+    traffic = DemoTraffic(seed=7, incidents=incidents, now=NOW)
     events = [
         call
-        for request in DemoTraffic(seed=7, incidents=incidents, now=NOW).requests_between(NOW - timedelta(days=days), NOW)
+        for request in traffic.requests_between(NOW - timedelta(days=days), NOW)
         for call in request.calls
         if call.ts <= NOW
     ]
