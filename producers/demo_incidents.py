@@ -68,12 +68,12 @@ class DemoIncidents:
         return model == SLOW_MODEL and start <= at < end
 
     def spike_starts(self, start: datetime, end: datetime) -> list[datetime]:
-        """Start times of the extra briefs in ``[start, end)``: one every 90 seconds in the spike window."""
+        """Start times of the extra briefs in ``[start, end)``: one every 45 seconds in the spike window."""
         first, last = self.spike_window
         times = []
         at = first
         while at < last:
             if start <= at < end:
                 times.append(at)
-            at += timedelta(seconds=90)
+            at += timedelta(seconds=45)
         return times

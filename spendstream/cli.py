@@ -173,7 +173,13 @@ def emit(source: IO[bytes], topic: str | None) -> None:
 @click.option("--duration", type=click.FloatRange(min=1), help="seconds of live traffic (default: until Ctrl-C)")
 @click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.01, 100), help="multiplies the rate")
 @click.option("--seed", default=7, show_default=True, help="the same seed sends the same traffic")
-def demo(days: float, live: bool, duration: float | None, scale: float, seed: int) -> None:
+@click.option(
+    "--incidents/--no-incidents",
+    default=True,
+    show_default=True,
+    help="stage a runaway loop, a costly prompt version, a latency collapse and a spend spike in the history",
+)
+def demo(days: float, live: bool, duration: float | None, scale: float, seed: int, incidents: bool) -> None:
     """Fill the running stack with realistic traffic (data_mode 'demo'): history, then live calls.
 
     A sales copilot, a support agent with tool calls and a coordinator delegating to sub-agents,
@@ -182,6 +188,7 @@ def demo(days: float, live: bool, duration: float | None, scale: float, seed: in
     """
     from producers import Emitter
     from producers.demo import DemoProgress, DemoRunner, DemoTraffic
+    from producers.demo_incidents import DemoIncidents
     from spendstream.kafka_admin import require_kafka
 
     settings = _settings()
@@ -192,7 +199,8 @@ def demo(days: float, live: bool, duration: float | None, scale: float, seed: in
         raise click.ClickException(str(exc)) from exc
     calls = Emitter(settings.bootstrap, topic=settings.topic(topics.CALLS), kafka_config=security)
     outcomes = Emitter(settings.bootstrap, topic=settings.topic(topics.OUTCOMES), kafka_config=security)
-    runner = DemoRunner(DemoTraffic(seed=seed, scale=scale), calls, outcomes)
+    staged = DemoIncidents.before() if incidents else None
+    runner = DemoRunner(DemoTraffic(seed=seed, scale=scale, incidents=staged), calls, outcomes)
     console = Console(stderr=True)
 
     def line(progress: DemoProgress) -> str:
@@ -220,6 +228,8 @@ def demo(days: float, live: bool, duration: float | None, scale: float, seed: in
         'Try: spendstream sql "SELECT key, round(sum(cost_usd), 2) AS usd FROM rollup_day '
         "WHERE dimension = 'feature' AND data_mode = 'demo' GROUP BY key ORDER BY usd DESC\""
     )
+    if incidents:
+        console.print("and `spendstream alerts` for the incidents the detectors caught")
 
 
 @main.command()

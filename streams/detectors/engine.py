@@ -8,6 +8,7 @@ they would have fired.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from schemas.alert import Alert
@@ -21,6 +22,7 @@ from streams.detectors.prompts import PromptRegressionDetector
 from streams.detectors.spend import SpendDetectors
 
 _SLICE_SECONDS = 60.0
+IDLE_PARTITION_SECONDS = 30.0
 
 
 class Detectors:
@@ -35,7 +37,9 @@ class Detectors:
         self.prompts = PromptRegressionDetector(config.prompt_version_regression)
         self.incidents = Incidents(config.repeat_hours * 3600)
         self.now_of: dict[str, float] = {}
-        """Per data mode, the latest event time seen: the detectors' clock."""
+        """Per data mode, the detectors' clock: the event time every active partition has reached."""
+        self._partitions: dict[tuple[str, int], tuple[float, float]] = {}
+        """Per (data mode, partition): the latest event time it delivered, and when (wall clock)."""
 
     def observe(self, rows: Sequence[c.Row]) -> list[Alert]:
         """Feed stored calls (rows of ``llm_calls``); returns the alerts raised, oldest first."""
@@ -57,8 +61,7 @@ class Detectors:
 
     def observe_recent(self, rows: Sequence[c.Row]) -> None:
         """Feed stored calls to the short-window detectors only (sessions, latency, errors): warm-up."""
-        for row in rows:
-            self._advance(row)
+        self._advance(rows)
         self.loops.observe(rows)
         self.latency.observe(rows)
         self.errors.observe(rows)
@@ -77,16 +80,33 @@ class Detectors:
         return alerts
 
     def _feed(self, rows: Sequence[c.Row]) -> None:
-        for row in rows:
-            self._advance(row)
+        self._advance(rows)
         self.spend.observe(rows)
         self.latency.observe(rows)
         self.errors.observe(rows)
         self.loops.observe(rows)
         self.prompts.observe(rows)
 
-    def _advance(self, row: c.Row) -> None:
-        at = row[c.TS].timestamp()
-        mode = row[c.DATA_MODE]
-        if at > self.now_of.get(mode, 0.0):
-            self.now_of[mode] = at
+    def _advance(self, rows: Sequence[c.Row]) -> None:
+        """Move the clocks: per data mode, the least of the partitions' latest event times.
+
+        Partitions are read at different paces (a replay may have one hours ahead of another); a
+        clock that followed the fastest would judge the others' calls as long past. A partition
+        that delivered nothing for ``IDLE_PARTITION_SECONDS`` stops holding the clock back.
+        """
+        if not rows:
+            return
+        wall = time.monotonic()
+        partitions = self._partitions
+        modes = set()
+        for row in rows:
+            key = (row[c.DATA_MODE], row[c.SOURCE_PARTITION])
+            at = row[c.TS].timestamp()
+            latest = partitions.get(key)
+            partitions[key] = (at if latest is None or at > latest[0] else latest[0], wall)
+            modes.add(key[0])
+        for mode in modes:
+            active = [
+                at for (m, _), (at, seen) in partitions.items() if m == mode and wall - seen < IDLE_PARTITION_SECONDS
+            ]
+            self.now_of[mode] = max(self.now_of.get(mode, 0.0), min(active))

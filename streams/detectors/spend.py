@@ -43,8 +43,9 @@ class _Series:
         return sum(usd for hour, usd in self.hours.items() if first_hour <= hour <= last_hour)
 
     def last_minutes(self, now: float, minutes: int) -> float:
-        start = int(now // 60) - minutes
-        return sum(usd for minute, usd in self.minutes.items() if minute > start)
+        """Spend of the ``minutes`` minutes up to ``now`` (calls of later minutes, read early, wait)."""
+        end = int(now // 60)
+        return sum(usd for minute, usd in self.minutes.items() if end - minutes < minute <= end)
 
     def prune(self, now: float) -> None:
         oldest_hour = int(now // HOUR) - _KEEP_HOURS

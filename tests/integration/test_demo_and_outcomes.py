@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def test_demo_fills_the_stack_with_priced_attributed_traffic(start_up: Callable[..., UpProcess]) -> None:
     up = start_up()
     done = subprocess.run(
-        [sys.executable, "-m", "spendstream.cli", "demo", "--days", "1", "--no-live", "--scale", "3", "--seed", "5"],
+        [sys.executable, "-m", "spendstream.cli", "demo", "--days", "1", "--no-live", "--seed", "5"],
         env=up.env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
