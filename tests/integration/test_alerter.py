@@ -103,3 +103,59 @@ def test_a_channel_the_bot_cannot_post_to_keeps_the_alert_with_the_reason(
     state, error = ch.query(f"SELECT delivery_state, delivery_error FROM {database}.alerts FINAL").result_rows[0]
     assert state == "pending"
     assert "channel_not_found" in error and "invite the bot" in error
+
+
+def incident_alert(n: int, kind: str, key: str, severity: str, status: str = "firing") -> Alert:
+    dedup_key = f"{kind}:real:feature:{key}"
+    return Alert(
+        alert_id=alert_id_for(f"{dedup_key}#{n}"), ts=datetime.now(UTC), kind=kind, severity=severity,  # type: ignore[arg-type]
+        dimension="feature", key=key, value=float(n), window="1h", message=f"{key} burns, step {n}",
+        query="SELECT 1", dedup_key=dedup_key, status=status,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_an_incident_is_one_message_and_its_updates_and_resolution_go_in_its_thread(
+    chdb_dsn: str, ch: Client, database: str, slack: SlackStandIn
+) -> None:
+    migrate(ch, database)
+    sink = ClickHouseSink(lambda: connect(chdb_dsn), database)
+    routes = [Route(channel="#llm-costs")]
+
+    def raise_(*alerts: Alert) -> None:
+        sink.add(CallRows(), [], alerts=[alert_row(a) for a in alerts])
+        sink.flush()
+
+    def deliver(group_wait: float = 0, group_interval: float = 0) -> int:
+        alerter = Alerter(
+            lambda: connect(chdb_dsn), database, routes, SlackPoster("xoxb-test", slack.url),
+            group_wait=group_wait, group_interval=group_interval,
+        )  # fmt: skip
+        return alerter.deliver_pending().held
+
+    # a runaway feature lights up two keys at once: one message after the group wait, not two
+    raise_(
+        incident_alert(1, "hourly_burn", "sales.a", "warning"), incident_alert(1, "hourly_burn", "sales.b", "warning")
+    )
+    assert deliver(group_wait=60) == 2 and slack.posted == []
+    assert deliver() == 0
+    [message] = slack.messages()
+    assert "sales.a" in str(message.blocks) and "sales.b" in str(message.blocks)
+
+    # it gets worse: a reply in the thread, held back while the group interval has not passed
+    raise_(incident_alert(2, "hourly_burn", "sales.a", "critical"))
+    assert deliver(group_interval=600) == 1
+    raise_(incident_alert(3, "hourly_burn", "sales.a", "critical"))
+    assert deliver() == 0
+    [update] = slack.replies_to(message)
+    assert "step 3" in update.text and "step 2" not in update.text  # held-back alerts fold into the latest
+
+    # resolved: said at once, in the thread, even within the group interval
+    raise_(incident_alert(4, "hourly_burn", "sales.b", "warning", status="resolved"))
+    assert deliver(group_interval=600) == 0
+    assert [r.text.startswith("[resolved]") for r in slack.replies_to(message)] == [False, True]
+    assert len(slack.messages()) == 1
+
+    # the same condition firing again after its resolution is a new incident: a new message
+    raise_(incident_alert(5, "hourly_burn", "sales.b", "warning"))
+    deliver()
+    assert len(slack.messages()) == 2

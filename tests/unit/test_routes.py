@@ -63,3 +63,30 @@ def test_a_bad_route_is_refused_with_the_file_field_and_reason(
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert str(path) in str(refused.value) and field in str(refused.value) and reason in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "reason"),
+    [
+        ("spend_spike: {min_excess_usd: -5}", "detectors.spend_spike.min_excess_usd", "greater than or equal to 0"),
+        ("loop_detected: {same_tool_share: 1.5}", "detectors.loop_detected.same_tool_share", "less than or equal to 1"),
+        ("latency_p95: {warning_ms: 20000, critical_ms: 10000}", "detectors", "must not be below its warning level"),
+        ("hourly_burn: {dimensions: [colour]}", "detectors.hourly_burn.dimensions.0", "Input should be"),
+        ("error_rate: {thresold: 0.2}", "detectors.error_rate.thresold", "unknown field"),
+    ],
+)
+def test_a_bad_threshold_is_refused_with_the_file_field_and_reason(
+    tmp_path: Path, section: str, field: str, reason: str
+) -> None:
+    path = write(tmp_path, f"detectors:\n  {section}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(path) in str(refused.value) and field in str(refused.value) and reason in str(refused.value)
+
+
+def test_thresholds_are_read_from_the_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "detectors:\n  loop_detected: {max_tool_calls: 40}\nalerts:\n  group_wait_seconds: 2\n")
+    config = load_config(path)
+    assert config.detectors.loop_detected.max_tool_calls == 40
+    assert config.detectors.loop_detected.max_tokens == 20_000  # the rest keeps its default
+    assert config.alerts.group_wait_seconds == 2
