@@ -37,7 +37,6 @@ class ErrorRateDetector:
         self._config = config
         # per minute: calls, failures, retries
         self._windows: MinuteWindows[list[int]] = MinuteWindows(config.window_minutes, lambda: [0, 0, 0])
-        self._firing: set[WindowKey] = set()
 
     def observe(self, rows: Iterable[c.Row]) -> None:
         if not self._config.enabled:
@@ -57,12 +56,7 @@ class ErrorRateDetector:
 
     def check(self, now_of: dict[str, float]) -> list[Finding]:
         findings = []
-        keys = self._windows.take_touched() | self._firing
-        self._firing = set()
-        for key in keys:
-            now = now_of.get(key[0])
-            if now is None:
-                continue
+        for key, now in self._windows.due(now_of):
             calls = failures = retries = 0
             for cell in self._windows.window(key, now):
                 calls += cell[0]
@@ -72,7 +66,7 @@ class ErrorRateDetector:
             if finding is not None:
                 findings.append(finding)
                 if finding.watched:
-                    self._firing.add(key)
+                    self._windows.watch(key)
         return findings
 
     def _finding(self, key: WindowKey, calls: int, failures: int, retries: int, now: float) -> Finding | None:

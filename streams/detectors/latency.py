@@ -50,7 +50,6 @@ class LatencyDetector:
         self._windows: MinuteWindows[dict[str, Histogram]] = MinuteWindows(
             config.window_minutes, lambda: {"latency": {}, "ttft": {}}
         )
-        self._firing: set[WindowKey] = set()
 
     def observe(self, rows: Iterable[c.Row]) -> None:
         if not self._config.enabled:
@@ -71,12 +70,7 @@ class LatencyDetector:
 
     def check(self, now_of: dict[str, float]) -> list[Finding]:
         findings = []
-        keys = self._windows.take_touched() | self._firing
-        self._firing = set()
-        for key in keys:
-            now = now_of.get(key[0])
-            if now is None:
-                continue
+        for key, now in self._windows.due(now_of):
             merged: dict[str, Histogram] = {"latency": {}, "ttft": {}}
             for cell in self._windows.window(key, now):
                 for metric, histogram in cell.items():
@@ -88,7 +82,7 @@ class LatencyDetector:
                 if finding is not None:
                     findings.append(finding)
                     if finding.watched:
-                        self._firing.add(key)
+                        self._windows.watch(key)
         return findings
 
     def _finding(self, key: WindowKey, metric: str, histogram: Histogram, now: float) -> Finding | None:

@@ -13,8 +13,7 @@ WindowKey = tuple[str, str, str]
 class MinuteWindows(Generic[Cell]):
     """Per key, one ``Cell`` per event-time minute of the last ``minutes`` minutes.
 
-    ``touched`` holds the keys changed since :meth:`take_touched`: a detector evaluates those and the
-    ones whose incident is open.
+    ``touched`` holds the keys changed since the last :meth:`due`.
     """
 
     def __init__(self, minutes: int, new_cell: Callable[[], Cell]) -> None:
@@ -22,6 +21,7 @@ class MinuteWindows(Generic[Cell]):
         self._new_cell = new_cell
         self._cells: dict[WindowKey, dict[int, Cell]] = {}
         self.touched: set[WindowKey] = set()
+        self._watched: set[WindowKey] = set()
 
     def cell(self, key: WindowKey, at: float) -> Cell:
         minute = int(at // 60)
@@ -48,6 +48,14 @@ class MinuteWindows(Generic[Cell]):
                 return iter(())
         return (cell for minute, cell in cells.items() if minute <= now // 60)
 
-    def take_touched(self) -> set[WindowKey]:
-        touched, self.touched = self.touched, set()
-        return touched
+    def due(self, now_of: dict[str, float]) -> list[tuple[WindowKey, float]]:
+        """The keys to evaluate, with their data mode's clock: those changed, and those watched.
+
+        Both sets start empty again: a detector calls :meth:`watch` for keys whose incident is open.
+        """
+        keys = self.touched | self._watched
+        self.touched, self._watched = set(), set()
+        return [(key, now_of[key[0]]) for key in keys if key[0] in now_of]
+
+    def watch(self, key: WindowKey) -> None:
+        self._watched.add(key)
