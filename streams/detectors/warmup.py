@@ -74,9 +74,9 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
     recent = client.query(
         f"SELECT {', '.join(LLM_CALL_COLUMNS)} FROM {db}.llm_calls "
         f"WHERE ts > (SELECT max(ts) FROM {db}.llm_calls) - INTERVAL {int(window)} MINUTE "
-        f"ORDER BY ts LIMIT {RECENT_CALLS_LIMIT}"
+        f"ORDER BY ts DESC LIMIT {RECENT_CALLS_LIMIT}"
     ).result_rows
-    rows = [_aware(row) for row in recent]
+    rows = [_aware(row) for row in reversed(recent)]  # the newest calls, oldest first
     detectors.observe_recent(rows)
     for data_mode, latest in marks:
         at = (latest if latest.tzinfo else latest.replace(tzinfo=UTC)).timestamp()
