@@ -1,0 +1,49 @@
+"""A restarted worker's detectors warm up from ClickHouse: no blind week, no alert on an empty baseline."""
+
+from __future__ import annotations
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from producers.demo_incidents import LOOP_SESSION, SPIKE_FEATURE, DemoIncidents
+from schemas.config import DetectorsConfig
+from sinks.batch import CallRows
+from sinks.clickhouse import connect
+from sinks.migrations import migrate
+from sinks.sink import ClickHouseSink
+from streams.detectors.engine import Detectors
+from streams.detectors.warmup import warm_up
+from tests.unit.test_detectors import NOW, demo_calls, priced
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_restarted_worker_catches_the_spike_from_its_warmed_baseline(
+    chdb_dsn: str, ch: Client, database: str
+) -> None:
+    migrate(ch, database)
+    sink = ClickHouseSink(lambda: connect(chdb_dsn), database)
+    incidents = DemoIncidents.before(NOW)
+    restart = incidents.spike_window[0]  # the worker restarts as the spike begins
+    before: list[tuple[object, ...]] = []
+    after: list[tuple[object, ...]] = []
+    for batch in demo_calls(incidents):
+        rows = priced(batch).calls.rows
+        before.extend(r for r in rows if r[1] < restart)
+        after.extend(r for r in rows if r[1] >= restart)
+    sink.add(CallRows(before), [])
+    sink.flush()
+
+    warmed = Detectors(DetectorsConfig())
+    summary = sink.read(lambda client, db: warm_up(warmed, client, db))
+    cold = Detectors(DetectorsConfig())
+
+    assert summary.spend_rows > 1000 and summary.prompt_versions >= 5 and summary.recent_calls > 0
+    caught = [a for a in warmed.observe(after) if a.status == "firing"]
+    missed = [a for a in cold.observe(after) if a.status == "firing"]
+    assert ("hourly_burn", SPIKE_FEATURE) in {(a.kind, a.key) for a in caught}
+    assert ("spend_spike", SPIKE_FEATURE) in {(a.kind, a.key) for a in caught}
+    # without the warm-up: less than two days seen, so no spend baseline and no spend alert at all
+    assert not [a for a in missed if a.kind in ("hourly_burn", "spend_spike")]
+    # the loop ended (its session went quiet) before the restart: not raised again
+    assert LOOP_SESSION not in {a.key for a in caught}
