@@ -66,7 +66,7 @@ class ErrorRateDetector:
             if finding is not None:
                 findings.append(finding)
                 if finding.watched:
-                    self._windows.watch(key)
+                    self._windows.keys.watch(key)
         return findings
 
     def _finding(self, key: WindowKey, calls: int, failures: int, retries: int, now: float) -> Finding | None:
@@ -77,12 +77,15 @@ class ErrorRateDetector:
         share = failures / calls if calls else 0.0
         lower = wilson_lower(failures, calls)
         severity = severity_of(lower > cfg.warning_share, lower > cfg.critical_share)
+        sustained = lower > RELAXED * cfg.warning_share
+        if severity is None and not sustained and not self._windows.keys.is_watched(key):
+            return None  # quiet, and no incident to resolve: nothing to say
         multiplier = calls / (calls - retries) if calls > retries else float(calls or 1)
         window = f"{cfg.window_minutes}m"
         return Finding(
             kind="error_rate", data_mode=data_mode, dimension=dim, key=name, severity=severity,
             value=round(share, 4), baseline=None, threshold=cfg.warning_share, window=window,
-            sustained=lower > RELAXED * cfg.warning_share,
+            sustained=sustained,
             message=(
                 f"{failures} of {calls} calls of {dim} {name} failed in the last {window} ({share:.0%}; "
                 f"alerts when surely above {cfg.warning_share:.0%}). Retries make each request cost "

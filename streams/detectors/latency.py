@@ -82,7 +82,7 @@ class LatencyDetector:
                 if finding is not None:
                     findings.append(finding)
                     if finding.watched:
-                        self._windows.watch(key)
+                        self._windows.keys.watch(key)
         return findings
 
     def _finding(self, key: WindowKey, metric: str, histogram: Histogram, now: float) -> Finding | None:
@@ -94,6 +94,9 @@ class LatencyDetector:
         if calls < cfg.min_calls and calls > 0:
             return None  # too few calls to judge; an open incident waits for more, or for an empty window
         severity = severity_of(calls > 0 and p95 > warning, p95 > critical)
+        sustained = calls > 0 and p95 > RELAXED * warning
+        if severity is None and not sustained and not self._windows.keys.is_watched(key):
+            return None  # quiet, and no incident to resolve: nothing to say
         label = "latency" if metric == "latency" else "time to first token"
         column = "latency_ms" if metric == "latency" else "ttft_ms"
         window = f"{cfg.window_minutes}m"
@@ -106,7 +109,7 @@ class LatencyDetector:
         return Finding(
             kind="latency_p95", data_mode=data_mode, dimension=dim, key=name, severity=severity,
             value=round(p95, 1), baseline=None, threshold=warning, window=window, message=message,
-            sustained=calls > 0 and p95 > RELAXED * warning,
+            sustained=sustained,
             query=(
                 f"SELECT toStartOfMinute(ts) AS minute, {'model' if dim == 'feature' else 'feature'}, "
                 "count() AS calls, "

@@ -15,6 +15,7 @@ from schemas.alert import Severity
 from schemas.config import LoopConfig
 from streams.detectors import calls as c
 from streams.detectors.findings import Finding
+from streams.detectors.watchlist import Watchlist
 from streams.unpriced import sql_string
 
 
@@ -36,8 +37,7 @@ class LoopDetector:
     def __init__(self, config: LoopConfig) -> None:
         self._config = config
         self._sessions: dict[tuple[str, str], _Session] = {}
-        self._touched: set[tuple[str, str]] = set()
-        self._firing: set[tuple[str, str]] = set()
+        self._due: Watchlist[tuple[str, str]] = Watchlist()
         self._swept: dict[str, int] = {}
 
     def observe(self, rows: Iterable[c.Row]) -> None:
@@ -62,14 +62,12 @@ class LoopDetector:
                 session.tools.append(row[c.TOOL_NAME])
             if row[c.PROMPT_HASH]:
                 session.prompts[row[c.PROMPT_HASH]] += 1
-            self._touched.add(key)
+            self._due.touch(key)
 
     def check(self, now_of: dict[str, float]) -> list[Finding]:
         findings = []
         idle = self._config.session_idle_minutes * 60
-        keys, self._touched = self._touched | self._firing, set()
-        self._firing = set()
-        for key in keys:
+        for key in self._due.due():
             session = self._sessions.get(key)
             now = now_of.get(key[0])
             if session is None or now is None:
@@ -79,7 +77,7 @@ class LoopDetector:
             if finding is not None:
                 findings.append(finding)
                 if finding.watched:
-                    self._firing.add(key)
+                    self._due.watch(key)
         self._forget_ended(now_of, idle)
         return findings
 
@@ -143,5 +141,5 @@ class LoopDetector:
             self._swept[data_mode] = minute
             ended = [k for k, s in self._sessions.items() if k[0] == data_mode and now - s.last >= idle]
             for key in ended:
-                if key not in self._firing:
+                if not self._due.is_pending(key):
                     del self._sessions[key]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from schemas.config import PromptRegressionConfig
 from streams.detectors import calls as c
 from streams.detectors.findings import RELAXED, Finding
+from streams.detectors.watchlist import Watchlist
 from streams.unpriced import sql_string
 
 
@@ -30,8 +31,7 @@ class PromptRegressionDetector:
     def __init__(self, config: PromptRegressionConfig) -> None:
         self._config = config
         self._features: dict[tuple[str, str], dict[str, _Version]] = {}
-        self._touched: set[tuple[str, str]] = set()
-        self._firing: set[tuple[str, str]] = set()
+        self._due: Watchlist[tuple[str, str]] = Watchlist()
 
     def observe(self, rows: Iterable[c.Row]) -> None:
         if not self._config.enabled:
@@ -54,14 +54,12 @@ class PromptRegressionDetector:
         found.calls += calls
         found.cost += cost
         found.tokens += tokens
-        self._touched.add(key)
+        self._due.touch(key)
 
     def check(self, now_of: dict[str, float]) -> list[Finding]:
         cfg = self._config
         findings = []
-        keys, self._touched = self._touched | self._firing, set()
-        self._firing = set()
-        for key in keys:
+        for key in self._due.due():
             now = now_of.get(key[0])
             versions = self._features.get(key, {})
             if now is None or len(versions) < 2:
@@ -74,6 +72,8 @@ class PromptRegressionDetector:
             token_ratio = new_tokens / old_tokens if old_tokens > 0 else 1.0
             firing = cost_ratio >= cfg.factor or token_ratio >= cfg.factor
             sustained = max(cost_ratio, token_ratio) >= RELAXED * cfg.factor
+            if not firing and not sustained and not self._due.is_watched(key):
+                continue  # quiet, and no incident to resolve
             data_mode, feature = key
             findings.append(
                 Finding(
@@ -99,5 +99,5 @@ class PromptRegressionDetector:
                 )
             )  # fmt: skip
             if firing or sustained:
-                self._firing.add(key)
+                self._due.watch(key)
         return findings

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 
+from schemas.alert import Severity
 from schemas.config import HourlyBurnConfig, SpendSpikeConfig, TenantConcentrationConfig, UnattributedConfig
 from streams.detectors import calls as c
 from streams.detectors.findings import RELAXED, Finding, severity_of, until
+from streams.detectors.watchlist import Watchlist
 from streams.unpriced import sql_string
 
 HOUR = 3600
@@ -26,43 +29,89 @@ UNATTRIBUTED = "unattributed"
 
 
 @dataclass(slots=True)
+class _Closed:
+    """Sums of whole hours before the current one, for one series at one current hour."""
+
+    day: float
+    """The 23 hours before the current one (with it: the last 24 hours)."""
+    week_before_day: float
+    """The 7 days before those 24 hours: the spike's baseline."""
+    week: float
+    """The 7 days before the current hour: the burn's rolling average."""
+    same_hour: list[float]
+    """``same_hour[d - 1]``: this hour of day, summed over the ``d`` days before."""
+
+
+@dataclass(slots=True)
 class _Series:
     hours: dict[int, float] = field(default_factory=dict)
     """Spend by hour number (epoch seconds // 3600)."""
     minutes: dict[int, float] = field(default_factory=dict)
     """Spend by minute number, the last 60 minutes."""
+    _closed: _Closed | None = None
+    _closed_hour: int = -1
 
-    def add(self, at: float, usd: float) -> None:
-        hour = int(at // HOUR)
-        minute = int(at // 60)
-        self.hours[hour] = self.hours.get(hour, 0.0) + usd
-        self.minutes[minute] = self.minutes.get(minute, 0.0) + usd
+    def add(self, at: float, usd: float, *, hour: bool = True, minute: bool = True) -> None:
+        number = int(at // HOUR)
+        if hour:
+            self.hours[number] = self.hours.get(number, 0.0) + usd
+            if number < self._closed_hour:  # a late call changed a closed hour
+                self._closed = None
+        if minute:
+            number = int(at // 60)
+            self.minutes[number] = self.minutes.get(number, 0.0) + usd
 
-    def between(self, first_hour: int, last_hour: int) -> float:
-        """Spend of the hours ``first_hour`` to ``last_hour``, both included."""
-        return sum(usd for hour, usd in self.hours.items() if first_hour <= hour <= last_hour)
+    def closed(self, now_hour: int) -> _Closed:
+        """The sums of closed hours, computed once per hour (again only if a late call lands in them)."""
+        if self._closed is None or self._closed_hour != now_hour:
+            self._prune(now_hour)
+            self._closed = _Closed(
+                day=self._between(now_hour - DAY_HOURS + 1, now_hour - 1),
+                week_before_day=self._between(now_hour - DAY_HOURS + 1 - WEEK_HOURS, now_hour - DAY_HOURS),
+                week=self._between(now_hour - WEEK_HOURS, now_hour - 1),
+                same_hour=list(
+                    accumulate(self.hours.get(now_hour - DAY_HOURS * d, 0.0) for d in range(1, WEEK_HOURS // 24 + 1))
+                ),
+            )
+            self._closed_hour = now_hour
+        return self._closed
+
+    def last_day(self, now_hour: int) -> float:
+        """Spend of the last 24 hours: the current hour and the 23 before."""
+        return self.closed(now_hour).day + self.hours.get(now_hour, 0.0)
 
     def last_minutes(self, now: float, minutes: int) -> float:
         """Spend of the ``minutes`` minutes up to ``now`` (calls of later minutes, read early, wait)."""
         end = int(now // 60)
+        if self.minutes and min(self.minutes) <= end - 60:
+            self.minutes = {m: u for m, u in self.minutes.items() if m > end - 60}
         return sum(usd for minute, usd in self.minutes.items() if end - minutes < minute <= end)
 
-    def prune(self, now: float) -> None:
-        oldest_hour = int(now // HOUR) - _KEEP_HOURS
-        if self.hours and min(self.hours) < oldest_hour:
-            self.hours = {h: u for h, u in self.hours.items() if h >= oldest_hour}
-        oldest_minute = int(now // 60) - 60
-        if self.minutes and min(self.minutes) <= oldest_minute:
-            self.minutes = {m: u for m, u in self.minutes.items() if m > oldest_minute}
+    def _between(self, first_hour: int, last_hour: int) -> float:
+        return sum(usd for hour, usd in self.hours.items() if first_hour <= hour <= last_hour)
+
+    def _prune(self, now_hour: int) -> None:
+        oldest = now_hour - _KEEP_HOURS
+        if self.hours and min(self.hours) < oldest:
+            self.hours = {h: u for h, u in self.hours.items() if h >= oldest}
 
 
 @dataclass(slots=True)
 class _Mode:
     first_hour: int | None = None
-    series: dict[tuple[str, str], _Series] = field(default_factory=dict)
-    touched: set[tuple[str, str]] = field(default_factory=set)
-    """Keys whose spend changed, or whose incident is open: evaluated at the next check."""
+    series: dict[str, dict[str, _Series]] = field(default_factory=dict)
+    """Per dimension, per key (``all``/``all``: every call)."""
+    due: Watchlist[tuple[str, str]] = field(default_factory=Watchlist)
     pruned_hour: int = 0
+
+    def of(self, dimension: str, key: str) -> _Series:
+        keys = self.series.get(dimension)
+        if keys is None:
+            keys = self.series[dimension] = {}
+        found = keys.get(key)
+        if found is None:
+            found = keys[key] = _Series()
+        return found
 
 
 class SpendDetectors:
@@ -86,89 +135,88 @@ class SpendDetectors:
             dims.add("tenant_id")
         self._columns = [(dim, SPEND_COLUMNS[dim]) for dim in sorted(dims)]
         self._modes: dict[str, _Mode] = {}
-        self._concentrated: dict[str, set[tuple[str, str]]] = {}
+        self._concentrated: dict[str, str] = {}
         """Per data mode, the tenant whose concentration incident is open."""
 
     def observe(self, rows: Iterable[c.Row]) -> None:
+        # summed per minute first: a second of live traffic touches each key once, not once per call
         columns = self._columns
+        sums: dict[tuple[str, str, str, int], float] = {}
+        get = sums.get
         for row in rows:
             cost = row[c.COST_USD]
             if not cost:
                 continue
-            at = row[c.TS].timestamp()
-            mode = self._mode(row[c.DATA_MODE], at)
-            mode.series.setdefault(("all", "all"), _Series()).add(at, cost)
+            minute = int(row[c.TS].timestamp() // 60)
+            data_mode = row[c.DATA_MODE]
+            cell = (data_mode, "all", "all", minute)
+            sums[cell] = get(cell, 0.0) + cost
             for dim, index in columns:
                 key = row[index]
                 if key:
-                    series = mode.series.get((dim, key))
-                    if series is None:
-                        series = mode.series[(dim, key)] = _Series()
-                    series.add(at, cost)
-                    mode.touched.add((dim, key))
+                    cell = (data_mode, dim, key, minute)
+                    sums[cell] = get(cell, 0.0) + cost
+        for (data_mode, dimension, name, minute), usd in sums.items():
+            self.add(data_mode, dimension, name, minute * 60.0, usd, minute=True)
 
-    def warm(
+    def add(
         self, data_mode: str, dimension: str, key: str, at: float, usd: float, *, minute: bool, hour: bool = True
     ) -> None:
-        """Add stored spend: of the hour or minute starting at ``at`` to the hourly and/or minute store."""
+        """Add spend: of calls, or from the rollups (an hour or a minute starting at ``at``, to either store)."""
         mode = self._mode(data_mode, at)
-        series = mode.series.setdefault((dimension, key), _Series())
-        if hour:
-            series.hours[int(at // HOUR)] = series.hours.get(int(at // HOUR), 0.0) + usd
-        if minute:
-            series.minutes[int(at // 60)] = series.minutes.get(int(at // 60), 0.0) + usd
+        mode.of(dimension, key).add(at, usd, hour=hour, minute=minute)
         if dimension != "all":
-            mode.touched.add((dimension, key))
+            mode.due.touch((dimension, key))
 
     def check(self, data_mode: str, now: float) -> list[Finding]:
         mode = self._modes.get(data_mode)
         if mode is None:
             return []
         findings: list[Finding] = []
-        keep: set[tuple[str, str]] = set()
-        for dim, key in mode.touched:
-            series = mode.series.get((dim, key))
+        due = mode.due.due()
+        for dim, key in due:
+            series = mode.series.get(dim, {}).get(key)
             if series is None:
                 continue
-            series.prune(now)
-            for finding in (self._spike_of(data_mode, mode, dim, key, series, now),
-                            self._burn_of(data_mode, mode, dim, key, series, now)):  # fmt: skip
+            watched = mode.due.is_watched((dim, key))
+            for finding in (self._spike_of(data_mode, mode, dim, key, series, now, watched),
+                            self._burn_of(data_mode, mode, dim, key, series, now, watched)):  # fmt: skip
                 if finding is not None:
                     findings.append(finding)
                     if finding.watched:
-                        keep.add((dim, key))
-        unattributed = self._unattributed_of(data_mode, mode, now)
-        if unattributed is not None:
-            findings.append(unattributed)
-            if unattributed.watched:
-                keep.add(("feature", UNATTRIBUTED))
-        if self._open_tenants(data_mode) or any(dim == "tenant_id" for dim, _ in mode.touched):
+                        mode.due.watch((dim, key))
+        if ("feature", UNATTRIBUTED) in due:
+            unattributed = self._unattributed_of(data_mode, mode, now)
+            if unattributed is not None:
+                findings.append(unattributed)
+                if unattributed.watched:
+                    mode.due.watch(("feature", UNATTRIBUTED))
+        if data_mode in self._concentrated or any(dim == "tenant_id" for dim, _ in due):
             findings.extend(self._concentration_of(data_mode, mode, now))
-        mode.touched = keep
         self._forget_idle(mode, now)
         return findings
 
     # -- the detectors -----------------------------------------------------------------------------
 
-    def _spike_of(self, data_mode: str, mode: _Mode, dim: str, key: str, series: _Series, now: float) -> Finding | None:
+    def _spike_of(
+        self, data_mode: str, mode: _Mode, dim: str, key: str, series: _Series, now: float, watched: bool
+    ) -> Finding | None:
         cfg = self._spike
         if not cfg.enabled or dim not in cfg.dimensions:
             return None
         now_hour = int(now // HOUR)
-        window_start = now_hour - DAY_HOURS + 1
-        days = _covered_hours(mode, window_start) / DAY_HOURS
+        days = _covered_hours(mode, now_hour - DAY_HOURS + 1) / DAY_HOURS
         if days < cfg.min_baseline_days:
             return None
-        trailing = series.between(window_start, now_hour)
-        daily = series.between(window_start - WEEK_HOURS, window_start - 1) / min(days, 7.0)
-        threshold = cfg.factor * daily
-        firing = trailing > threshold and trailing - daily >= cfg.min_excess_usd
-        sustained = trailing > RELAXED * threshold and trailing - daily >= RELAXED * cfg.min_excess_usd
-        severity = severity_of(firing, trailing > cfg.critical_factor * daily)
+        trailing = series.last_day(now_hour)
+        daily = series.closed(now_hour).week_before_day / min(days, 7.0)
+        severity, sustained = _above(trailing, daily, cfg.factor, cfg.critical_factor, cfg.min_excess_usd)
+        if severity is None and not sustained and not watched:
+            return None  # quiet, and no incident to resolve: nothing to say
         ratio = f"{trailing / daily:.1f}x" if daily > 0 else "new spend:"
         return Finding(
             kind="spend_spike", data_mode=data_mode, dimension=dim, key=key, severity=severity, sustained=sustained,
-            value=round(trailing, 4), baseline=round(daily, 4), threshold=round(threshold, 4), window="24h",
+            value=round(trailing, 4), baseline=round(daily, 4), threshold=round(cfg.factor * daily, 4), window="24h",
             message=(
                 f"{dim} {key} spent ${trailing:,.2f} in the last 24 hours, {ratio} its daily average of "
                 f"${daily:,.2f} over the {min(days, 7.0):.0f} days before (alerts above {cfg.factor:g}x "
@@ -177,7 +225,9 @@ class SpendDetectors:
             query=_hourly_query(dim, key, data_mode, now, 2), at=now,
         )  # fmt: skip
 
-    def _burn_of(self, data_mode: str, mode: _Mode, dim: str, key: str, series: _Series, now: float) -> Finding | None:
+    def _burn_of(
+        self, data_mode: str, mode: _Mode, dim: str, key: str, series: _Series, now: float, watched: bool
+    ) -> Finding | None:
         cfg = self._burn
         if not cfg.enabled or dim not in cfg.dimensions:
             return None
@@ -188,23 +238,21 @@ class SpendDetectors:
         last_hour = series.last_minutes(now, 60)
         # the rolling hourly average, or this hour's average on the days before when higher: an
         # ordinary afternoon peak is not a burn
-        average = series.between(now_hour - WEEK_HOURS, now_hour - 1) / hours
+        closed = series.closed(now_hour)
         days = max(1, hours // DAY_HOURS)
-        same_hour = sum(series.hours.get(now_hour - DAY_HOURS * d, 0.0) for d in range(1, days + 1)) / days
-        hourly = max(average, same_hour)
-        threshold = cfg.factor * hourly
-        firing = last_hour > threshold and last_hour - hourly >= cfg.min_excess_usd
-        sustained = last_hour > RELAXED * threshold and last_hour - hourly >= RELAXED * cfg.min_excess_usd
-        severity = severity_of(firing, last_hour > cfg.critical_factor * hourly)
+        hourly = max(closed.week / hours, closed.same_hour[days - 1] / days)
+        severity, sustained = _above(last_hour, hourly, cfg.factor, cfg.critical_factor, cfg.min_excess_usd)
+        if severity is None and not sustained and not watched:
+            return None
         ratio = f"{last_hour / hourly:.1f}x" if hourly > 0 else "new spend:"
         return Finding(
             kind="hourly_burn", data_mode=data_mode, dimension=dim, key=key, severity=severity, sustained=sustained,
-            value=round(last_hour, 4), baseline=round(hourly, 4), threshold=round(threshold, 4), window="1h",
+            value=round(last_hour, 4), baseline=round(hourly, 4), threshold=round(cfg.factor * hourly, 4),
+            window="1h",
             message=(
                 f"{dim} {key} spent ${last_hour:,.2f} in the last hour, {ratio} its hourly average of "
                 f"${hourly:,.2f} (last {hours / DAY_HOURS:.0f} days, or this hour of day when higher; "
-                f"alerts above {cfg.factor:g}x "
-                f"and ${cfg.min_excess_usd:g} over normal)."
+                f"alerts above {cfg.factor:g}x and ${cfg.min_excess_usd:g} over normal)."
             ),
             query=_minute_query(dim, key, data_mode, now),
             at=now,
@@ -212,13 +260,11 @@ class SpendDetectors:
 
     def _unattributed_of(self, data_mode: str, mode: _Mode, now: float) -> Finding | None:
         cfg = self._unattributed
-        if not cfg.enabled or ("feature", UNATTRIBUTED) not in mode.touched:
+        if not cfg.enabled:
             return None
         now_hour = int(now // HOUR)
-        start = now_hour - DAY_HOURS + 1
-        total = mode.series[("all", "all")].between(start, now_hour) if ("all", "all") in mode.series else 0.0
-        series = mode.series.get(("feature", UNATTRIBUTED))
-        spent = series.between(start, now_hour) if series is not None else 0.0
+        total = mode.of("all", "all").last_day(now_hour)
+        spent = mode.of("feature", UNATTRIBUTED).last_day(now_hour)
         share = spent / total if total > 0 else 0.0
         firing = share > cfg.max_share and spent >= cfg.min_usd
         sustained = share > RELAXED * cfg.max_share and spent >= RELAXED * cfg.min_usd
@@ -245,15 +291,12 @@ class SpendDetectors:
         if not cfg.enabled:
             return []
         now_hour = int(now // HOUR)
-        start = now_hour - DAY_HOURS + 1
-        if _covered_hours(mode, start) / DAY_HOURS < self._spike.min_baseline_days:
+        # the baseline needs as much history as the spike's does
+        if _covered_hours(mode, now_hour - DAY_HOURS + 1) / DAY_HOURS < self._spike.min_baseline_days:
             return []
-        recent: dict[str, float] = {}
-        before: dict[str, float] = {}
-        for (dim, key), series in mode.series.items():
-            if dim == "tenant_id":
-                recent[key] = series.between(start, now_hour)
-                before[key] = series.between(start - WEEK_HOURS, start - 1)
+        tenants = mode.series.get("tenant_id", {})
+        recent = {key: series.last_day(now_hour) for key, series in tenants.items()}
+        before = {key: series.closed(now_hour).week_before_day for key, series in tenants.items()}
         total, total_before = sum(recent.values()), sum(before.values())
         if not recent or total <= 0:
             return []
@@ -276,23 +319,22 @@ class SpendDetectors:
             )
         ]  # fmt: skip
         # a tenant no longer on top resolves its incident
-        for tenant in self._open_tenants(data_mode) - {("tenant_id", top)}:
+        was = self._concentrated.pop(data_mode, None)
+        if was is not None and was != top:
             findings.append(
                 Finding(
-                    kind="tenant_concentration", data_mode=data_mode, dimension="tenant_id", key=tenant[1],
-                    severity=None, value=round(recent.get(tenant[1], 0.0) / total, 4), baseline=None,
+                    kind="tenant_concentration", data_mode=data_mode, dimension="tenant_id", key=was,
+                    severity=None, value=round(recent.get(was, 0.0) / total, 4), baseline=None,
                     threshold=None, window="24h",
-                    message=f"tenant {tenant[1]} is no longer the top spender of the last 24 hours.",
-                    query=_hourly_query("tenant_id", tenant[1], data_mode, now, 8), at=now,
+                    message=f"tenant {was} is no longer the top spender of the last 24 hours.",
+                    query=_hourly_query("tenant_id", was, data_mode, now, 8), at=now,
                 )
             )  # fmt: skip
-        self._concentrated[data_mode] = {("tenant_id", top)} if firing else set()
+        if firing or (sustained and was == top):
+            self._concentrated[data_mode] = top
         return findings
 
     # -- bookkeeping -------------------------------------------------------------------------------
-
-    def _open_tenants(self, data_mode: str) -> set[tuple[str, str]]:
-        return self._concentrated.setdefault(data_mode, set())
 
     def _mode(self, data_mode: str, at: float) -> _Mode:
         mode = self._modes.get(data_mode)
@@ -310,8 +352,18 @@ class SpendDetectors:
         if hour <= mode.pruned_hour:
             return
         mode.pruned_hour = hour
-        for series_key in [k for k, s in mode.series.items() if not s.hours or max(s.hours) < hour - _KEEP_HOURS]:
-            del mode.series[series_key]
+        for keys in mode.series.values():
+            for key in [k for k, s in keys.items() if not s.hours or max(s.hours) < hour - _KEEP_HOURS]:
+                del keys[key]
+
+
+def _above(
+    value: float, normal: float, factor: float, critical_factor: float, min_excess: float
+) -> tuple[Severity | None, bool]:
+    """Severity (None: quiet) and whether an open incident holds: ``value`` against ``factor`` times normal."""
+    firing = value > factor * normal and value - normal >= min_excess
+    sustained = value > RELAXED * factor * normal and value - normal >= RELAXED * min_excess
+    return severity_of(firing, value > critical_factor * normal), sustained
 
 
 def _covered_hours(mode: _Mode, until_hour: int) -> int:

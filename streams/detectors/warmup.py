@@ -57,10 +57,10 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
             parameters=params,
         ).result_rows
         for dimension, key, bucket, usd in hours:
-            detectors.spend.warm(data_mode, dimension, key, _epoch(bucket), usd, minute=False)
+            detectors.spend.add(data_mode, dimension, key, _epoch(bucket), usd, minute=False)
         for dimension, key, bucket, usd in minutes:
             at = _epoch(bucket)
-            detectors.spend.warm(data_mode, dimension, key, at, usd, minute=True, hour=at >= hour.timestamp())
+            detectors.spend.add(data_mode, dimension, key, at, usd, minute=True, hour=at >= hour.timestamp())
         spend_rows += len(hours) + len(minutes)
     versions = client.query(
         f"SELECT data_mode, key, min(bucket), sum(llm_calls), sum(cost_usd), sum(input_tokens + output_tokens) "

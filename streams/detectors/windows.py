@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from streams.detectors.watchlist import Watchlist
+
 Cell = TypeVar("Cell")
 WindowKey = tuple[str, str, str]
 """(data mode, dimension, key)"""
@@ -13,15 +15,14 @@ WindowKey = tuple[str, str, str]
 class MinuteWindows(Generic[Cell]):
     """Per key, one ``Cell`` per event-time minute of the last ``minutes`` minutes.
 
-    ``touched`` holds the keys changed since the last :meth:`due`.
+    ``keys`` holds the keys to evaluate next: those a new call touched, and those watched.
     """
 
     def __init__(self, minutes: int, new_cell: Callable[[], Cell]) -> None:
         self.minutes = minutes
         self._new_cell = new_cell
         self._cells: dict[WindowKey, dict[int, Cell]] = {}
-        self.touched: set[WindowKey] = set()
-        self._watched: set[WindowKey] = set()
+        self.keys: Watchlist[WindowKey] = Watchlist()
 
     def cell(self, key: WindowKey, at: float) -> Cell:
         minute = int(at // 60)
@@ -31,7 +32,7 @@ class MinuteWindows(Generic[Cell]):
         found = cells.get(minute)
         if found is None:
             found = cells[minute] = self._new_cell()
-        self.touched.add(key)
+        self.keys.touch(key)
         return found
 
     def window(self, key: WindowKey, now: float) -> Iterator[Cell]:
@@ -49,13 +50,5 @@ class MinuteWindows(Generic[Cell]):
         return (cell for minute, cell in cells.items() if minute <= now // 60)
 
     def due(self, now_of: dict[str, float]) -> list[tuple[WindowKey, float]]:
-        """The keys to evaluate, with their data mode's clock: those changed, and those watched.
-
-        Both sets start empty again: a detector calls :meth:`watch` for keys whose incident is open.
-        """
-        keys = self.touched | self._watched
-        self.touched, self._watched = set(), set()
-        return [(key, now_of[key[0]]) for key in keys if key[0] in now_of]
-
-    def watch(self, key: WindowKey) -> None:
-        self._watched.add(key)
+        """The keys to evaluate (see :meth:`Watchlist.due`), with their data mode's clock."""
+        return [(key, now_of[key[0]]) for key in self.keys.due() if key[0] in now_of]
