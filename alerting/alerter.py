@@ -31,6 +31,7 @@ from alerting.slack import SlackDeliveryError, SlackPoster
 from schemas.alert import Alert
 from schemas.config import Route
 from sinks.batch import ALERT_COLUMNS
+from sinks.clickhouse import utc
 
 logger = logging.getLogger(__name__)
 
@@ -173,9 +174,9 @@ class Alerter:
         pending = []
         for row in rows:
             fields = {c: row[c] for c in ALERT_COLUMNS}
-            fields["ts"] = _aware(fields["ts"])
+            fields["ts"] = utc(fields["ts"])
             alert = Alert.model_validate(fields)
-            raised_at = _aware(row["raised_at"]).timestamp()
+            raised_at = utc(row["raised_at"]).timestamp()
             pending.append(_Pending(alert, raised_at, row["attempts"], channel_for(alert, self._routes)))
         return pending
 
@@ -191,7 +192,7 @@ class Alerter:
             parameters={"keys": sorted(dedup_keys)},
         ).result_rows
         return {
-            (key, channel): _Thread(ts, _aware(last).timestamp())
+            (key, channel): _Thread(ts, utc(last).timestamp())
             for key, channel, ts, last, status in rows
             if status == "firing"
         }
@@ -208,11 +209,6 @@ def _latest_per_incident(items: list[_Pending]) -> list[Alert]:
     for item in sorted(items, key=lambda i: i.alert.ts):
         latest[item.alert.dedup_key] = item.alert
     return list(latest.values())
-
-
-def _aware(value: datetime) -> datetime:
-    """DateTime64('UTC') may come back naive."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _state(item: _Pending, state: str, channel: str, error: str, attempts: int, thread_ts: str) -> tuple[Any, ...]:

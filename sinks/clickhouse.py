@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import clickhouse_connect
@@ -34,6 +35,11 @@ def connect(target: str, database: str | None = None, **settings: Any) -> Client
     return clickhouse_connect.get_client(
         dsn=target, database=database, settings=settings or None, connect_timeout=5, send_receive_timeout=60
     )
+
+
+def utc(value: datetime) -> datetime:
+    """A ``DateTime64(3, 'UTC')`` value as read: some clients return it naive; it is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def error_code(exc: BaseException) -> int | None:

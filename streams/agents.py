@@ -50,7 +50,8 @@ def register_ingest(
     order, so a batch's duplicate check sees every batch written before it.
 
     The ``detectors`` see the calls a batch stored (a redelivered duplicate is not seen twice), after
-    ClickHouse confirmed them; the alerts they raise are stored before the batch is acknowledged.
+    ClickHouse confirmed them; their alerts, and ``unpriced_model`` ones, are published and stored
+    before the batch is acknowledged.
     """
 
     unpriced = UnpricedModelDetector()
@@ -63,12 +64,12 @@ def register_ingest(
 
     async def write(batch: list[EventT[RecordChunk]], result: IngestResult) -> None:
         await _publish_dead_letters(dlq, result.rejected)
-        raised = unpriced.check(result.unpriced_calls)
-        await _publish_alerts(alerts, raised)
-        sink.add(result.calls, result.rejected, alerts=[alert_row(a) for a in raised])
+        sink.add(result.calls, result.rejected)
         written = await flush_until_written(sink)
+        raised = unpriced.check(result.unpriced_calls)
         if detectors is not None:
-            await raise_alerts(detectors.observe(written.stored))
+            raised += detectors.observe(written.stored)
+        await raise_alerts(raised)
         for event in batch:
             event.ack()
 
@@ -185,7 +186,12 @@ async def _warm_up(detectors: Detectors, sink: ClickHouseSink) -> None:
             return
         except Exception as exc:
             delay = backoff.next()
-            logger.error("detectors cannot warm up from ClickHouse (%s); retrying in %.1fs", exc, delay)
+            logger.error(
+                "detectors cannot warm up from ClickHouse (%s): check that it is reachable and migrated "
+                "(`spendstream migrate`); the stream waits, retrying in %.1fs",
+                exc,
+                delay,
+            )
             await asyncio.sleep(delay)
 
 

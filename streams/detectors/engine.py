@@ -80,11 +80,8 @@ class Detectors:
         return alerts
 
     def _feed(self, rows: Sequence[c.Row]) -> None:
-        self._advance(rows)
+        self.observe_recent(rows)
         self.spend.observe(rows)
-        self.latency.observe(rows)
-        self.errors.observe(rows)
-        self.loops.observe(rows)
         self.prompts.observe(rows)
 
     def _advance(self, rows: Sequence[c.Row]) -> None:

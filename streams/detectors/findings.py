@@ -1,12 +1,12 @@
 """Findings and incidents: a detector says whether a condition holds; incidents turn that into alerts.
 
-A condition that starts holding opens an incident and raises a ``firing`` alert; while it holds, an
-alert is raised again only when its severity rises, or when ``repeat`` seconds of event time have
-passed and the value has grown by a quarter; when it clears, a ``resolved`` alert closes the incident. An open
-incident stays open while the condition holds at a relaxed level (``sustained``, 80% of the
-thresholds), so a value hovering at its threshold does not flap. Alert ids follow from the incident (the minute
-it opened) and its sequence number, so a replay of the same calls raises the same alerts, and the
-``alerts`` table stores them once.
+A condition that starts holding opens an incident and raises a ``firing`` alert. While it holds,
+an alert is raised again only when its severity rises, or when ``repeat`` seconds of event time
+have passed and the value has grown by a quarter; when it clears, a ``resolved`` alert closes the
+incident. An open incident stays open while the condition holds at a relaxed level (``sustained``,
+80% of the thresholds), so a value hovering at its threshold does not flap. Alert ids follow from
+the incident (the minute it opened) and its sequence number, so a replay of the same calls raises
+the same alerts, and the ``alerts`` table stores them once.
 """
 
 from __future__ import annotations

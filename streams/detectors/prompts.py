@@ -1,7 +1,8 @@
 """``prompt_version_regression``: a feature's newest prompt version costs or uses more per model call.
 
-Per feature, each prompt version's model calls, cost and tokens since it was first seen. The newest
-version is compared with the one before it once both have ``min_calls`` calls.
+Per feature, each prompt version's model calls, and the cost and tokens of all its calls (tools
+included), since it was first seen. The newest version is compared with the one before it once both
+have ``min_calls`` model calls.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ class PromptRegressionDetector:
             return
         for row in rows:
             version = row[c.PROMPT_VERSION]
-            if not version or row[c.KIND] != "llm":
-                continue
-            self.add(row[c.DATA_MODE], row[c.FEATURE], version, row[c.TS].timestamp(), 1,
-                     row[c.COST_USD] or 0.0, row[c.INPUT_TOKENS] + row[c.OUTPUT_TOKENS])  # fmt: skip
+            if version:  # tool calls add their cost, as in the rollups the warm-up reads
+                self.add(row[c.DATA_MODE], row[c.FEATURE], version, row[c.TS].timestamp(),
+                         row[c.KIND] == "llm", row[c.COST_USD] or 0.0,
+                         row[c.INPUT_TOKENS] + row[c.OUTPUT_TOKENS])  # fmt: skip
 
     def add(self, data_mode: str, feature: str, version: str, at: float, calls: int, cost: float, tokens: int) -> None:
         """Count calls of one version (also used to warm up from ``rollup_day``)."""

@@ -2,7 +2,7 @@
 
 Spend comes from the rollups (hours of the last eight days, minutes of the current and last hour),
 prompt versions from the daily rollup, and the short windows (sessions, latency, errors) from the
-calls of the last half hour. Incidents still open in the ``alerts`` table stay open, so a restarted
+calls of the last hour. Incidents still open in the ``alerts`` table stay open, so a restarted
 worker neither raises them again nor forgets to resolve them.
 """
 
@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 from sinks.batch import LLM_CALL_COLUMNS
+from sinks.clickhouse import utc
 from streams.detectors.engine import Detectors
 from streams.detectors.spend import SPEND_COLUMNS
 
@@ -41,8 +42,7 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
     dims = ", ".join(f"'{d}'" for d in ("all", *SPEND_COLUMNS))
     spend_rows = 0
     for data_mode, latest in marks:
-        latest = latest if latest.tzinfo else latest.replace(tzinfo=UTC)
-        hour = latest.replace(minute=0, second=0, microsecond=0)
+        hour = utc(latest).replace(minute=0, second=0, microsecond=0)
         params = {"mode": data_mode, "hour": hour.replace(tzinfo=None)}
         hours = client.query(
             f"SELECT dimension, key, bucket, sum(cost_usd) FROM {db}.rollup_hour "
@@ -79,7 +79,7 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
     rows = [_aware(row) for row in reversed(recent)]  # the newest calls, oldest first
     detectors.observe_recent(rows)
     for data_mode, latest in marks:
-        at = (latest if latest.tzinfo else latest.replace(tzinfo=UTC)).timestamp()
+        at = utc(latest).timestamp()
         detectors.now_of[data_mode] = max(detectors.now_of.get(data_mode, 0.0), at)
     open_incidents = client.query(
         f"SELECT dedup_key, argMax(severity, ts), max(ts), argMax(value, ts) FROM {db}.alerts FINAL "
@@ -94,11 +94,9 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
 
 
 def _epoch(value: datetime) -> float:
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    return utc(value).timestamp()
 
 
 def _aware(row: Sequence[Any]) -> tuple[Any, ...]:
-    ts = row[1]
-    if isinstance(ts, datetime) and ts.tzinfo is None:
-        return (row[0], ts.replace(tzinfo=UTC), *row[2:])
-    return tuple(row)
+    """A stored call row as the detectors read it: ``ts`` aware, like a row the sink just wrote."""
+    return (row[0], utc(row[1]), *row[2:])

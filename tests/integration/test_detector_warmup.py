@@ -13,7 +13,7 @@ from sinks.migrations import migrate
 from sinks.sink import ClickHouseSink
 from streams.detectors.engine import Detectors
 from streams.detectors.warmup import warm_up
-from tests.unit.test_detectors import NOW, demo_calls, priced
+from tests.demo_calls import NOW, demo_calls, priced
 
 pytestmark = pytest.mark.integration
 

@@ -1,15 +1,12 @@
-"""The detectors on the demo's seven days: each staged incident raises its alert, the controls stay quiet."""
+"""The detectors on the demo's days of traffic: each staged incident raises its alert, the controls stay quiet."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
-import orjson
 import pytest
 
-from producers.demo import DemoTraffic
 from producers.demo_incidents import (
     LOOP_SESSION,
     REGRESSED_FEATURE,
@@ -22,29 +19,7 @@ from schemas.call_event import CallEvent
 from schemas.config import DetectorsConfig, LatencyConfig, LoopConfig
 from streams.detectors.engine import Detectors
 from streams.detectors.errors import wilson_lower
-from streams.ingest import Ingestor, IngestResult, RawEvent
-from streams.pricing import Pricer
-
-NOW = datetime(2026, 11, 23, 10, 45, tzinfo=UTC)  # a Monday: the incidents were on Friday afternoon
-
-
-def priced(events: list[CallEvent]) -> IngestResult:
-    raw = (RawEvent(orjson.dumps(e.model_dump(mode="json", exclude_none=True)), 0, n) for n, e in enumerate(events))
-    return Ingestor(Pricer([]), "llm.calls").process(raw)
-
-
-def demo_calls(incidents: DemoIncidents | None, days: float = 6.5, size: int = 5000) -> Iterator[list[CallEvent]]:
-    """The demo's calls in time order, in batches as the worker would store them."""
-    traffic = DemoTraffic(seed=7, incidents=incidents, now=NOW)
-    events = [
-        call
-        for request in traffic.requests_between(NOW - timedelta(days=days), NOW)
-        for call in request.calls
-        if call.ts <= NOW
-    ]
-    events.sort(key=lambda e: e.ts)
-    for start in range(0, len(events), size):
-        yield events[start : start + size]
+from tests.demo_calls import NOW, demo_calls, priced
 
 
 @cache

@@ -47,38 +47,28 @@ def test_the_first_matching_route_takes_the_alert(tmp_path: Path) -> None:
     assert channel_for(alert(), routes[:3]) is None
 
 
-@pytest.mark.parametrize(
-    ("route", "field", "reason"),
-    [
-        ("- match: {kind: loops}\n      channel: '#x'", "alerts.routes.0.match.kind", "Input should be"),
-        ("- channel: 'llm costs'", "alerts.routes.0.channel", "should match pattern"),
-        ("- match: {severity: high}\n      channel: '#x'", "alerts.routes.0.match.severity", "Input should be"),
-        ("- channel: '#x'\n      chanel: '#y'", "alerts.routes.0.chanel", "unknown field"),
-    ],
-)
-def test_a_bad_route_is_refused_with_the_file_field_and_reason(
-    tmp_path: Path, route: str, field: str, reason: str
-) -> None:
-    path = write(tmp_path, f"alerts:\n  routes:\n    {route}\n")
-    with pytest.raises(ConfigError) as refused:
-        load_config(path)
-    assert str(path) in str(refused.value) and field in str(refused.value) and reason in str(refused.value)
+ROUTE = "alerts:\n  routes:\n    "
+DETECTORS = "detectors:\n  "
 
 
 @pytest.mark.parametrize(
-    ("section", "field", "reason"),
+    ("text", "field", "reason"),
     [
-        ("spend_spike: {min_excess_usd: -5}", "detectors.spend_spike.min_excess_usd", "greater than or equal to 0"),
-        ("loop_detected: {same_tool_share: 1.5}", "detectors.loop_detected.same_tool_share", "less than or equal to 1"),
-        ("latency_p95: {warning_ms: 20000, critical_ms: 10000}", "detectors", "must not be below its warning level"),
-        ("hourly_burn: {dimensions: [colour]}", "detectors.hourly_burn.dimensions.0", "Input should be"),
-        ("error_rate: {thresold: 0.2}", "detectors.error_rate.thresold", "unknown field"),
+        (ROUTE + "- match: {kind: loops}\n      channel: '#x'", "alerts.routes.0.match.kind", "Input should be"),
+        (ROUTE + "- channel: 'llm costs'", "alerts.routes.0.channel", "should match pattern"),
+        (ROUTE + "- match: {severity: high}\n      channel: '#x'", "alerts.routes.0.match.severity", "Input should be"),
+        (ROUTE + "- channel: '#x'\n      chanel: '#y'", "alerts.routes.0.chanel", "unknown field"),
+        (DETECTORS + "spend_spike: {min_excess_usd: -5}", "detectors.spend_spike.min_excess_usd", "or equal to 0"),
+        (DETECTORS + "loop_detected: {same_tool_share: 1.5}", "detectors.loop_detected.same_tool_share", "equal to 1"),
+        (DETECTORS + "latency_p95: {warning_ms: 20000, critical_ms: 10000}", "detectors", "must not be below"),
+        (DETECTORS + "hourly_burn: {dimensions: [colour]}", "detectors.hourly_burn.dimensions.0", "Input should be"),
+        (DETECTORS + "error_rate: {thresold: 0.2}", "detectors.error_rate.thresold", "unknown field"),
     ],
-)
-def test_a_bad_threshold_is_refused_with_the_file_field_and_reason(
-    tmp_path: Path, section: str, field: str, reason: str
+)  # fmt: skip
+def test_a_bad_route_or_threshold_is_refused_with_the_file_field_and_reason(
+    tmp_path: Path, text: str, field: str, reason: str
 ) -> None:
-    path = write(tmp_path, f"detectors:\n  {section}\n")
+    path = write(tmp_path, text + "\n")
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert str(path) in str(refused.value) and field in str(refused.value) and reason in str(refused.value)
