@@ -27,7 +27,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from alerting.routes import channel_for
-from alerting.slack import SlackDeliveryError, SlackPoster
+from alerting.slack import Posters, SlackDeliveryError
 from schemas.alert import Alert
 from schemas.config import Route
 from sinks.batch import ALERT_COLUMNS
@@ -72,17 +72,21 @@ class Alerter:
         client_factory: Callable[[], Client],
         database: str,
         routes: Sequence[Route],
-        poster: SlackPoster | None,
+        posters: Posters,
         group_wait: float = 10.0,
         group_interval: float = 300.0,
     ) -> None:
         self._client_factory = client_factory
         self._database = database
         self._routes = list(routes)
-        self._poster = poster
+        self._posters = posters
         self._group_wait = group_wait
         self._group_interval = group_interval
         self._client: Client | None = None
+
+    def describe(self) -> str:
+        """Where alerts go, for the start-up banner."""
+        return self._posters.describe()
 
     def deliver_pending(self) -> DeliveryRound:
         """Deliver what is due, oldest first; stop early when Slack asks to slow down."""
@@ -130,9 +134,7 @@ class Alerter:
                 posts = [items]
             for part in filter(None, posts):
                 try:
-                    if self._poster is None:
-                        raise SlackDeliveryError("no Slack bot token: set SPENDSTREAM_SLACK_BOT_TOKEN", transient=False)
-                    ts = self._poster.post(channel, _latest_per_incident(part), thread_ts)
+                    ts = self._posters.for_channel(channel).post(channel, _latest_per_incident(part), thread_ts)
                 except SlackDeliveryError as exc:
                     logger.warning("%d alert(s) to %s not delivered yet: %s", len(part), channel, exc.reason)
                     updates.extend(_state(i, "pending", channel, exc.reason, i.attempts + 1, "") for i in part)

@@ -1,13 +1,19 @@
-"""Posting alerts to Slack with slack-sdk: a bot token and ``chat.postMessage``, in Block Kit."""
+"""Posting alerts to Slack with slack-sdk, in Block Kit: a bot token (``chat.postMessage``) or an incoming webhook."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.webhook import WebhookClient
 
 from schemas.alert import Alert
+from schemas.config import AlertsConfig
+from schemas.exceptions import ConfigError
 
 SEVERITY_MARK = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
 RESOLVED_MARK = ":white_check_mark:"
@@ -79,18 +85,27 @@ def text_of(alerts: list[Alert]) -> str:
     return f"[{first.severity}] {len(alerts)} {first.kind} alerts: {keys}"[:3000]
 
 
-class SlackPoster:
+class Poster:
+    """Something that posts to a Slack channel."""
+
+    def post(self, channel: str, alerts: list[Alert], thread_ts: str | None = None) -> str:
+        """Post ``alerts`` (of one kind) as one message, or as a reply in ``thread_ts``; returns its ts."""
+        blocks = blocks_for(alerts[0]) if len(alerts) == 1 else group_blocks(alerts)
+        return self.post_blocks(channel, text_of(alerts), blocks, thread_ts)
+
+    def post_blocks(
+        self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
+    ) -> str:
+        raise NotImplementedError
+
+
+class SlackPoster(Poster):
     """Posts with a bot token; ``base_url`` points elsewhere than slack.com (Enterprise Grid, tests)."""
 
     def __init__(self, token: str, base_url: str = "https://slack.com/api/", timeout: int = 10) -> None:
         self._client = WebClient(
             token=token, base_url=base_url if base_url.endswith("/") else base_url + "/", timeout=timeout
         )
-
-    def post(self, channel: str, alerts: list[Alert], thread_ts: str | None = None) -> str:
-        """Post ``alerts`` (of one kind) as one message, or as a reply in ``thread_ts``; returns its ts."""
-        blocks = blocks_for(alerts[0]) if len(alerts) == 1 else group_blocks(alerts)
-        return self.post_blocks(channel, text_of(alerts), blocks, thread_ts)
 
     def post_blocks(
         self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
@@ -117,3 +132,106 @@ class SlackPoster:
             ) from exc
         except OSError as exc:  # connection refused, timeout, DNS
             raise SlackDeliveryError(f"cannot reach Slack ({exc})", transient=True) from exc
+
+
+WEBHOOK_THREAD = "webhook"
+"""What a webhook post returns as its ts: incoming webhooks cannot reply in a thread, so an incident's
+later alerts are posted as new messages marked as updates, still at most one per group interval."""
+
+_WEBHOOK_HINTS = {
+    "invalid_token": "the webhook was revoked: create a new one and update the route's webhook_env variable",
+    "no_service": "the webhook was removed: create a new one and update the route's webhook_env variable",
+    "no_team": "the workspace of the webhook is gone: create a new webhook",
+    "channel_not_found": "the webhook's channel was deleted: create a webhook for another channel",
+    "channel_is_archived": "the webhook's channel is archived: unarchive it or create a new webhook",
+    "action_prohibited": "a workspace admin blocked the webhook",
+    "invalid_payload": "Slack did not accept the message's format",
+}
+
+
+class WebhookPoster(Poster):
+    """Posts through an incoming webhook (one channel, fixed when the webhook was created)."""
+
+    def __init__(self, url: str, timeout: int = 10) -> None:
+        self._client = WebhookClient(url, timeout=timeout)
+
+    def post_blocks(
+        self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
+    ) -> str:
+        if thread_ts is not None:
+            text = f"Update: {text}"
+            blocks = [{"type": "context", "elements": [{"type": "mrkdwn", "text": "*Update*"}]}, *(blocks or [])]
+        try:
+            answer = self._client.send(text=text, blocks=blocks)
+        except OSError as exc:  # connection refused, timeout, DNS
+            raise SlackDeliveryError(f"cannot reach Slack's webhook for {channel} ({exc})", transient=True) from exc
+        if answer.status_code == 200:
+            return WEBHOOK_THREAD
+        if answer.status_code == 429:
+            retry_after = float(answer.headers.get("Retry-After", answer.headers.get("retry-after", 1)))
+            raise SlackDeliveryError("rate limited by Slack", transient=True, retry_after=retry_after)
+        if answer.status_code >= 500:
+            raise SlackDeliveryError(f"Slack's webhook answered {answer.status_code}", transient=True)
+        error = (answer.body or "").strip()[:80]
+        hint = _WEBHOOK_HINTS.get(error, "see https://api.slack.com/messaging/webhooks#handling_errors")
+        raise SlackDeliveryError(
+            f"Slack's webhook for {channel} refused the message ({error or answer.status_code}): {hint}",
+            transient=False,
+        )
+
+
+class Posters:
+    """The poster of each channel: the route's incoming webhook when it names one, else the bot token."""
+
+    def __init__(self, bot: Poster | None, webhooks: Mapping[str, Poster] | None = None) -> None:
+        self._bot = bot
+        self._webhooks = dict(webhooks or {})
+
+    def for_channel(self, channel: str) -> Poster:
+        """Raises:
+        SlackDeliveryError: not transient, when neither a webhook nor a bot token can post to ``channel``.
+        """
+        poster = self._webhooks.get(channel, self._bot)
+        if poster is None:
+            raise SlackDeliveryError(
+                f"no way to post to {channel}: set SPENDSTREAM_SLACK_BOT_TOKEN, or give its route a webhook_env",
+                transient=False,
+            )
+        return poster
+
+    def describe(self) -> str:
+        ways = (["the bot token"] if self._bot is not None else []) + [
+            f"a webhook to {channel}" for channel in self._webhooks
+        ]
+        if not ways:
+            return "no SPENDSTREAM_SLACK_BOT_TOKEN and no webhook: alerts are stored, not posted"
+        return "posting alerts to Slack with " + ", ".join(ways)
+
+    @classmethod
+    def configured(
+        cls,
+        alerts: AlertsConfig,
+        bot_token: str | None,
+        api_url: str,
+        config_path: Path | str | None,
+        environ: Mapping[str, str] = os.environ,
+    ) -> Posters:
+        """The posters the config and environment describe.
+
+        Raises:
+            ConfigError: a route's ``webhook_env`` names a variable that is unset or not a URL.
+        """
+        webhooks: dict[str, Poster] = {}
+        for n, route in enumerate(alerts.routes):
+            if route.webhook_env is None:
+                continue
+            url = environ.get(route.webhook_env, "")
+            if not url.startswith(("https://", "http://")):
+                problem = "is not set" if not url else "is not a URL"
+                raise ConfigError(
+                    config_path or "SPENDSTREAM_CONFIG",
+                    f"alerts.routes.{n}.webhook_env",
+                    f"{route.webhook_env} {problem}: export it with the incoming-webhook URL of {route.channel}",
+                )
+            webhooks[route.channel] = WebhookPoster(url)
+        return cls(SlackPoster(bot_token, api_url) if bot_token else None, webhooks)

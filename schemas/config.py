@@ -61,6 +61,8 @@ class Route(BaseModel):
 
     match: RouteMatch = Field(default_factory=RouteMatch)
     channel: Channel
+    webhook_env: Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")] | None = None
+    """The environment variable holding an incoming-webhook URL for ``channel``; unset: the bot token posts."""
 
 
 class AlertsConfig(BaseModel):
@@ -74,6 +76,18 @@ class AlertsConfig(BaseModel):
     """How long a new incident's first message waits for more of its alerts (a burst becomes one message)."""
     group_interval_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
     """Updates of an open incident are posted (in its thread) at most this often; a resolution at once."""
+
+    @model_validator(mode="after")
+    def _one_webhook_per_channel(self) -> AlertsConfig:
+        webhooks: dict[str, str | None] = {}
+        for route in self.routes:
+            seen = webhooks.setdefault(route.channel, route.webhook_env)
+            if seen != route.webhook_env:
+                raise ValueError(
+                    f"routes to {route.channel} disagree on webhook_env ({seen} vs {route.webhook_env}): "
+                    "give each route to that channel the same one"
+                )
+        return self
 
 
 Share = Annotated[float, Field(gt=0, le=1)]

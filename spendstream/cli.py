@@ -281,23 +281,23 @@ def alerts(ctx: click.Context, limit: int) -> None:
 @alerts.command(name="test-slack")
 def test_slack() -> None:
     """Post a test message to each channel the routes name, and say which failed and why."""
-    from alerting.slack import SlackDeliveryError, SlackPoster
+    from alerting.slack import Posters, SlackDeliveryError
 
     settings = _settings()
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token is not None else None
     try:
-        routes = settings.load_config().alerts.routes
+        alerts_config = settings.load_config().alerts
+        posters = Posters.configured(alerts_config, token, settings.slack_api_url, settings.config)
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
-    if settings.slack_bot_token is None:
-        raise click.ClickException("no Slack bot token: set SPENDSTREAM_SLACK_BOT_TOKEN")
-    channels = list(dict.fromkeys(route.channel for route in routes))
+    channels = list(dict.fromkeys(route.channel for route in alerts_config.routes))
     if not channels:
         raise click.ClickException("the config has no alerts.routes: add at least one (see the README)")
-    poster = SlackPoster(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
     failed = 0
     for channel in channels:
         try:
-            poster.post_blocks(channel, f"spendstream test message: alerts routed to {channel} will arrive here")
+            text = f"spendstream test message: alerts routed to {channel} will arrive here"
+            posters.for_channel(channel).post_blocks(channel, text)
         except SlackDeliveryError as exc:
             failed += 1
             click.echo(f"{channel}: FAILED: {exc.reason}")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import faust
 
 from alerting.alerter import Alerter
-from alerting.slack import SlackPoster
+from alerting.slack import Posters
 from schemas import topics
 from schemas.config import SpendstreamConfig
 from sinks.clickhouse import connect
@@ -56,14 +56,17 @@ def build_app(settings: Settings, bootstrap: str, config: SpendstreamConfig) -> 
 
 
 def build_alerter(settings: Settings, config: SpendstreamConfig) -> Alerter:
-    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token is not None else ""
-    poster = SlackPoster(token, settings.slack_api_url) if token else None
+    """Raises:
+    ConfigError: a route's webhook variable is unset.
+    """
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token is not None else None
+    posters = Posters.configured(config.alerts, token, settings.slack_api_url, settings.config)
     dsn = engine_dsn(settings)
     return Alerter(
         lambda: connect(dsn, database=settings.database),
         settings.database,
         config.alerts.routes,
-        poster,
+        posters,
         group_wait=config.alerts.group_wait_seconds,
         group_interval=config.alerts.group_interval_seconds,
     )
@@ -78,6 +81,7 @@ def run_worker(app: faust.App, loglevel: str = "WARN") -> None:
 def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -> None:
     """Run broker (unless external), migrations, SQL endpoint (chDB only) and the worker until stopped."""
     config = settings.load_config()  # refuse a bad config before starting anything
+    alerter = build_alerter(settings, config)
     if up_is_running(settings):
         raise StackError(
             f"something already listens on {settings.sql_host}:{settings.sql_port}",
@@ -104,18 +108,8 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
             )
             endpoint.start()
             say(f"SQL: {endpoint.url}/?query=SELECT+count()+FROM+llm_calls  (ClickHouse HTTP interface, read-only)")
-        alerter = threading.Thread(
-            target=build_alerter(settings, config).run, args=(alerter_stop,), name="alerter", daemon=True
-        )
-        alerter.start()
-        say(
-            "alerter: "
-            + (
-                "posting alerts to Slack"
-                if settings.slack_bot_token
-                else "no SPENDSTREAM_SLACK_BOT_TOKEN: alerts are stored, not posted"
-            )
-        )
+        threading.Thread(target=alerter.run, args=(alerter_stop,), name="alerter", daemon=True).start()
+        say(f"alerter: {alerter.describe()}")
         say("worker: pricing calls into ClickHouse; Ctrl-C stops everything")
         run_worker(build_app(settings, settings.bootstrap, config), loglevel)
     finally:

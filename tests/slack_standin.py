@@ -1,4 +1,4 @@
-"""A local stand-in of the Slack Web API: records what is posted, and can answer 429 or 5xx first."""
+"""A local stand-in of the Slack Web API and incoming webhooks: records what is posted, can answer 429 or 5xx first."""
 
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ class SlackStandIn:
                     args = dict(parse_qsl(body))
                     if isinstance(args.get("blocks"), str):
                         args["blocks"] = json.loads(args["blocks"])
+                if self.path.startswith("/services/"):
+                    self._webhook(args)
+                    return
                 if standin.failures:
                     status, headers, answer = standin.failures.pop(0)
                 elif not self.path.endswith("/chat.postMessage"):
@@ -56,11 +59,27 @@ class SlackStandIn:
                     thread = args.get("thread_ts") or None
                     standin.posted.append(Posted(args["channel"], args.get("text", ""), args.get("blocks"), ts, thread))
                     status, headers, answer = 200, {}, {"ok": True, "channel": args["channel"], "ts": ts}
-                payload = json.dumps(answer).encode()
+                self._answer(status, headers, json.dumps(answer).encode(), "application/json")
+
+            def _webhook(self, args: dict[str, Any]) -> None:
+                """Incoming webhooks answer ``ok`` as text, or the error's name with a 4xx/5xx status."""
+                channel = "#" + self.path.rsplit("/", 1)[-1]
+                if standin.failures:
+                    status, headers, answer = standin.failures.pop(0)
+                    body = str(answer.get("error", ""))
+                elif channel not in standin.known_channels:
+                    status, headers, body = 404, {}, "no_service"
+                else:
+                    ts = f"{1_700_000_000 + len(standin.posted)}.000100"
+                    standin.posted.append(Posted(channel, args.get("text", ""), args.get("blocks"), ts, None))
+                    status, headers, body = 200, {}, "ok"
+                self._answer(status, headers, body.encode(), "text/html")
+
+            def _answer(self, status: int, headers: dict[str, str], payload: bytes, content_type: str) -> None:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -72,6 +91,10 @@ class SlackStandIn:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/api/"
+
+    def webhook_url(self, channel: str) -> str:
+        """The incoming-webhook URL of ``channel`` (a ``#name``)."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}/services/T0/B0/{channel.lstrip('#')}"
 
     def channels(self) -> list[str]:
         return [p.channel for p in self.posted]

@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from alerting.alerter import Alerter
-from alerting.slack import SlackPoster
+from alerting.alerter import Alerter, DeliveryRound
+from alerting.slack import Posters, SlackPoster
 from schemas.alert import Alert, alert_id_for
-from schemas.config import Route, RouteMatch
+from schemas.config import AlertsConfig, Route, RouteMatch
+from schemas.exceptions import ConfigError
 from sinks.batch import CallRows, alert_row
 from sinks.clickhouse import connect
 from sinks.migrations import migrate
@@ -60,7 +61,9 @@ def test_alerts_reach_their_routes_through_an_outage_and_a_rate_limit(
     ]
 
     def alerter() -> Alerter:  # a fresh alerter each round: as if restarted in between
-        return Alerter(lambda: connect(chdb_dsn), database, ROUTES, SlackPoster("xoxb-test", slack.url), group_wait=0)
+        return Alerter(
+            lambda: connect(chdb_dsn), database, ROUTES, Posters(SlackPoster("xoxb-test", slack.url)), group_wait=0
+        )
 
     outage = alerter().deliver_pending()
     assert (outage.delivered, outage.failed, outage.unrouted, slack.posted) == (0, 1, 1, [])
@@ -96,7 +99,7 @@ def test_a_channel_the_bot_cannot_post_to_keeps_the_alert_with_the_reason(
     routes = [Route(channel="#nowhere")]
 
     result = Alerter(
-        lambda: connect(chdb_dsn), database, routes, SlackPoster("xoxb-test", slack.url), group_wait=0
+        lambda: connect(chdb_dsn), database, routes, Posters(SlackPoster("xoxb-test", slack.url)), group_wait=0
     ).deliver_pending()
 
     assert (result.delivered, result.failed) == (0, 1)
@@ -127,7 +130,7 @@ def test_an_incident_is_one_message_and_its_updates_and_resolution_go_in_its_thr
 
     def deliver(group_wait: float = 0, group_interval: float = 0) -> int:
         alerter = Alerter(
-            lambda: connect(chdb_dsn), database, routes, SlackPoster("xoxb-test", slack.url),
+            lambda: connect(chdb_dsn), database, routes, Posters(SlackPoster("xoxb-test", slack.url)),
             group_wait=group_wait, group_interval=group_interval,
         )  # fmt: skip
         return alerter.deliver_pending().held
@@ -159,3 +162,57 @@ def test_an_incident_is_one_message_and_its_updates_and_resolution_go_in_its_thr
     raise_(incident_alert(5, "hourly_burn", "sales.b", "warning"))
     deliver()
     assert len(slack.messages()) == 2
+
+
+def test_a_route_with_an_incoming_webhook_posts_through_it_and_survives_its_outage(
+    chdb_dsn: str, ch: Client, database: str, slack: SlackStandIn
+) -> None:
+    migrate(ch, database)
+    sink = ClickHouseSink(lambda: connect(chdb_dsn), database)
+    config = AlertsConfig(
+        routes=[
+            Route(match=RouteMatch(kind="loop_detected"), channel="#agent-loops", webhook_env="LOOPS_WEBHOOK"),
+            Route(channel="#llm-costs"),
+        ]
+    )
+    environ = {"LOOPS_WEBHOOK": slack.webhook_url("#agent-loops")}
+
+    def deliver() -> DeliveryRound:  # a fresh alerter each round: as if restarted in between
+        posters = Posters.configured(config, "xoxb-test", slack.url, "spendstream.yaml", environ)
+        return Alerter(lambda: connect(chdb_dsn), database, config.routes, posters, 0, 0).deliver_pending()
+
+    def raise_(*alerts: Alert) -> None:
+        sink.add(CallRows(), [], alerts=[alert_row(a) for a in alerts])
+        sink.flush()
+
+    raise_(alert("loop_detected", "warning", "session_id", "s-9"), alert("spend_spike", "warning", "team", "sales"))
+    slack.failures = [(503, {}, {"error": "service_unavailable"})]
+    assert deliver().failed == 1  # the webhook's outage: kept, and the round stops
+    assert slack.posted == []
+    assert deliver().delivered == 2
+    assert sorted(slack.channels()) == ["#agent-loops", "#llm-costs"]
+    webhook_message = next(p for p in slack.posted if p.channel == "#agent-loops")
+    assert "s-9" in webhook_message.text and webhook_message.blocks is not None
+
+    # an update cannot be a thread reply through a webhook: it is a new message that says it is an update
+    worse = alert("loop_detected", "critical", "session_id", "s-9")
+    raise_(worse.model_copy(update={"alert_id": alert_id_for(f"{worse.dedup_key}#2")}))
+    assert deliver().delivered == 1
+    assert slack.posted[-1].channel == "#agent-loops" and slack.posted[-1].text.startswith("Update: [critical]")
+
+    # a revoked webhook: the alert stays pending with what to do
+    slack.known_channels.discard("#agent-loops")
+    raise_(alert("loop_detected", "warning", "session_id", "s-10"))
+    assert deliver().failed == 1
+    error = ch.query(f"SELECT delivery_error FROM {database}.alerts FINAL WHERE key = 's-10'").result_rows[0][0]
+    assert "no_service" in error and "create a new one" in error
+
+
+def test_a_webhook_variable_that_is_not_set_is_refused_with_the_field() -> None:
+    config = AlertsConfig(routes=[Route(channel="#agent-loops", webhook_env="LOOPS_WEBHOOK")])
+
+    with pytest.raises(ConfigError) as refused:
+        Posters.configured(config, None, "https://slack.com/api/", "spendstream.yaml", {})
+
+    assert refused.value.field == "alerts.routes.0.webhook_env"
+    assert "LOOPS_WEBHOOK is not set" in refused.value.reason

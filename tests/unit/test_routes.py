@@ -58,6 +58,8 @@ DETECTORS = "detectors:\n  "
         (ROUTE + "- channel: 'llm costs'", "alerts.routes.0.channel", "should match pattern"),
         (ROUTE + "- match: {severity: high}\n      channel: '#x'", "alerts.routes.0.match.severity", "Input should be"),
         (ROUTE + "- channel: '#x'\n      chanel: '#y'", "alerts.routes.0.chanel", "unknown field"),
+        (ROUTE + "- channel: '#x'\n      webhook_env: 'https://hooks'", "alerts.routes.0.webhook_env", "pattern"),
+        (ROUTE + "- {channel: '#x', webhook_env: A}\n    - {channel: '#x'}", "alerts", "disagree on webhook_env"),
         (DETECTORS + "spend_spike: {min_excess_usd: -5}", "detectors.spend_spike.min_excess_usd", "or equal to 0"),
         (DETECTORS + "loop_detected: {same_tool_share: 1.5}", "detectors.loop_detected.same_tool_share", "equal to 1"),
         (DETECTORS + "latency_p95: {warning_ms: 20000, critical_ms: 10000}", "detectors", "must not be below"),
