@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from clickhouse_connect.driver.client import Client
 
 from alerting.alerter import Alerter, DeliveryRound
@@ -16,6 +18,7 @@ from sinks.batch import CallRows, alert_row
 from sinks.clickhouse import connect
 from sinks.migrations import migrate
 from sinks.sink import ClickHouseSink
+from spendstream.cli import main
 from tests.slack_standin import SlackStandIn
 
 pytestmark = pytest.mark.integration
@@ -216,3 +219,23 @@ def test_a_webhook_variable_that_is_not_set_is_refused_with_the_field() -> None:
 
     assert refused.value.field == "alerts.routes.0.webhook_env"
     assert "LOOPS_WEBHOOK is not set" in refused.value.reason
+
+
+def test_test_slack_posts_to_each_routed_channel_and_says_which_failed(tmp_path: Path, slack: SlackStandIn) -> None:
+    config = tmp_path / "spendstream.yaml"
+    config.write_text(
+        "alerts:\n  routes:\n"
+        "    - {match: {kind: loop_detected}, channel: '#agent-loops', webhook_env: LOOPS_WEBHOOK}\n"
+        "    - {match: {severity: critical}, channel: '#nowhere'}\n"
+        "    - {channel: '#llm-costs'}\n"
+    )
+    env = {"SPENDSTREAM_CONFIG": str(config), "SPENDSTREAM_SLACK_BOT_TOKEN": "xoxb-test",
+           "SPENDSTREAM_SLACK_API_URL": slack.url, "LOOPS_WEBHOOK": slack.webhook_url("#agent-loops")}  # fmt: skip
+
+    result = CliRunner().invoke(main, ["alerts", "test-slack"], env=env)
+
+    assert result.exit_code == 1
+    assert "#agent-loops: ok" in result.output and "#llm-costs: ok" in result.output
+    assert "#nowhere: FAILED" in result.output and "channel_not_found" in result.output
+    assert "1 of 3 channel(s) failed" in result.output
+    assert sorted(slack.channels()) == ["#agent-loops", "#llm-costs"]
