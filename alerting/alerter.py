@@ -27,6 +27,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from alerting.routes import channel_for
+from alerting.scheduled import ScheduledChecks
 from alerting.slack import Posters, SlackDeliveryError
 from schemas.alert import Alert
 from schemas.config import Route
@@ -75,6 +76,7 @@ class Alerter:
         posters: Posters,
         group_wait: float = 10.0,
         group_interval: float = 300.0,
+        checks: ScheduledChecks | None = None,
     ) -> None:
         self._client_factory = client_factory
         self._database = database
@@ -83,6 +85,7 @@ class Alerter:
         self._group_wait = group_wait
         self._group_interval = group_interval
         self._client: Client | None = None
+        self._checks = checks
 
     def describe(self) -> str:
         """Where alerts go, for the start-up banner."""
@@ -153,7 +156,18 @@ class Alerter:
         return DeliveryRound(retry_after=retry_after, **counts)
 
     def run(self, stop: threading.Event, interval: float = 2.0) -> None:
-        """Deliver in rounds until ``stop`` is set; failures of ClickHouse itself are logged and retried."""
+        """Deliver in rounds (and run the scheduled checks) until ``stop`` is set.
+
+        Failures of ClickHouse itself are logged and retried.
+        """
+        scheduler = self._checks.start() if self._checks is not None else None
+        try:
+            self._deliver_until(stop, interval)
+        finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
+
+    def _deliver_until(self, stop: threading.Event, interval: float) -> None:
         while not stop.is_set():
             wait = interval
             try:

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from schemas.alert import AlertKind, Severity
+from schemas.call_event import DataMode
 from schemas.exceptions import ConfigError
 
 PerMTok = Annotated[float, Field(ge=0, le=100_000)]
@@ -76,6 +77,10 @@ class AlertsConfig(BaseModel):
     """How long a new incident's first message waits for more of its alerts (a burst becomes one message)."""
     group_interval_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
     """Updates of an open incident are posted (in its thread) at most this often; a resolution at once."""
+    check_minutes: Annotated[float, Field(gt=0, le=1440)] = 10.0
+    """How often the alerter runs its scheduled checks against ClickHouse (daily spend, digests)."""
+    digests: list[DigestConfig] = Field(default_factory=list)
+    """Channels that asked for a morning digest of yesterday's spend."""
 
     @model_validator(mode="after")
     def _one_webhook_per_channel(self) -> AlertsConfig:
@@ -97,6 +102,7 @@ Calls = Annotated[int, Field(ge=1)]
 Millis = Annotated[float, Field(gt=0)]
 SpendDimension = Literal["feature", "model", "provider", "agent_id", "tenant_id", "team", "user_id", "environment"]
 _SPEND_DIMENSIONS: tuple[SpendDimension, ...] = ("feature", "model", "agent_id", "tenant_id", "team", "user_id")
+_DIGEST_DIMENSIONS: tuple[SpendDimension, ...] = ("feature", "model", "tenant_id", "user_id")
 
 
 class _Detector(BaseModel):
@@ -184,6 +190,21 @@ class TenantConcentrationConfig(_Detector):
     min_usd: Usd = 10.0
 
 
+class DailySpendConfig(_Detector):
+    """Scheduled, from the daily rollup: yesterday's spend of a key against its 7-day daily average.
+
+    It sees every worker's calls at once, so it catches what partial stream windows miss; a key the
+    stream's spend_spike already alerted on that day is not raised again.
+    """
+
+    factor: Factor = 2.0
+    critical_factor: Factor = 4.0
+    min_excess_usd: Usd = 10.0
+    min_baseline_days: Annotated[int, Field(ge=1, le=7)] = 3
+    """Days of the 7 before that must have any spend at all (no alert from an empty history)."""
+    dimensions: list[SpendDimension] = Field(default_factory=lambda: list(_SPEND_DIMENSIONS))
+
+
 class DetectorsConfig(BaseModel):
     """Thresholds of the stream detectors; every field has a default."""
 
@@ -199,6 +220,7 @@ class DetectorsConfig(BaseModel):
     unattributed_spend: UnattributedConfig = Field(default_factory=UnattributedConfig)
     prompt_version_regression: PromptRegressionConfig = Field(default_factory=PromptRegressionConfig)
     tenant_concentration: TenantConcentrationConfig = Field(default_factory=TenantConcentrationConfig)
+    daily_spend: DailySpendConfig = Field(default_factory=DailySpendConfig)
 
     @model_validator(mode="after")
     def _critical_above_warning(self) -> DetectorsConfig:
@@ -208,11 +230,29 @@ class DetectorsConfig(BaseModel):
             ("latency_p95.critical_ms", self.latency_p95.critical_ms, self.latency_p95.warning_ms),
             ("latency_p95.ttft_critical_ms", self.latency_p95.ttft_critical_ms, self.latency_p95.ttft_warning_ms),
             ("error_rate.critical_share", self.error_rate.critical_share, self.error_rate.warning_share),
+            ("daily_spend.critical_factor", self.daily_spend.critical_factor, self.daily_spend.factor),
         ]
         for name, critical, warning in pairs:
             if critical < warning:
                 raise ValueError(f"{name} ({critical}) must not be below its warning level ({warning})")
         return self
+
+
+class DigestConfig(BaseModel):
+    """A morning message to ``channel``: yesterday's spend (UTC), against the week before, and its top keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: Channel
+    hour_utc: Annotated[int, Field(ge=0, le=23)] = 8
+    """Posted at the first check from this hour on (later the same day if the alerter was down)."""
+    top: Annotated[int, Field(ge=1, le=20)] = 5
+    dimensions: list[SpendDimension] = Field(default_factory=lambda: list(_DIGEST_DIMENSIONS))
+    data_mode: DataMode = "real"
+    """Which calls it sums: production calls, or the demo's."""
+
+
+AlertsConfig.model_rebuild()
 
 
 class SpendstreamConfig(BaseModel):

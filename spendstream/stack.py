@@ -8,9 +8,12 @@ import threading
 from collections.abc import Callable
 
 import faust
+from clickhouse_connect.driver.client import Client
 
 from alerting.alerter import Alerter
+from alerting.scheduled import ScheduledChecks
 from alerting.slack import Posters
+from alerting.topic import AlertTopic
 from schemas import topics
 from schemas.config import SpendstreamConfig
 from sinks.clickhouse import connect
@@ -56,19 +59,27 @@ def build_app(settings: Settings, bootstrap: str, config: SpendstreamConfig) -> 
 
 
 def build_alerter(settings: Settings, config: SpendstreamConfig) -> Alerter:
-    """Raises:
-    ConfigError: a route's webhook variable is unset.
+    """The alerter, with its scheduled checks.
+
+    Raises:
+        ConfigError: a route's webhook variable is unset.
     """
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token is not None else None
     posters = Posters.configured(config.alerts, token, settings.slack_api_url, settings.config)
     dsn = engine_dsn(settings)
+
+    def client() -> Client:
+        return connect(dsn, database=settings.database)
+
+    topic = AlertTopic(settings.bootstrap, settings.topic(topics.ALERTS), settings.kafka_security())
     return Alerter(
-        lambda: connect(dsn, database=settings.database),
+        client,
         settings.database,
         config.alerts.routes,
         posters,
         group_wait=config.alerts.group_wait_seconds,
         group_interval=config.alerts.group_interval_seconds,
+        checks=ScheduledChecks(client, settings.database, config, posters, topic.publish),
     )
 
 
