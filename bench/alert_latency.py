@@ -1,0 +1,150 @@
+"""Event-to-Slack latency: from an incident's first event produced to its message posted, under load.
+
+    .venv/bin/python -m bench.alert_latency [--incidents 10] [--rate 5000] [--group-wait 10]
+
+Starts a tansu broker, ``spendstream up`` (its own chDB) and a local Slack Web API stand-in. A
+background producer sends ordinary calls at ``--rate`` events/s (sessions of four calls), stamped
+with the time they are sent, for the whole run: it raises no alert of its own. Every few seconds a runaway session starts: one model call and one tool
+call with the same prompt hash and tool, five times, sent at once. The clock of an incident runs
+from its first event handed to the producer until the stand-in has recorded the message naming
+its session in #agent-loops. Prints p50, p95 and max; run it with ``--group-wait 0`` to see the pipeline without the wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import clickhouse_connect
+import orjson
+
+from producers import Emitter
+from spendstream.broker import EmbeddedBroker, port_open
+from tests.conftest import free_port
+from tests.slack_standin import SlackStandIn
+
+FEATURES = ["sales.email_draft", "sales.proposal_summary", "support.triage", "coordinator.plan"]
+
+
+def ordinary(n: int) -> dict[str, object]:
+    return {
+        "event_id": str(uuid.uuid4()), "ts": int(time.time() * 1000), "provider": "openai",
+        "model": "gpt-4o-mini" if n % 3 else "gpt-4o", "feature": FEATURES[n % 4], "input_tokens": 900 + n % 400,
+        "output_tokens": 200, "latency_ms": 700.0 + n % 500, "session_id": f"s{n // 4}",
+        "tenant_id": f"t{n % 20}", "user_id": f"u{n % 300}", "data_mode": "test",
+    }  # fmt: skip
+
+
+def runaway(session: str) -> list[dict[str, object]]:
+    events: list[dict[str, object]] = []
+    for turn in range(5):
+        now = int(time.time() * 1000)
+        common = {"session_id": session, "feature": "support.ticket_reply", "tenant_id": "t1", "data_mode": "test"}
+        events.append({**common, "event_id": str(uuid.uuid4()), "ts": now, "provider": "anthropic",
+                       "model": "claude-haiku-4-5", "input_tokens": 800 + 400 * turn, "output_tokens": 80,
+                       "latency_ms": 900.0, "prompt_hash": "ph_bench_loop"})  # fmt: skip
+        events.append({**common, "event_id": str(uuid.uuid4()), "ts": now, "kind": "tool", "provider": "internal",
+                       "model": "tool", "tool_name": "order_status", "latency_ms": 120.0})  # fmt: skip
+    return events
+
+
+def load(emitter: Emitter, rate: int, stop: threading.Event, sent: list[int]) -> None:
+    """Send ordinary calls at ``rate`` per second, in 10 ms steps, until ``stop``."""
+    n = 0
+    start = time.perf_counter()
+    while not stop.is_set():
+        due = int((time.perf_counter() - start) * rate)
+        while n < due:
+            emitter.emit_raw(orjson.dumps(ordinary(n)), f"s{n // 4}")
+            n += 1
+        time.sleep(0.01)
+    sent.append(n)
+
+
+def diagnose(sql_port: int, session: str) -> str:
+    """What the stack had when an incident's message did not come."""
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=sql_port, database="spendstream")
+    stored = client.query("SELECT count(), max(ts) FROM llm_calls").result_rows[0]
+    of_session = client.query(f"SELECT count() FROM llm_calls WHERE session_id = '{session}'").result_rows[0][0]
+    alerts = client.query(
+        f"SELECT kind, delivery_state, delivery_error FROM alerts FINAL WHERE key = '{session}'"
+    ).result_rows
+    return f"no message: {stored[0]:,} calls stored (latest {stored[1]}), {of_session} of the session; alerts {alerts}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--incidents", type=int, default=10)
+    parser.add_argument("--rate", type=int, default=5000, help="background events per second")
+    parser.add_argument("--group-wait", type=float, default=10.0, help="alerts.group_wait_seconds")
+    parser.add_argument("--spacing", type=float, default=15.0, help="seconds between incidents")
+    args = parser.parse_args()
+    slack = SlackStandIn()
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = EmbeddedBroker(free_port(), Path(tmp) / "broker.log")
+        broker.start()
+        config = Path(tmp) / "spendstream.yaml"
+        config.write_text(
+            f"alerts:\n  group_wait_seconds: {args.group_wait}\n  routes:\n"
+            "    - {match: {kind: loop_detected}, channel: '#agent-loops'}\n"
+        )
+        sql_port = free_port()
+        prefix = f"bench{uuid.uuid4().hex[:6]}."
+        env = {**os.environ, "SPENDSTREAM_HOME": str(Path(tmp) / "home"), "SPENDSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
+               "SPENDSTREAM_SQL_PORT": str(sql_port), "SPENDSTREAM_TOPIC_PREFIX": prefix,
+               "SPENDSTREAM_SESSION_TIMEOUT_S": "6", "SPENDSTREAM_CONFIG": str(config),
+               "SPENDSTREAM_SLACK_BOT_TOKEN": "xoxb-bench", "SPENDSTREAM_SLACK_API_URL": slack.url}  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "spendstream.cli", "up"], env=env, stderr=subprocess.DEVNULL)
+        stop = threading.Event()
+        sent: list[int] = []
+        try:
+            while not port_open("127.0.0.1", sql_port):
+                time.sleep(0.1)
+            emitter = Emitter(broker.bootstrap, topic=prefix + "llm.calls", max_queued=1_000_000)
+            loader = threading.Thread(target=load, args=(emitter, args.rate, stop, sent), daemon=True)
+            loader.start()
+            time.sleep(20)  # the worker joins its group and catches up with the first seconds of load
+            latencies = []
+            for n in range(args.incidents):
+                session = f"bench-loop-{n}"
+                events = runaway(session)
+                started = time.perf_counter()
+                for event in events:
+                    emitter.emit_raw(orjson.dumps(event), session)
+                deadline = started + 120
+                while not any(session in p.text for p in slack.posted) and time.perf_counter() < deadline:
+                    time.sleep(0.05)
+                latencies.append(time.perf_counter() - started)
+                if time.perf_counter() >= deadline:
+                    print(diagnose(sql_port, session), flush=True)
+                print(f"incident {n + 1}: {latencies[-1]:.2f} s", flush=True)
+                time.sleep(max(0.0, args.spacing - latencies[-1]))
+            stop.set()
+            loader.join()
+            emitter.close(timeout=60)
+        finally:
+            stop.set()
+            proc.terminate()
+            proc.wait(30)
+            broker.stop()
+            slack.close()
+    if len(latencies) < 2:
+        raise SystemExit("p95 needs two incidents at least: --incidents 2")
+    quantiles = statistics.quantiles(latencies, n=20, method="inclusive")
+    print(f"background load:         {args.rate:,} events/s ({sent[0] if sent else 0:,} sent)")
+    print(f"incidents:               {len(latencies)} runaway sessions, group wait {args.group_wait:g} s")
+    print(f"event to Slack p50:      {statistics.median(latencies):.2f} s")
+    print(f"event to Slack p95:      {quantiles[18]:.2f} s")
+    print(f"event to Slack max:      {max(latencies):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
