@@ -4,10 +4,11 @@
 
 Starts a tansu broker, ``spendstream up`` (its own chDB) and a local Slack Web API stand-in. A
 background producer sends ordinary calls at ``--rate`` events/s (sessions of four calls), stamped
-with the time they are sent, for the whole run: it raises no alert of its own. Every few seconds a runaway session starts: one model call and one tool
-call with the same prompt hash and tool, five times, sent at once. The clock of an incident runs
-from its first event handed to the producer until the stand-in has recorded the message naming
-its session in #agent-loops. Prints p50, p95 and max; run it with ``--group-wait 0`` to see the pipeline without the wait.
+with the time they are sent, for the whole run: it raises no alert of its own. Every few seconds
+a runaway session starts: one model call and one tool call with the same prompt hash and tool,
+five times, sent at once. The clock of an incident runs from its first event handed to the
+producer until the stand-in has recorded the message naming its session in #agent-loops. Prints
+p50, p95 and max; ``--group-wait 0`` shows the pipeline without the alerter's group wait.
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def main() -> None:
         )
         sql_port = free_port()
         prefix = f"bench{uuid.uuid4().hex[:6]}."
-        env = {**os.environ, "SPENDSTREAM_HOME": str(Path(tmp) / "home"), "SPENDSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap,
-               "SPENDSTREAM_SQL_PORT": str(sql_port), "SPENDSTREAM_TOPIC_PREFIX": prefix,
+        env = {**os.environ, "SPENDSTREAM_HOME": str(Path(tmp) / "home"),
+               "SPENDSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap, "SPENDSTREAM_SQL_PORT": str(sql_port), "SPENDSTREAM_TOPIC_PREFIX": prefix,
                "SPENDSTREAM_SESSION_TIMEOUT_S": "6", "SPENDSTREAM_CONFIG": str(config),
                "SPENDSTREAM_SLACK_BOT_TOKEN": "xoxb-bench", "SPENDSTREAM_SLACK_API_URL": slack.url}  # fmt: skip
         proc = subprocess.Popen([sys.executable, "-m", "spendstream.cli", "up"], env=env, stderr=subprocess.DEVNULL)
