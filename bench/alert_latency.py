@@ -100,7 +100,8 @@ def main() -> None:
         sql_port = free_port()
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         env = {**os.environ, "SPENDSTREAM_HOME": str(Path(tmp) / "home"),
-               "SPENDSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap, "SPENDSTREAM_SQL_PORT": str(sql_port), "SPENDSTREAM_TOPIC_PREFIX": prefix,
+               "SPENDSTREAM_KAFKA_BOOTSTRAP": broker.bootstrap, "SPENDSTREAM_SQL_PORT": str(sql_port),
+               "SPENDSTREAM_TOPIC_PREFIX": prefix,
                "SPENDSTREAM_SESSION_TIMEOUT_S": "6", "SPENDSTREAM_CONFIG": str(config),
                "SPENDSTREAM_SLACK_BOT_TOKEN": "xoxb-bench", "SPENDSTREAM_SLACK_API_URL": slack.url}  # fmt: skip
         proc = subprocess.Popen([sys.executable, "-m", "spendstream.cli", "up"], env=env, stderr=subprocess.DEVNULL)
