@@ -2,7 +2,7 @@
 
 Per feature, each prompt version's model calls, and the cost and tokens of all its calls (tools
 included), since it was first seen. The newest version is compared with the one before it once both
-have ``min_calls`` model calls.
+have ``min_calls`` model calls. A flagged version that a newer one replaces is resolved, saying so.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ class PromptRegressionDetector:
         self._config = config
         self._features: dict[tuple[str, str], dict[str, _Version]] = {}
         self._due: Watchlist[tuple[str, str]] = Watchlist()
+        self._flagged: dict[tuple[str, str], str] = {}
+        """Per (data mode, feature): the version whose incident may be open."""
+
+    def flag(self, data_mode: str, feature: str, version: str) -> None:
+        """An open incident of ``version`` (restored at warm-up): resolve it when a newer version replaces it."""
+        self._flagged[(data_mode, feature)] = version
+        self._due.touch((data_mode, feature))
 
     def observe(self, rows: Iterable[c.Row]) -> None:
         if not self._config.enabled:
@@ -66,6 +73,10 @@ class PromptRegressionDetector:
             if now is None or len(versions) < 2:
                 continue
             (old_name, old), (new_name, new) = sorted(versions.items(), key=lambda item: item[1].first)[-2:]
+            flagged = self._flagged.get(key)
+            if flagged is not None and flagged != new_name:
+                del self._flagged[key]
+                findings.append(_superseded(key, flagged, new_name, now))
             if old.calls < cfg.min_calls or new.calls < cfg.min_calls:
                 continue
             (old_cost, old_tokens), (new_cost, new_tokens) = old.per_call(), new.per_call()
@@ -101,4 +112,20 @@ class PromptRegressionDetector:
             )  # fmt: skip
             if firing or sustained:
                 self._due.watch(key)
+                self._flagged[key] = new_name
         return findings
+
+
+def _superseded(key: tuple[str, str], version: str, newer: str, now: float) -> Finding:
+    data_mode, feature = key
+    return Finding(
+        kind="prompt_version_regression", data_mode=data_mode, dimension="prompt_version",
+        key=f"{feature}@{version}", severity=None, value=0.0, baseline=None, threshold=None, window="version",
+        message=f"prompt version {version} of {feature} was replaced by {newer}.",
+        query=(
+            "SELECT prompt_version, min(ts) AS first_call, max(ts) AS last_call, count() AS calls FROM llm_calls "
+            f"WHERE feature = {sql_string(feature)} AND data_mode = {sql_string(data_mode)} "
+            f"AND prompt_version IN ({sql_string(version)}, {sql_string(newer)}) GROUP BY prompt_version"
+        ),
+        at=now,
+    )  # fmt: skip

@@ -83,11 +83,16 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
         detectors.now_of[data_mode] = max(detectors.now_of.get(data_mode, 0.0), at)
     open_incidents = client.query(
         f"SELECT dedup_key, argMax(severity, ts), max(ts), argMax(value, ts) FROM {db}.alerts FINAL "
-        "WHERE kind != 'unpriced_model' AND ts > now() - INTERVAL 8 DAY GROUP BY dedup_key "
+        # unpriced_model alerts and the scheduled checks' (window '1d') are not stream incidents
+        "WHERE kind != 'unpriced_model' AND window != '1d' AND ts > now() - INTERVAL 8 DAY GROUP BY dedup_key "
         "HAVING argMax(status, ts) = 'firing'"
     ).result_rows
     for dedup_key, severity, at, value in open_incidents:
         detectors.incidents.restore(dedup_key, severity, _epoch(at), float(value))
+        parts = dedup_key.split(":", 3)
+        if len(parts) == 4 and parts[0] == "prompt_version_regression":
+            feature, _, version = parts[3].rpartition("@")
+            detectors.prompts.flag(parts[1], feature, version)
     summary = WarmUp(spend_rows, len(versions), len(rows), len(open_incidents))
     logger.info("detectors warmed up from ClickHouse: %s", summary)
     return summary

@@ -143,3 +143,25 @@ def test_latency_needs_enough_calls_and_counts_successful_calls_only() -> None:
 )
 def test_error_share_fires_only_when_surely_above_the_threshold(failures: int, calls: int, fires: bool) -> None:
     assert (wilson_lower(failures, calls) > 0.1) is fires
+
+
+def test_a_regressed_prompt_version_replaced_by_a_newer_one_is_resolved() -> None:
+    start = datetime(2026, 1, 5, 12, tzinfo=UTC)
+
+    def version(name: str, tokens: int, minute: int) -> list[CallEvent]:
+        return [
+            CallEvent.model_validate({"event_id": f"{name}-{n}", "ts": start + timedelta(minutes=minute, seconds=n),
+                                      "provider": "openai", "model": "gpt-4o", "feature": "sales.brief",
+                                      "prompt_version": name, "input_tokens": tokens, "output_tokens": 100})
+            for n in range(60)
+        ]  # fmt: skip
+
+    detectors = Detectors(DetectorsConfig())
+    raised = [
+        (a.key, a.status)
+        for batch in [version("v1", 1000, 0), version("v2", 3000, 2), version("v3", 1000, 4)]
+        for a in detectors.observe(priced(batch).calls.rows)
+        if a.kind == "prompt_version_regression"
+    ]
+
+    assert raised == [("sales.brief@v2", "firing"), ("sales.brief@v2", "resolved")]
