@@ -307,6 +307,47 @@ def test_slack() -> None:
         raise click.ClickException(f"{failed} of {len(channels)} channel(s) failed")
 
 
+@main.command()
+@click.argument("trace_id")
+def trace(trace_id: str) -> None:
+    """Show one request (trace) as a tree: each call's cost and everything under it, per agent and depth."""
+    from rich.table import Table
+
+    from sinks.traces import trace_report
+    from spendstream.clickhouse_target import client_for_command
+
+    settings = _settings()
+    try:
+        report = trace_report(client_for_command(settings, database=settings.database), trace_id)
+    except SpendstreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except Exception as exc:
+        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+    console = Console()
+    tree = Table(title=f"trace {trace_id}: ${report.total_usd:,.6f} in {len(report.tree)} calls")
+    for column in ("call", "agent", "own USD", "USD with all under it", "latency ms"):
+        tree.add_column(column, justify="right" if "USD" in column or "ms" in column else "left")
+    for depth, event_id, agent, kind, what, own, total, latency in report.tree:
+        label = f"{'  ' * depth}{'└ ' if depth else ''}{what}{' (tool)' if kind == 'tool' else ''} {event_id[:8]}"
+        tree.add_row(label, agent, f"{own:,.6f}", f"{total:,.6f}", f"{latency or 0:,.0f}")
+    console.print(tree)
+    by_depth = Table(title="cost per depth and agent")
+    for column in ("depth", "agent", "calls", "USD"):
+        by_depth.add_column(column, justify="left" if column == "agent" else "right")
+    for depth, agent, calls, usd in report.by_depth:
+        by_depth.add_row(str(depth), agent, f"{calls:,}", f"{usd:,.6f}")
+    console.print(by_depth)
+    path = " -> ".join(
+        f"{agent or '?'}:{what} ({latency or 0:,.0f} ms)" for _, _, agent, what, latency, _ in report.critical_path
+    )
+    console.print(f"critical path ({report.duration_ms:,} ms from the root's start to the last call's end): {path}")
+    if report.unreached[0]:
+        console.print(
+            f"{report.unreached[0]} call(s) (${report.unreached[1]:,.6f}) name a parent that was never stored: "
+            "not in the tree"
+        )
+
+
 @main.command(name="schema")
 @click.option("--write", "directory", type=click.Path(path_type=Path), help="write the files into this folder")
 def schema(directory: Path | None) -> None:

@@ -1,0 +1,101 @@
+"""Hierarchical attribution: a coordinator -> code agent -> syntax analyzer request, tracked with the SDK,
+sent through Kafka and stored by ``spendstream up``, comes out of ClickHouse to the exact amount."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from producers import Emitter, Tracker, carry_context, current_trace
+from sinks.traces import agents_by_workflow, trace_report
+from tests.conftest import UpProcess
+
+pytestmark = pytest.mark.integration
+
+# USD per million tokens, so every amount below is exact
+CONFIG = """
+prices:
+  overrides:
+    - {provider: house, model: planner-l, input_per_mtok: 10, output_per_mtok: 30}
+    - {provider: house, model: coder-m, input_per_mtok: 3, output_per_mtok: 15}
+    - {provider: house, model: checker-s, input_per_mtok: 0.15, output_per_mtok: 0.6}
+"""
+COORDINATOR = 2000 * 10e-6 + 500 * 30e-6  # $0.035
+CODE_AGENT = 3000 * 3e-6 + 1500 * 15e-6  # $0.0315, twice
+SYNTAX_ANALYZER = 1000 * 0.15e-6 + 100 * 0.6e-6  # $0.00021, three times under each code agent
+TOTAL = COORDINATOR + 2 * CODE_AGENT + 6 * SYNTAX_ANALYZER  # $0.09926
+
+
+def run_request(tracker: Tracker) -> str:
+    """The coordinator plans, two code agents write (in threads), each runs three syntax checks."""
+
+    def syntax_check() -> None:
+        with tracker.attribute(agent_id="syntax_analyzer"), tracker.track(provider="house", model="checker-s") as call:
+            call.usage(input_tokens=1000, output_tokens=100)
+
+    def code_agent() -> None:
+        with tracker.attribute(agent_id="code_agent"), tracker.track(provider="house", model="coder-m") as call:
+            call.usage(input_tokens=3000, output_tokens=1500)
+            for _ in range(3):
+                syntax_check()
+
+    with tracker.attribute(agent_id="coordinator"), tracker.track(provider="house", model="planner-l") as plan:
+        plan.usage(input_tokens=2000, output_tokens=500)
+        trace = current_trace()
+        assert trace is not None
+        with ThreadPoolExecutor(2) as pool:
+            for done in [pool.submit(carry_context(code_agent)) for _ in range(2)]:
+                done.result()
+    return trace[0]
+
+
+def test_a_three_level_request_rolls_up_to_the_exact_cost_per_call_agent_and_depth(
+    start_up: Callable[..., UpProcess], broker: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "spendstream.yaml"
+    config.write_text(CONFIG)
+    up = start_up(SPENDSTREAM_CONFIG=str(config))
+    emitter = Emitter(broker, topic=up.env["SPENDSTREAM_TOPIC_PREFIX"] + "llm.calls")
+    tracker = Tracker(emitter, feature="eng.code_review", data_mode="test")
+    traces = [run_request(tracker) for _ in range(3)]
+    assert emitter.close().delivered == 27
+    assert up.wait_for("SELECT count() FROM llm_calls", 27) == 27
+
+    report = trace_report(up.client(), traces[0])
+
+    assert report.total_usd == pytest.approx(TOTAL, abs=1e-9)
+    assert [(depth, agent, calls) for depth, agent, calls, _ in report.by_depth] == [
+        (0, "coordinator", 1), (1, "code_agent", 2), (2, "syntax_analyzer", 6),
+    ]  # fmt: skip
+    assert [usd for *_, usd in report.by_depth] == pytest.approx(
+        [COORDINATOR, 2 * CODE_AGENT, 6 * SYNTAX_ANALYZER], abs=1e-9
+    )
+    code_agents = [row for row in report.tree if row[2] == "code_agent"]
+    assert [row[6] for row in code_agents] == pytest.approx([CODE_AGENT + 3 * SYNTAX_ANALYZER] * 2, abs=1e-9)
+    assert [row[2] for row in report.critical_path] == ["coordinator", "code_agent", "syntax_analyzer"]
+    assert report.unreached == (0, 0.0)
+
+    per_agent = {(workflow, agent): row for workflow, agent, *row in agents_by_workflow(up.client(), "test", 1)}
+    calls, n_traces, usd, per_trace, _ = per_agent[("eng.code_review", "code_agent")]
+    assert (calls, n_traces) == (6, 3) and usd == pytest.approx(6 * CODE_AGENT, abs=1e-9)
+    assert per_trace == pytest.approx(2 * CODE_AGENT, abs=1e-6)
+    most_expensive = max(per_agent.items(), key=lambda item: item[1][2])[0]
+    assert most_expensive == ("eng.code_review", "code_agent")
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "spendstream.cli", "trace", traces[1]],
+        env=up.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert f"${TOTAL:,.6f} in 9 calls" in shown.stdout and "syntax_analyzer" in shown.stdout
+    assert "critical path" in shown.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "spendstream.cli", "trace", "no-such-trace"],
+        env=up.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "has no stored root call" in missing.stderr
