@@ -39,7 +39,7 @@ class TraceReport:
     by_depth: Sequence[Sequence[Any]]
     """depth, agent_id, n_calls, usd."""
     critical_path: Sequence[Sequence[Any]]
-    """step, event_id, agent_id, what, latency_ms, ends_after_ms."""
+    """step, event_id, agent_id, what, latency_ms, ends_after_ms, request_ms."""
     unreached: tuple[int, float]
     """Calls of the trace no chain from the root reaches (their parent was never stored), and their cost."""
 
@@ -49,7 +49,8 @@ class TraceReport:
 
     @property
     def duration_ms(self) -> int:
-        return int(self.critical_path[-1][5]) if self.critical_path else 0
+        """From the first call's start to the last call's end."""
+        return int(self.critical_path[0][6]) if self.critical_path else 0
 
 
 def trace_report(client: Client, trace_id: str) -> TraceReport:

@@ -323,7 +323,7 @@ def trace(trace_id: str) -> None:
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=140)
     tree = Table(title=f"trace {trace_id}: ${report.total_usd:,.6f} in {len(report.tree)} calls")
     for column in ("call", "agent", "own USD", "USD with all under it", "latency ms"):
         tree.add_column(column, justify="right" if "USD" in column or "ms" in column else "left")
@@ -338,9 +338,9 @@ def trace(trace_id: str) -> None:
         by_depth.add_row(str(depth), agent, f"{calls:,}", f"{usd:,.6f}")
     console.print(by_depth)
     path = " -> ".join(
-        f"{agent or '?'}:{what} ({latency or 0:,.0f} ms)" for _, _, agent, what, latency, _ in report.critical_path
+        f"{agent or '?'}:{what} ({latency or 0:,.0f} ms)" for _, _, agent, what, latency, *_ in report.critical_path
     )
-    console.print(f"critical path ({report.duration_ms:,} ms from the root's start to the last call's end): {path}")
+    console.print(f"request took {report.duration_ms:,} ms; critical path: {path}")
     if report.unreached[0]:
         console.print(
             f"{report.unreached[0]} call(s) (${report.unreached[1]:,.6f}) name a parent that was never stored: "

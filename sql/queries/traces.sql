@@ -42,8 +42,8 @@ INNER JOIN (SELECT event_id, agent_id, cost_usd FROM llm_calls WHERE trace_id = 
 GROUP BY depth, agent_id ORDER BY depth, usd DESC, agent_id;
 
 -- name: critical_path
--- Q: one trace's critical path: the chain of calls from the root to the call that finished last;
--- ends_after_ms of the last step is how long the request took
+-- Q: one trace's critical path: the chain of calls from the root to the call with no children that
+-- finished last, when each step ended after the request's start, and how long the request took
 WITH RECURSIVE tree AS (
     SELECT event_id, parent_id, [event_id] AS path FROM llm_calls WHERE trace_id = {trace_id:String} AND parent_id = ''
     UNION ALL
@@ -61,7 +61,8 @@ last_leaf AS (
     WHERE event_id NOT IN (SELECT parent_id FROM tree) ORDER BY ends DESC, event_id LIMIT 1
 )
 SELECT step, event_id, agent_id, what, latency_ms,
-       dateDiff('millisecond', (SELECT min(ts) FROM calls), ends) AS ends_after_ms
+       dateDiff('millisecond', (SELECT min(ts) FROM calls), ends) AS ends_after_ms,
+       (SELECT dateDiff('millisecond', min(ts), max(ends)) FROM calls) AS request_ms
 FROM (SELECT arrayJoin(arrayEnumerate(path)) AS step, path[step] AS event_id FROM last_leaf) AS p
 INNER JOIN calls USING (event_id)
 ORDER BY step;

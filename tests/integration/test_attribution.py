@@ -93,7 +93,7 @@ def test_a_three_level_request_rolls_up_to_the_exact_cost_per_call_agent_and_dep
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert f"${TOTAL:,.6f} in 9 calls" in shown.stdout and "syntax_analyzer" in shown.stdout
-    assert "critical path" in shown.stdout
+    assert "critical path: coordinator:planner-l" in shown.stdout
     missing = subprocess.run(
         [sys.executable, "-m", "spendstream.cli", "trace", "no-such-trace"],
         env=up.env, capture_output=True, text=True, timeout=60,
