@@ -255,6 +255,41 @@ class DigestConfig(BaseModel):
 AlertsConfig.model_rebuild()
 
 
+BudgetDimension = Literal["user_id", "tenant_id", "feature", "agent_id", "team", "environment"]
+BudgetAction = Literal["alert", "throttle", "downgrade", "deny"]
+
+
+class BudgetConfig(BaseModel):
+    """A spend limit for one key of a dimension, or for each key (``*``), per UTC day and/or month.
+
+    Past the limit, ``action`` says what the SDK's guard does: ``alert`` only, ``throttle`` (delay
+    each call), ``downgrade`` (use ``downgrade_to`` instead), or ``deny``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dimension: BudgetDimension
+    key: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    """A key of the dimension, or ``*`` for each key on its own (a key's own budget wins over ``*``)."""
+    daily_usd: Annotated[float, Field(gt=0)] | None = None
+    monthly_usd: Annotated[float, Field(gt=0)] | None = None
+    action: BudgetAction = "alert"
+    downgrade_to: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    """The cheaper model to use past the limit (``action: downgrade``)."""
+    throttle_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    """How long the guard delays each call past the limit (``action: throttle``)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BudgetConfig:
+        if self.daily_usd is None and self.monthly_usd is None:
+            raise ValueError("a budget needs daily_usd, monthly_usd or both")
+        if self.action == "downgrade" and self.downgrade_to is None:
+            raise ValueError("action downgrade needs downgrade_to: the cheaper model to use")
+        if self.action != "downgrade" and self.downgrade_to is not None:
+            raise ValueError(f"downgrade_to is only used with action downgrade, not {self.action}")
+        return self
+
+
 class SpendstreamConfig(BaseModel):
     """The whole config file. Every section is optional."""
 
@@ -263,6 +298,19 @@ class SpendstreamConfig(BaseModel):
     prices: PricesConfig = Field(default_factory=PricesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_budget_per_key(self) -> SpendstreamConfig:
+        seen: set[tuple[str, str]] = set()
+        for n, budget in enumerate(self.budgets):
+            if (budget.dimension, budget.key) in seen:
+                raise ValueError(
+                    f"budgets.{n}: a second budget for {budget.dimension} {budget.key!r}: "
+                    "put its daily_usd and monthly_usd in one entry"
+                )
+            seen.add((budget.dimension, budget.key))
+        return self
 
 
 def load_config(path: Path | str | None) -> SpendstreamConfig:
@@ -281,7 +329,7 @@ def load_config(path: Path | str | None) -> SpendstreamConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(path, "", f"not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(path, "", "the top level must be a mapping (prices:, alerts:, budgets:)")
+        raise ConfigError(path, "", "the top level must be a mapping (prices:, alerts:, detectors:, budgets:)")
     try:
         return SpendstreamConfig.model_validate(data)
     except ValidationError as exc:

@@ -16,6 +16,7 @@ def column(name: str) -> int:
     return _INDEX[name]
 
 
+EVENT_ID = column("event_id")
 TS = column("ts")
 PROVIDER = column("provider")
 MODEL = column("model")

@@ -1,0 +1,52 @@
+"""Budget state (topic ``spendstream.budgets``, compacted) and the kill switch: what the SDK's guard reads.
+
+Each message is keyed by its scope: ``tenant_id=tenant_acme`` for a budget's key, ``kill:*`` for
+the global kill switch, ``kill:agent_id=coder`` or ``kill:feature=sales.email_draft`` for one agent
+or feature. A kill switch is lifted with a tombstone (no value), so compaction forgets it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+GuardState = Literal["allow", "throttle", "downgrade", "deny"]
+Period = Literal["daily", "monthly", "kill"]
+KILL_PREFIX = "kill:"
+KILL_DIMENSIONS = ("agent_id", "feature")
+SEVERITY_ORDER: dict[str, int] = {"allow": 0, "throttle": 1, "downgrade": 2, "deny": 3}
+
+
+def budget_scope(dimension: str, key: str) -> str:
+    return f"{dimension}={key}"
+
+
+def kill_scope(dimension: str | None = None, key: str | None = None) -> str:
+    """``kill:*`` (everything), or ``kill:agent_id=X`` / ``kill:feature=Y``."""
+    if dimension is None:
+        return KILL_PREFIX + "*"
+    return KILL_PREFIX + budget_scope(dimension, key or "")
+
+
+class BudgetState(BaseModel):
+    """What the guard does for calls in one scope, and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scope: str
+    dimension: str
+    key: str
+    state: GuardState
+    reason: str
+    period: Period
+    """The period whose limit decides the state (``kill`` for the kill switch)."""
+    spent_usd: float = 0.0
+    limit_usd: float | None = None
+    remaining_usd: float | None = None
+    """What is left of the tightest limit (0 when over it); None for the kill switch."""
+    period_end: AwareDatetime | None = None
+    """When the period ends and the state no longer applies (None: until lifted)."""
+    downgrade_to: str | None = None
+    throttle_seconds: float | None = None
+    updated_at: AwareDatetime
