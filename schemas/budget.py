@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from schemas.config import BudgetAction
+
 GuardState = Literal["allow", "throttle", "downgrade", "deny"]
 Period = Literal["daily", "monthly", "kill"]
 KILL_PREFIX = "kill:"
@@ -38,6 +40,9 @@ class BudgetState(BaseModel):
     dimension: str
     key: str
     state: GuardState
+    """What the guard does now."""
+    action: BudgetAction
+    """What the guard does past the limit (and for a call whose estimate would pass it)."""
     reason: str
     period: Period
     """The period whose limit decides the state (``kill`` for the kill switch)."""
@@ -48,5 +53,7 @@ class BudgetState(BaseModel):
     period_end: AwareDatetime | None = None
     """When the period ends and the state no longer applies (None: until lifted)."""
     downgrade_to: str | None = None
+    """The model to use past the limit (``action`` downgrade)."""
     throttle_seconds: float | None = None
+    """The delay of each call past the limit (``action`` throttle)."""
     updated_at: AwareDatetime

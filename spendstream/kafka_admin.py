@@ -22,6 +22,7 @@ def ensure_topics(
         NewTopic(prefix + topics.OUTCOMES, partitions),
         NewTopic(prefix + topics.ALERTS, 1),
         NewTopic(prefix + topics.BUDGETS, partitions, config={"cleanup.policy": "compact"}),
+        NewTopic(prefix + topics.BUDGET_SPEND, partitions),
     ]
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)

@@ -26,6 +26,7 @@ from spendstream.kafka_admin import ensure_topics
 from spendstream.settings import Settings
 from spendstream.sql_endpoint import SqlEndpoint, load_or_create_token
 from streams.app import create_app
+from streams.budgets import Budgets
 from streams.config import StreamConfig
 from streams.detectors.engine import Detectors
 from streams.pricing import Pricer
@@ -52,9 +53,15 @@ def build_app(settings: Settings, bootstrap: str, config: SpendstreamConfig) -> 
         dlq_topic=settings.topic(topics.CALLS_DLQ),
         outcomes_topic=settings.topic(topics.OUTCOMES),
         alerts_topic=settings.topic(topics.ALERTS),
+        budgets_topic=settings.topic(topics.BUDGETS),
+        budget_spend_topic=settings.topic(topics.BUDGET_SPEND),
     )
     return create_app(
-        stream_config, sink=sink, pricer=Pricer(config.prices.overrides), detectors=Detectors(config.detectors)
+        stream_config,
+        sink=sink,
+        pricer=Pricer(config.prices.overrides),
+        detectors=Detectors(config.detectors),
+        budgets=Budgets(config.budgets),
     )
 
 

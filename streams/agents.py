@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
@@ -22,6 +24,8 @@ from sinks.exceptions import ClickHouseTransientError
 from sinks.sink import ClickHouseSink, FlushResult
 from streams.backoff import Backoff
 from streams.batching import RecordChunk
+from streams.budget_agent import partition_of
+from streams.budgets import Budgets
 from streams.detectors.engine import Detectors
 from streams.detectors.warmup import warm_up
 from streams.ingest import Ingestor, IngestResult, RawEvent
@@ -41,6 +45,7 @@ def register_ingest(
     max_chunks: int,
     batch_seconds: float,
     detectors: Detectors | None = None,
+    spends: SpendRouting | None = None,
 ) -> Any:
     """Register the agent that validates, prices and stores every call event.
 
@@ -51,21 +56,22 @@ def register_ingest(
 
     The ``detectors`` see the calls a batch stored (a redelivered duplicate is not seen twice), after
     ClickHouse confirmed them; their alerts, and ``unpriced_model`` ones, are published and stored
-    before the batch is acknowledged.
+    before the batch is acknowledged. So are the spends of the calls it stored, to the budget agent
+    (``spends``).
     """
 
     unpriced = UnpricedModelDetector()
-
-    async def raise_alerts(raised: list[Alert]) -> None:
-        if raised:
-            await _publish_alerts(alerts, raised)
-            sink.add(CallRows(), [], alerts=[alert_row(a) for a in raised])
-            await flush_until_written(sink)
+    raise_alerts = alert_raiser(alerts, sink)
 
     async def write(batch: list[EventT[RecordChunk]], result: IngestResult) -> None:
         await _publish_dead_letters(dlq, result.rejected)
         sink.add(result.calls, result.rejected)
         written = await flush_until_written(sink)
+        if spends is not None and spends.budgets:
+            routed = spends.budgets.spends_of(written.stored, time.time())
+            await send_until_acked(spends.topic, [
+                (s.scope.encode(), s.encode(), None, partition_of(s.scope, spends.partitions)) for s in routed
+            ])  # fmt: skip
         raised = unpriced.check(result.unpriced_calls)
         if detectors is not None:
             raised += detectors.observe(written.stored)
@@ -94,6 +100,27 @@ def register_ingest(
                 writing.cancel()
 
     return ingest
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRouting:
+    """Where the ingest agent sends the spends of stored calls: the budgets' repartition topic."""
+
+    topic: faust.TopicT
+    budgets: Budgets
+    partitions: int
+
+
+def alert_raiser(alerts: faust.TopicT, sink: ClickHouseSink) -> Callable[[list[Alert]], Awaitable[None]]:
+    """Publish alerts to ``spendstream.alerts`` and store them in ``alerts``: the one path of every alert."""
+
+    async def raise_alerts(raised: list[Alert]) -> None:
+        if raised:
+            await _publish_alerts(alerts, raised)
+            sink.add(CallRows(), [], alerts=[alert_row(a) for a in raised])
+            await flush_until_written(sink)
+
+    return raise_alerts
 
 
 def register_outcomes(
@@ -128,11 +155,11 @@ def _raw_events(batch: list[EventT[RecordChunk]]) -> Iterator[RawEvent]:
             yield RawEvent(value, chunk.partition, offset)
 
 
-# (key, value, headers) of one Kafka message
-Message = tuple[bytes | None, bytes, dict[str, bytes] | None]
+# (key, value, headers, partition or None for the key's) of one Kafka message
+Message = tuple[bytes | None, bytes, dict[str, bytes] | None, int | None]
 
 
-async def _send_until_acked(topic: faust.TopicT, messages: list[Message]) -> None:
+async def send_until_acked(topic: faust.TopicT, messages: list[Message]) -> None:
     """Send ``messages`` and wait for the broker's acks; while the broker is down, retry with backoff.
 
     The caller's events stay unacknowledged meanwhile, so nothing is lost if the worker stops.
@@ -140,7 +167,10 @@ async def _send_until_acked(topic: faust.TopicT, messages: list[Message]) -> Non
     backoff = Backoff()
     while messages:
         try:
-            futures = [await topic.send(key=key, value=value, headers=headers) for key, value, headers in messages]
+            futures = [
+                await topic.send(key=key, value=value, headers=headers, partition=partition)
+                for key, value, headers, partition in messages
+            ]
             await asyncio.gather(*futures)
             return
         except Exception as exc:
@@ -151,7 +181,7 @@ async def _send_until_acked(topic: faust.TopicT, messages: list[Message]) -> Non
 
 async def _publish_dead_letters(dlq: faust.TopicT, rejected: list[Rejection]) -> None:
     """Send each rejected event's raw bytes to the dead-letter topic, with why in the headers."""
-    await _send_until_acked(
+    await send_until_acked(
         dlq,
         [
             (
@@ -164,6 +194,7 @@ async def _publish_dead_letters(dlq: faust.TopicT, rejected: list[Rejection]) ->
                     "source_partition": str(r.partition).encode(),
                     "source_offset": str(r.offset).encode(),
                 },
+                None,
             )
             for r in rejected
         ],
@@ -172,7 +203,7 @@ async def _publish_dead_letters(dlq: faust.TopicT, rejected: list[Rejection]) ->
 
 async def _publish_alerts(topic: faust.TopicT, alerts: list[Alert]) -> None:
     """Send alerts to ``spendstream.alerts``, keyed by dedup key."""
-    await _send_until_acked(topic, [(a.dedup_key.encode(), a.model_dump_json().encode(), None) for a in alerts])
+    await send_until_acked(topic, [(a.dedup_key.encode(), a.model_dump_json().encode(), None, None) for a in alerts])
     for alert in alerts:
         logger.warning("alert %s: %s", alert.kind, alert.message)
 

@@ -9,8 +9,10 @@ import faust
 from faust.auth import SASLCredentials, SSLCredentials
 
 from sinks.sink import ClickHouseSink
-from streams.agents import register_ingest, register_outcomes
+from streams.agents import SpendRouting, alert_raiser, register_ingest, register_outcomes, send_until_acked
 from streams.batching import ChunkingApp
+from streams.budget_agent import BudgetOwner, register_budgets
+from streams.budgets import BudgetBook, Budgets
 from streams.config import StreamConfig
 from streams.detectors.engine import Detectors
 from streams.ingest import Ingestor
@@ -38,9 +40,17 @@ def _credentials(security: dict[str, Any]) -> Any:
 
 
 def create_app(
-    config: StreamConfig, *, sink: ClickHouseSink, pricer: Pricer, detectors: Detectors | None = None
+    config: StreamConfig,
+    *,
+    sink: ClickHouseSink,
+    pricer: Pricer,
+    detectors: Detectors | None = None,
+    budgets: Budgets | None = None,
 ) -> faust.App:
-    """A Faust app consuming ``llm.calls`` and writing priced calls through ``sink``, watched by ``detectors``."""
+    """A Faust app consuming ``llm.calls`` and writing priced calls through ``sink``.
+
+    ``detectors`` watch the stored calls; ``budgets`` (when any) get the budget agent.
+    """
     chunk_records = max(1, config.batch_size // CHUNKS_PER_BATCH)
     app = ChunkingApp(
         config.app_id,
@@ -68,7 +78,14 @@ def create_app(
     outcomes = app.topic(config.outcomes_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
     ingestor = Ingestor(pricer, config.calls_topic, config.max_event_bytes)
     max_chunks = -(-config.batch_size // chunk_records)
-    register_ingest(app, calls, dlq, alerts, ingestor, sink, max_chunks, config.batch_seconds, detectors)
+    routing = None
+    if budgets:
+        spend = app.topic(config.budget_spend_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
+        states = app.topic(config.budgets_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
+        owner = BudgetOwner(BudgetBook(budgets), sink, config.partitions)
+        register_budgets(app, spend, states, owner, alert_raiser(alerts, sink), send_until_acked)
+        routing = SpendRouting(spend, budgets, config.partitions)
+    register_ingest(app, calls, dlq, alerts, ingestor, sink, max_chunks, config.batch_seconds, detectors, routing)
     outcome_ingestor = OutcomeIngestor(config.outcomes_topic, config.max_event_bytes)
     register_outcomes(app, outcomes, dlq, outcome_ingestor, sink, max_chunks, config.batch_seconds)
     return app

@@ -12,7 +12,7 @@ count (not the demo's, not tests').
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -169,20 +169,20 @@ class BudgetBook:
             reason = f"{what} spent: over budget (action alert: calls go on)"
         else:
             reason = f"{what} spent: over budget, calls are {'throttled' if state == 'throttle' else state + 'd'}"
+        throttle = budget.throttle_seconds if budget.action == "throttle" else None
         return BudgetState(
-            scope=scope, dimension=dimension, key=key, state=state, reason=reason, period=period,
-            spent_usd=round(spent, 6), limit_usd=limit, remaining_usd=round(remaining, 6),
-            period_end=period_bounds(period, now)[1],
-            downgrade_to=budget.downgrade_to if state == "downgrade" else None,
-            throttle_seconds=budget.throttle_seconds if state == "throttle" else None, updated_at=now,
+            scope=scope, dimension=dimension, key=key, state=state, action=budget.action, reason=reason,
+            period=period, spent_usd=round(spent, 6), limit_usd=limit, remaining_usd=round(remaining, 6),
+            period_end=period_bounds(period, now)[1], downgrade_to=budget.downgrade_to, throttle_seconds=throttle,
+            updated_at=now,
         )  # fmt: skip
 
-    def settle(self, now: datetime, owned: Iterable[str] | None = None) -> tuple[list[BudgetState], list[Alert]]:
+    def settle(self, now: datetime, owns: Callable[[str], bool] | None = None) -> tuple[list[BudgetState], list[Alert]]:
         """States to publish (changed scopes) and thresholds newly crossed, for the scopes that changed.
 
-        ``owned``: when given, only those of the changed scopes are settled (the rest stay pending).
+        ``owns``: when given, only the changed scopes it owns are settled (the rest stay pending).
         """
-        scopes = set(self._dirty) if owned is None else self._dirty & set(owned)
+        scopes = {s for s in self._dirty if owns is None or owns(s)}
         self._dirty -= scopes
         states: list[BudgetState] = []
         alerts: list[Alert] = []

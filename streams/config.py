@@ -37,4 +37,6 @@ class StreamConfig:
     dlq_topic: str = topics.CALLS_DLQ
     outcomes_topic: str = topics.OUTCOMES
     alerts_topic: str = topics.ALERTS
+    budgets_topic: str = topics.BUDGETS
+    budget_spend_topic: str = topics.BUDGET_SPEND
     kafka_security: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,203 @@
+"""The budget agent: one owner per budget key, totals that survive restarts and rebalances.
+
+Spends arrive on ``spendstream.budget-spend`` in the partition of their scope (``partition_of``),
+so each budget key's total lives in exactly one worker, and no two workers can each think there
+is room left. When a worker is given partitions (at start, or when the group rebalances), it reads
+the current day's and month's totals from ClickHouse up to a cut (``ingested_at`` 5 s before the
+read) and then counts only the spends of calls stored after that cut: a spend whose call was
+already in the read totals is recognised by asking ClickHouse, batch by batch, until the spends
+arriving were all sent after the cut. Within a run, each (call, dimension) is counted once.
+
+States go to the compacted ``spendstream.budgets`` (what the SDK's guard reads) whenever a key's
+state or remaining amount changes; thresholds crossed raise ``budget_threshold`` alerts through
+the same path as the detectors' alerts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from clickhouse_connect.driver.client import Client
+from faust.types import TP, EventT, StreamT
+
+from schemas.alert import Alert
+from schemas.budget import BudgetState
+from sinks.sink import ClickHouseSink
+from streams.backoff import Backoff
+from streams.budgets import BudgetBook, Spend, period_bounds
+
+logger = logging.getLogger(__name__)
+
+CUT_LAG_SECONDS = 5
+"""The warm-up reads calls stored at least this long ago: any insert still in flight is counted live."""
+CLOCK_SKEW_SECONDS = 60
+"""Spends sent this long after the cut (worker clock) cannot be in the warm-up's totals."""
+
+
+def partition_of(scope: str, partitions: int) -> int:
+    """The partition of ``spendstream.budget-spend`` that owns ``scope``."""
+    return zlib.crc32(scope.encode()) % partitions
+
+
+def warm_up_budgets(book: BudgetBook, client: Client, database: str, now: datetime) -> float:
+    """Load today's and this month's totals of every budgeted key; returns the cut (epoch seconds)."""
+    cut_ms = int(client.query(f"SELECT toUnixTimestamp64Milli(now64(3)) - {CUT_LAG_SECONDS * 1000}").result_rows[0][0])
+    month_start, month_end = period_bounds("monthly", now)
+    day = now.astimezone(UTC).date()
+    book.reset()
+    for dimension in book.budgets.dimensions:
+        rows = client.query(
+            f"SELECT {dimension}, ifNull(sumIf(cost_usd, toDate(ts) = toDate('{day.isoformat()}')), 0), "
+            f"ifNull(sum(cost_usd), 0) FROM `{database}`.llm_calls "
+            f"WHERE data_mode = 'real' AND {dimension} != '' "
+            f"AND ts >= toDateTime('{month_start:%Y-%m-%d %H:%M:%S}', 'UTC') "
+            f"AND ts < toDateTime('{month_end:%Y-%m-%d %H:%M:%S}', 'UTC') "
+            f"AND ingested_at <= fromUnixTimestamp64Milli(toInt64({cut_ms}), 'UTC') GROUP BY {dimension}"
+        ).result_rows
+        for key, day_usd, month_usd in rows:
+            if book.budgets.of(dimension, key) is not None:
+                book.load(dimension, key, day, float(day_usd), float(month_usd))
+    return cut_ms / 1000
+
+
+def counted_before(client: Client, database: str, event_ids: Sequence[str], cut: float) -> set[str]:
+    """Which of ``event_ids`` were stored before the warm-up's cut (so its totals have them)."""
+    if not event_ids:
+        return set()
+    rows = client.query(
+        f"SELECT DISTINCT event_id FROM `{database}`.llm_calls WHERE event_id IN %(ids)s "
+        f"AND ingested_at <= fromUnixTimestamp64Milli(toInt64({int(cut * 1000)}), 'UTC')",
+        parameters={"ids": sorted(set(event_ids))},
+    ).result_rows
+    return {row[0] for row in rows}
+
+
+class BudgetOwner:
+    """The budget agent's state: the book, the partitions this worker owns, and the warm-up cut."""
+
+    def __init__(self, book: BudgetBook, sink: ClickHouseSink, partitions: int) -> None:
+        self.book = book
+        self._sink = sink
+        self._partitions = partitions
+        self.owned: set[int] = set()
+        self._cut: float | None = None
+        self._stale = True
+        self.lock = asyncio.Lock()
+        """Held while the book is warmed up or changed."""
+
+    def assign(self, partitions: set[int]) -> None:
+        if partitions != self.owned:
+            self.owned = partitions
+            self._stale = True
+
+    def owns(self, scope: str) -> bool:
+        return partition_of(scope, self._partitions) in self.owned
+
+    async def ensure_warm(self) -> None:
+        if not self._stale:
+            return
+        backoff = Backoff()
+        while True:
+            try:
+                self._cut = await asyncio.to_thread(self._sink.read, self._warm_up)
+                self._stale = False
+                logger.info("budgets warmed up from ClickHouse: %d keys", len(self.book.scopes()))
+                return
+            except Exception as exc:
+                delay = backoff.next()
+                logger.error(
+                    "budget totals cannot be read from ClickHouse (%s): check it is reachable and migrated; "
+                    "budget states wait, retrying in %.1fs",
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    def _warm_up(self, client: Client, database: str) -> float:
+        return warm_up_budgets(self.book, client, database, datetime.now(UTC))
+
+    async def count(self, spends: list[Spend]) -> None:
+        """Add ``spends``, leaving out those the warm-up's totals already have."""
+        cut = self._cut
+        if cut is not None and spends:
+            if min(s.sent for s in spends) > cut + CLOCK_SKEW_SECONDS:
+                self._cut = None  # every spend from here on was sent after the cut
+            else:
+                ids = [s.event_id for s in spends]
+                known = await _read_until(
+                    self._sink, lambda client, db: counted_before(client, db, ids, cut), "check spends"
+                )
+                spends = [s for s in spends if s.event_id not in known]
+        for spend in spends:
+            self.book.add(spend)
+
+    def settle(self) -> tuple[list[BudgetState], list[Alert]]:
+        return self.book.settle(datetime.now(UTC), self.owns)
+
+
+def register_budgets(
+    app: faust.App,
+    spend: faust.TopicT,
+    budgets: faust.TopicT,
+    owner: BudgetOwner,
+    raise_alerts: Callable[[list[Alert]], Awaitable[None]],
+    send: Callable[[faust.TopicT, list[Any]], Awaitable[None]],
+) -> Any:
+    """Register the budget agent on ``spend`` and its period timer."""
+    spend_topic = spend.get_topic_name()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: set[TP], *, signal: Any, **kwargs: Any) -> None:
+        owner.assign({tp.partition for tp in assigned if tp.topic == spend_topic})
+
+    async def publish() -> None:
+        async with owner.lock:
+            await owner.ensure_warm()
+            states, alerts = owner.settle()
+        if states:
+            await send(budgets, [(s.scope.encode(), s.model_dump_json().encode(), None, None) for s in states])
+            for state in states:
+                if state.state != "allow":
+                    logger.warning("budget %s: %s (%s)", state.scope, state.state, state.reason)
+        await raise_alerts(alerts)
+
+    @app.agent(spend, name="budgets")
+    async def track_budgets(stream: StreamT[bytes]) -> None:
+        async for events in stream.noack_take(5000, within=0.3):  # type: ignore[attr-defined]
+            batch: list[EventT[bytes]] = list(events)
+            spends = []
+            for event in batch:
+                try:
+                    spends.append(Spend.decode(event.value))
+                except ValueError as exc:  # not one of ours: skip it, say so
+                    logger.error("budget-spend: skipped a message that is not a spend (%s)", exc)
+            async with owner.lock:
+                await owner.ensure_warm()
+                await owner.count(spends)
+            await publish()
+            for event in batch:
+                event.ack()
+
+    @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
+    async def new_periods() -> None:
+        owner.book.expire()
+        await publish()
+
+    return track_budgets
+
+
+async def _read_until(sink: ClickHouseSink, fn: Callable[[Client, str], Any], what: str) -> Any:
+    backoff = Backoff()
+    while True:
+        try:
+            return await asyncio.to_thread(sink.read, fn)
+        except Exception as exc:
+            delay = backoff.next()
+            logger.error("budgets: cannot %s in ClickHouse (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
