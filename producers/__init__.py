@@ -2,15 +2,20 @@
 
 from producers._emitter import Emitter, EmitterStats
 from producers._exceptions import EmitterClosedError, SDKError
+from producers._guard import BudgetExceededError, BudgetGuard, Decision, GuardStats
 from producers._pseudonym import pseudonymize
 from producers._track import EventSink, TrackedCall, Tracker, TrackerStats, carry_context, current_trace
 from producers._usage import Usage, usage_from
 
 __all__ = [
+    "BudgetExceededError",
+    "BudgetGuard",
+    "Decision",
     "Emitter",
     "EmitterClosedError",
     "EmitterStats",
     "EventSink",
+    "GuardStats",
     "SDKError",
     "TrackedCall",
     "Tracker",

@@ -26,6 +26,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from pydantic import ValidationError
 
 from producers._exceptions import EmitterClosedError, SDKError
+from producers._guard import BudgetGuard, Decision
 from producers._pseudonym import pseudonymize
 from producers._pseudonym import user_id_key as user_id_key_of
 from producers._usage import Usage, model_from, usage_from
@@ -109,12 +110,20 @@ class Tracker:
 
     Args:
         emitter: where events go (an :class:`~producers.Emitter`).
+        guard: a :class:`~producers.BudgetGuard` asked before every call (budgets, kill switch).
         user_id_key: HMAC key for user ids (default: ``SPENDSTREAM_USER_ID_KEY``); raw user ids
             never leave the process. Without a key, passing a ``user_id`` is an error.
         defaults: attribution for every call (``feature``, ``environment``, ``team``, ...).
     """
 
-    def __init__(self, emitter: EventSink, *, user_id_key: str | bytes | None = None, **defaults: Any) -> None:
+    def __init__(
+        self,
+        emitter: EventSink,
+        *,
+        user_id_key: str | bytes | None = None,
+        guard: BudgetGuard | None = None,
+        **defaults: Any,
+    ) -> None:
         unknown = set(defaults) - ATTRIBUTION_FIELDS
         if unknown:
             raise SDKError(f"unknown attribution {sorted(unknown)}; use any of {sorted(ATTRIBUTION_FIELDS)}")
@@ -122,6 +131,7 @@ class Tracker:
         self._key = user_id_key_of(user_id_key)
         self._check_user_id(defaults)
         self._defaults = dict(defaults)
+        self._guard = guard
         self._tracked = 0
         self._invalid = 0
 
@@ -132,6 +142,7 @@ class Tracker:
         model: str | None = None,
         kind: str = "llm",
         tool_name: str | None = None,
+        estimated_usd: float | None = None,
         **fields: Any,
     ) -> TrackedCall:
         """A call to track: ``with tracker.track(provider="openai", model="gpt-4o") as call:``.
@@ -139,11 +150,18 @@ class Tracker:
         Also a decorator (``@tracker.track(...)``) for sync and async functions: each invocation is
         one call, and a returned response's usage is recorded. ``fields`` are any event fields
         (``feature``, ``agent_id``, ``prompt_hash``, ``trace_id`` for a root call, ...).
+
+        With a guard (``Tracker(..., guard=BudgetGuard(...))``), entering the call asks it first: a
+        denied call raises :class:`BudgetExceededError` before it is made, a throttled one waits, a
+        downgraded one gets its cheaper model in ``call.model``. ``estimated_usd`` (see
+        ``BudgetGuard.estimate_usd``) lets the guard refuse a call that would pass a limit.
         """
         self._check_user_id(fields)
         if kind == "tool" and model is None:
             model = tool_name  # a tool has no model: its name stands in, so its calls can be priced by override
-        return TrackedCall(self, provider=provider, model=model, kind=kind, tool_name=tool_name, **fields)
+        call = TrackedCall(self, provider=provider, model=model, kind=kind, tool_name=tool_name, **fields)
+        call.estimated_usd = estimated_usd
+        return call
 
     @contextmanager
     def attribute(self, **fields: Any) -> Iterator[None]:
@@ -205,6 +223,14 @@ class TrackedCall:
         self.event_id = ""
         self.trace_id = ""
         self.parent_id: str | None = None
+        self.estimated_usd: float | None = None
+        self.decision: Decision | None = None
+        """The guard's decision for this call (None without a guard)."""
+
+    @property
+    def model(self) -> str | None:
+        """The model to call: the one asked for, or the cheaper one a downgrading budget names."""
+        return self._model
 
     # -- what the caller reports ------------------------------------------------------------------
 
@@ -244,7 +270,22 @@ class TrackedCall:
 
     # -- context manager --------------------------------------------------------------------------
 
+    def _ask_guard(self, wait: bool) -> Decision | None:
+        guard = self._tracker._guard
+        if guard is None:
+            return None
+        keys = {**self._tracker._defaults, **_attribution.get(), **self._fields}
+        keys["user_id"] = self._tracker._pseudonymous(keys.get("user_id"))
+        keys.pop("model", None)
+        self.decision = guard.enforce(model=self._model, estimated_usd=self.estimated_usd, wait=wait, **keys)
+        self._model = self.decision.model or self._model
+        return self.decision
+
     def __enter__(self) -> TrackedCall:
+        self._ask_guard(wait=True)
+        return self._start()
+
+    def _start(self) -> TrackedCall:
         parent = _span.get()
         self.event_id = uuid.uuid4().hex
         self.trace_id = parent.trace_id if parent else str(self._fields.get("trace_id") or self.event_id)
@@ -286,7 +327,10 @@ class TrackedCall:
         self._tracker._send({k: v for k, v in fields.items() if v is not None})
 
     async def __aenter__(self) -> TrackedCall:
-        return self.__enter__()
+        decision = self._ask_guard(wait=False)
+        if decision is not None and decision.delay_seconds:
+            await asyncio.sleep(decision.delay_seconds)
+        return self._start()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -1,0 +1,294 @@
+"""The budget guard: stops a call before it is made when a budget or the kill switch says so.
+
+A background thread reads the compacted topic ``spendstream.budgets`` from its start and keeps the
+latest state of every scope in memory, so :meth:`BudgetGuard.check` makes no network call. Before
+a model or tool call, the guard looks at the kill switch (global, the call's agent, its feature)
+and at the budget of each of the call's keys (user, tenant, feature, agent, team, environment);
+the strictest wins: deny, then downgrade, then throttle, then allow.
+
+When the guard has not read the topic to its end yet, or has lost the brokers, it cannot know the
+state: it fails ``open`` (allow) or ``closed`` (deny), as configured, and counts those calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from pydantic import ValidationError
+
+from producers._exceptions import SDKError
+from schemas import topics
+from schemas.budget import KILL_DIMENSIONS, SEVERITY_ORDER, BudgetState, GuardState, budget_scope, kill_scope
+
+if TYPE_CHECKING:
+    from streams.pricing import Pricer
+
+logger = logging.getLogger("spendstream.guard")
+
+BUDGET_DIMENSIONS = ("user_id", "tenant_id", "feature", "agent_id", "team", "environment")
+FailMode = Literal["open", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one call, and why."""
+
+    action: GuardState
+    reason: str
+    scope: str | None = None
+    """The budget or kill switch that decided (None: nothing limits the call)."""
+    remaining_usd: float | None = None
+    model: str | None = None
+    """The model to call: the cheaper one on ``downgrade``, else the one asked for."""
+    delay_seconds: float = 0.0
+    """How long to wait before the call (``throttle``)."""
+
+
+class BudgetExceededError(SDKError):
+    """A budget or the kill switch denies the call; ``decision`` says which and why."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(f"spendstream guard denied the call: {decision.reason}")
+        self.decision = decision
+
+
+@dataclass(frozen=True, slots=True)
+class GuardStats:
+    scopes: int
+    """Scopes with a state in memory (budgets and kill switches)."""
+    ready: bool
+    """The topic was read to its end since the guard started, and the brokers answer."""
+    failed_open: int
+    """Calls allowed without knowing the state (``fail="open"``)."""
+    failed_closed: int
+    """Calls denied without knowing the state (``fail="closed"``)."""
+    denied: int
+    downgraded: int
+    throttled: int
+    last_error: str
+
+
+class BudgetGuard:
+    """Budget state in memory, from ``spendstream.budgets``; ``check``/``enforce`` before each call.
+
+    Args:
+        bootstrap: the Kafka cluster (``host:9092``).
+        topic: the budgets topic (with your installation's prefix, if any).
+        fail: what to do while the state is unknown: ``open`` allows calls, ``closed`` denies them.
+        kafka_config: more librdkafka settings (security).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topic: str = topics.BUDGETS,
+        fail: FailMode = "open",
+        kafka_config: dict[str, Any] | None = None,
+    ) -> None:
+        if fail not in ("open", "closed"):
+            raise SDKError(f"fail must be 'open' or 'closed', not {fail!r}")
+        self._topic = topic
+        self._fail = fail
+        self._config = {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"spendstream-guard-{id(self):x}",  # never commits: it always reads from the start
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "error_cb": self._on_error,
+            **(kafka_config or {}),
+        }
+        self._states: dict[str, BudgetState] = {}
+        self._lock = threading.Lock()
+        self._caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._brokers_down = False
+        self._last_error = ""
+        self._counts = {"failed_open": 0, "failed_closed": 0, "denied": 0, "downgraded": 0, "throttled": 0}
+        self._thread = threading.Thread(target=self._run, name="spendstream-guard", daemon=True)
+        self._thread.start()
+
+    # -- before a call ----------------------------------------------------------------------------
+
+    def check(self, *, model: str | None = None, estimated_usd: float | None = None, **keys: Any) -> Decision:
+        """The decision for a call with these keys (``agent_id=..., tenant_id=..., feature=...``).
+
+        ``estimated_usd``: the call's cost if known beforehand (see :meth:`estimate_usd`); a call that
+        would take a budget past its limit is treated as if the limit were reached.
+        """
+        if not self.ready:
+            return self._unknown(model)
+        now = datetime.now(UTC)
+        decision = Decision("allow", "no budget or kill switch limits this call", model=model)
+        with self._lock:
+            candidates = [self._states.get(kill_scope())]
+            candidates += [self._states.get(kill_scope(d, str(keys[d]))) for d in KILL_DIMENSIONS if keys.get(d)]
+            candidates += [self._states.get(budget_scope(d, str(keys[d]))) for d in BUDGET_DIMENSIONS if keys.get(d)]
+        for state in candidates:
+            if state is None or (state.period_end is not None and state.period_end <= now):
+                continue
+            found = _decide(state, model, estimated_usd)
+            if SEVERITY_ORDER[found.action] > SEVERITY_ORDER[decision.action]:
+                decision = found
+        return decision
+
+    def enforce(
+        self, *, model: str | None = None, estimated_usd: float | None = None, wait: bool = True, **keys: Any
+    ) -> Decision:
+        """:meth:`check`, then act on it: raise on deny, wait on throttle (unless ``wait`` is False: the
+        caller waits ``delay_seconds``, as an async caller does); returns the decision (its ``model``).
+
+        Raises:
+            BudgetExceededError: a budget or kill switch denies the call.
+        """
+        decision = self.check(model=model, estimated_usd=estimated_usd, **keys)
+        if decision.action == "deny":
+            self._counts["denied"] += 1
+            raise BudgetExceededError(decision)
+        if decision.action == "throttle":
+            self._counts["throttled"] += 1
+            if wait:
+                time.sleep(decision.delay_seconds)
+        elif decision.action == "downgrade":
+            self._counts["downgraded"] += 1
+        return decision
+
+    @staticmethod
+    def estimate_usd(provider: str, model: str, input_tokens: int, max_output_tokens: int) -> float | None:
+        """The most a call can cost: its prompt, and ``max_output_tokens`` generated; None for an unpriced model."""
+        unit = _pricer().unit_prices(provider, model, date.today(), input_tokens)
+        return None if unit is None else unit.cost(input_tokens, max_output_tokens, 0, 0)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._caught_up.is_set() and not self._brokers_down
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Wait until the topic was read to its end; False if it was not within ``timeout``."""
+        return self._caught_up.wait(timeout) and not self._brokers_down
+
+    def state(self, scope: str) -> BudgetState | None:
+        with self._lock:
+            return self._states.get(scope)
+
+    def stats(self) -> GuardStats:
+        with self._lock:
+            scopes = len(self._states)
+        return GuardStats(scopes=scopes, ready=self.ready, last_error=self._last_error, **self._counts)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    # -- the reader thread ------------------------------------------------------------------------
+
+    def _unknown(self, model: str | None) -> Decision:
+        why = "the guard has not read the budget state yet" if not self._caught_up.is_set() else (
+            f"the guard lost the Kafka brokers ({self._last_error})"
+        )  # fmt: skip
+        if self._fail == "open":
+            self._counts["failed_open"] += 1
+            return Decision("allow", f"{why}: allowed (fail open)", model=model)
+        self._counts["failed_closed"] += 1
+        return Decision("deny", f"{why}: denied (fail closed)", model=model)
+
+    def _on_error(self, error: KafkaError) -> None:
+        self._last_error = error.str()
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self._brokers_down = True
+            logger.warning("spendstream guard: %s; calls are %s meanwhile", error.str(), self._fail_word())
+
+    def _fail_word(self) -> str:
+        return "allowed (fail open)" if self._fail == "open" else "denied (fail closed)"
+
+    def _run(self) -> None:
+        consumer = Consumer(self._config)
+        try:
+            pending = self._assign(consumer)
+            while not self._stop.is_set():
+                message = consumer.poll(0.5)
+                if message is None:
+                    continue
+                self._brokers_down = False
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(message.partition())
+                        if not pending:
+                            self._caught_up.set()
+                    else:
+                        self._last_error = error.str()
+                    continue
+                self._apply(message.key(), message.value())
+        except Exception as exc:  # never raise into the host application
+            self._last_error = str(exc)
+            self._brokers_down = True
+            logger.error("spendstream guard stopped reading budget state: %s; calls are %s", exc, self._fail_word())
+        finally:
+            consumer.close()
+
+    def _assign(self, consumer: Consumer) -> set[int]:
+        while not self._stop.is_set():
+            try:
+                metadata = consumer.list_topics(self._topic, timeout=5)
+                partitions = metadata.topics[self._topic].partitions
+                if partitions:
+                    consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
+                    return set(partitions)
+                self._last_error = f"topic {self._topic} has no partitions yet"
+            except KafkaException as exc:
+                self._last_error = str(exc)
+            self._stop.wait(1.0)
+        return set()
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        scope = key.decode()
+        if value is None:  # a tombstone: the kill switch was lifted
+            with self._lock:
+                self._states.pop(scope, None)
+            return
+        try:
+            state = BudgetState.model_validate_json(value)
+        except ValidationError as exc:
+            logger.warning("spendstream guard: skipped a budget state it cannot read (%s)", exc)
+            return
+        with self._lock:
+            self._states[scope] = state
+
+
+@functools.cache
+def _pricer() -> Pricer:
+    """The price table, loaded only by a guard that estimates."""
+    from streams.pricing import Pricer
+
+    return Pricer()
+
+
+def _decide(state: BudgetState, model: str | None, estimated_usd: float | None) -> Decision:
+    action = state.state
+    reason = state.reason
+    would_pass = (
+        action == "allow" and estimated_usd is not None and state.remaining_usd is not None
+        and estimated_usd > state.remaining_usd and state.action != "alert"
+    )  # fmt: skip
+    if would_pass:
+        action = "throttle" if state.action == "throttle" else state.action  # type: ignore[assignment]
+        reason = f"{reason}; this call's estimate (${estimated_usd:,.4f}) would pass the limit"
+    if action == "downgrade":
+        return Decision("downgrade", f"{reason}: use {state.downgrade_to}", state.scope, state.remaining_usd,
+                        model=state.downgrade_to)  # fmt: skip
+    if action == "throttle":
+        return Decision("throttle", reason, state.scope, state.remaining_usd, model=model,
+                        delay_seconds=state.throttle_seconds or 0.0)  # fmt: skip
+    return Decision(action, reason, state.scope, state.remaining_usd, model=model)
