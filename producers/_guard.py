@@ -180,6 +180,10 @@ class BudgetGuard:
         with self._lock:
             return self._states.get(scope)
 
+    def states(self) -> list[BudgetState]:
+        with self._lock:
+            return list(self._states.values())
+
     def stats(self) -> GuardStats:
         with self._lock:
             scopes = len(self._states)

@@ -348,6 +348,90 @@ def trace(trace_id: str) -> None:
         )
 
 
+def _kill_target(all_calls: bool, agent: str | None, feature: str | None) -> tuple[str | None, str | None]:
+    targets: list[tuple[str | None, str | None]] = [(None, None)] if all_calls else []
+    if agent:
+        targets.append(("agent_id", agent))
+    if feature:
+        targets.append(("feature", feature))
+    if len(targets) != 1:
+        raise click.UsageError("say which calls: exactly one of --all, --agent NAME, --feature NAME")
+    return targets[0]
+
+
+@main.command()
+@click.option("--all", "all_calls", is_flag=True, help="every call of every application")
+@click.option("--agent", help="the calls of one agent_id")
+@click.option("--feature", help="the calls of one feature")
+@click.option("--reason", required=True, help="why: shown in the error the guard raises")
+def kill(all_calls: bool, agent: str | None, feature: str | None, reason: str) -> None:
+    """Stop calls now: the SDK's guard denies them before they are made, until `spendstream unkill`."""
+    from spendstream.kill_switch import kill_state, publish
+
+    dimension, key = _kill_target(all_calls, agent, feature)
+    settings = _settings()
+    state = kill_state(dimension, key, reason)
+    try:
+        publish(settings.bootstrap, settings.topic(topics.BUDGETS), state.scope, state.model_dump_json().encode(),
+                settings.kafka_security())  # fmt: skip
+    except SpendstreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"killed: {state.reason} (scope {state.scope}); guards deny these calls from their next check")
+
+
+@main.command()
+@click.option("--all", "all_calls", is_flag=True, help="lift the kill switch of every call")
+@click.option("--agent", help="lift it for one agent_id")
+@click.option("--feature", help="lift it for one feature")
+def unkill(all_calls: bool, agent: str | None, feature: str | None) -> None:
+    """Lift a kill switch set with `spendstream kill` (budgets still apply)."""
+    from schemas.budget import kill_scope
+    from spendstream.kill_switch import publish
+
+    dimension, key = _kill_target(all_calls, agent, feature)
+    settings = _settings()
+    scope = kill_scope(dimension, key)
+    try:
+        publish(settings.bootstrap, settings.topic(topics.BUDGETS), scope, None, settings.kafka_security())
+    except SpendstreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"lifted: {scope}")
+
+
+@main.command()
+@click.option("--timeout", default=15.0, show_default=True, help="seconds to wait for the budgets topic")
+def budgets(timeout: float) -> None:
+    """List the budget states and kill switches the guards see now."""
+    from rich.table import Table
+
+    from producers import BudgetGuard
+
+    settings = _settings()
+    guard = BudgetGuard(
+        settings.bootstrap, topic=settings.topic(topics.BUDGETS), kafka_config=settings.kafka_security()
+    )
+    try:
+        if not guard.wait_ready(timeout):
+            why = guard.stats().last_error or "no answer"
+            raise click.ClickException(
+                f"cannot read {settings.topic(topics.BUDGETS)} within {timeout:.0f}s ({why}): "
+                "check SPENDSTREAM_KAFKA_BOOTSTRAP, or start the stack with `spendstream up`"
+            )
+        states = guard.states()
+    finally:
+        guard.close()
+    table = Table(title=f"{len(states)} budget states and kill switches")
+    for column in ("scope", "state", "spent USD", "limit USD", "left USD", "period", "reason"):
+        table.add_column(column, justify="right" if "USD" in column else "left")
+    for state in sorted(states, key=lambda s: s.scope):
+        table.add_row(
+            state.scope, state.state, f"{state.spent_usd:,.2f}",
+            "" if state.limit_usd is None else f"{state.limit_usd:,.2f}",
+            "" if state.remaining_usd is None else f"{state.remaining_usd:,.2f}", state.period, state.reason,
+        )  # fmt: skip
+    (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
+
+
 @main.command(name="schema")
 @click.option("--write", "directory", type=click.Path(path_type=Path), help="write the files into this folder")
 def schema(directory: Path | None) -> None:

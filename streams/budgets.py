@@ -112,7 +112,7 @@ class BudgetBook:
         self._keys: dict[str, tuple[str, str]] = {}
         self._seen: dict[tuple[str, str], None] = {}
         self._crossed: set[tuple[str, Period, date, int]] = set()
-        self._published: dict[str, tuple[GuardState, float]] = {}
+        self._published: dict[str, tuple[GuardState, float, float]] = {}
         self._dirty: set[str] = set()
 
     def reset(self) -> None:
@@ -188,7 +188,7 @@ class BudgetBook:
         alerts: list[Alert] = []
         for scope in sorted(scopes):
             state = self.state(scope, now)
-            mark = (state.state, round(state.remaining_usd or 0.0, 4))
+            mark = (state.state, round(state.spent_usd, 4), round(state.remaining_usd or 0.0, 4))
             if self._published.get(scope) != mark:
                 self._published[scope] = mark
                 states.append(state)
@@ -197,7 +197,7 @@ class BudgetBook:
 
     def expire(self) -> None:
         """Settle again every scope not allowed: one whose period is over starts the next one allowed."""
-        for scope, (state, _) in self._published.items():
+        for scope, (state, *_) in self._published.items():
             if state != "allow":
                 self._dirty.add(scope)
 

@@ -1,0 +1,46 @@
+"""The kill switch: a ``deny`` state for everything, an agent or a feature on ``spendstream.budgets``.
+
+Setting it publishes a state the SDK's guard applies before the next call; lifting it publishes a
+tombstone, so compaction forgets it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from schemas.budget import BudgetState, kill_scope
+from spendstream.exceptions import StackError
+
+
+def kill_state(dimension: str | None, key: str | None, reason: str) -> BudgetState:
+    scope = kill_scope(dimension, key)
+    what = "every call" if dimension is None else f"calls of {dimension} {key}"
+    return BudgetState(
+        scope=scope, dimension=dimension or "*", key=key or "*", state="deny", action="deny",
+        reason=f"kill switch on {what}: {reason}", period="kill", updated_at=datetime.now(UTC),
+    )  # fmt: skip
+
+
+def publish(bootstrap: str, topic: str, scope: str, value: bytes | None, security: dict[str, Any]) -> None:
+    """Send one state (or a tombstone) and wait for the broker to take it.
+
+    Raises:
+        StackError: the broker did not confirm it.
+    """
+    errors: list[str] = []
+
+    def delivered(error: KafkaError | None, _: Message) -> None:
+        if error is not None:
+            errors.append(error.str())
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", **security})
+    producer.produce(topic, value, scope.encode(), on_delivery=delivered)
+    left = producer.flush(15)
+    if left or errors:
+        raise StackError(
+            f"the kill switch was not stored on {topic} ({errors[0] if errors else 'no answer within 15 s'})",
+            "check that Kafka is reachable (SPENDSTREAM_KAFKA_BOOTSTRAP) and try again",
+        )
