@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
@@ -113,9 +114,7 @@ def test_a_tenant_past_its_budget_is_alerted_then_denied_and_allowed_again_when_
 
     # restarted with the same budget: the total comes back from ClickHouse, still denied
     up.stop()
-    restarted = start_up(
-        home=up.home, SPENDSTREAM_CONFIG=str(config(tmp_path, 0.05)), SPENDSTREAM_TOPIC_PREFIX=prefix
-    )
+    restarted = start_up(home=up.home, SPENDSTREAM_CONFIG=str(config(tmp_path, 0.05)), SPENDSTREAM_TOPIC_PREFIX=prefix)
     # an application without the guard spends one more cent: counted on top of the warmed-up total
     emitter.emit_raw(orjson.dumps({**again, "event_id": "acme-unguarded"}))
     emitter.flush()
@@ -185,3 +184,34 @@ def test_a_guard_without_brokers_fails_in_the_direction_it_was_told() -> None:
     finally:
         closed.close()
         opened.close()
+
+
+def test_two_workers_never_each_think_there_is_room_left(
+    start_up: Callable[..., UpProcess], broker: str, tmp_path: Path
+) -> None:
+    """Calls of one tenant stored by two workers: the budget's owner counts them all, each once."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    budget = tmp_path / "spendstream.yaml"
+    budget.write_text(
+        PRICES + "budgets:\n  - {dimension: tenant_id, key: tenant_acme, daily_usd: 0.15, action: deny}\n"
+    )
+    workers = [
+        start_up(home=tmp_path / name, SPENDSTREAM_CONFIG=str(budget), SPENDSTREAM_TOPIC_PREFIX=prefix)
+        for name in ("worker-a", "worker-b")
+    ]
+    guard = BudgetGuard(broker, topic=prefix + "spendstream.budgets")
+    assert guard.wait_ready(30)
+    time.sleep(15)  # both workers joined the group and took their partitions
+    emitter = Emitter(broker, topic=prefix + "llm.calls")
+    for n in range(20):  # $0.20 in all; each worker alone stores about half, under the $0.15
+        event = {"event_id": f"two-{n}", "ts": datetime.now(UTC).isoformat(), "provider": "house", "model": "large",
+                 "input_tokens": CENT, "tenant_id": "tenant_acme", "session_id": f"s-{n}"}  # fmt: skip
+        emitter.emit_raw(orjson.dumps(event), f"s-{n}")
+    emitter.close()
+
+    denied = wait_state(guard, "tenant_id=tenant_acme", "deny", spent=0.20, timeout=60)
+
+    stored = [cast(int, w.scalar("SELECT count() FROM llm_calls")) for w in workers]  # spends follow storage
+    assert sum(stored) == 20 and min(stored) > 0  # the calls were split between the workers
+    assert denied.reason.startswith("tenant_id tenant_acme: $0.20 of the daily budget of $0.15")
+    guard.close()
