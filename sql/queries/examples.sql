@@ -72,3 +72,39 @@ LEFT JOIN
     GROUP BY key
 ) AS s ON s.feature = o.feature
 ORDER BY usd_per_outcome DESC;
+
+-- Q: cost per outcome from the requests that reached it, last 7 days: each outcome joins the calls of
+-- its trace (or, without a trace_id, of its session)
+WITH
+    by_trace AS (SELECT trace_id, sum(ifNull(cost_usd, 0)) AS usd FROM llm_calls
+                 WHERE ts >= today() - 8 AND data_mode = 'real' AND trace_id != '' GROUP BY trace_id),
+    by_session AS (SELECT session_id, sum(ifNull(cost_usd, 0)) AS usd FROM llm_calls
+                   WHERE ts >= today() - 8 AND data_mode = 'real' AND session_id != '' GROUP BY session_id)
+SELECT o.outcome AS outcome, count() AS n_outcomes,
+       round(sum(if(o.trace_id != '', t.usd, s.usd)), 6) AS spend_usd,
+       round(spend_usd / n_outcomes, 6) AS usd_per_outcome
+FROM (SELECT outcome, trace_id, session_id FROM outcomes FINAL WHERE ts >= today() - 7 AND data_mode = 'real') AS o
+LEFT JOIN by_trace AS t ON t.trace_id = o.trace_id
+LEFT JOIN by_session AS s ON s.session_id = o.session_id
+GROUP BY outcome ORDER BY usd_per_outcome DESC;
+
+-- Q: tokens per successful outcome per feature and prompt version, last 7 days: the tokens of the calls
+-- of the requests (traces, else sessions) that reached an outcome, over the outcomes they reached
+SELECT feature, prompt_version, uniqExact(outcome_id) AS n_outcomes, sum(tokens) AS n_tokens,
+       round(n_tokens / n_outcomes) AS tokens_per_outcome
+FROM
+(
+    SELECT c.feature AS feature, c.prompt_version AS prompt_version, o.event_id AS outcome_id,
+           c.input_tokens + c.output_tokens AS tokens
+    FROM (SELECT event_id, trace_id FROM outcomes FINAL
+          WHERE ts >= today() - 7 AND data_mode = 'real' AND trace_id != '') AS o
+    INNER JOIN (SELECT * FROM llm_calls WHERE ts >= today() - 8 AND data_mode = 'real') AS c
+        ON c.trace_id = o.trace_id
+    UNION ALL
+    SELECT c.feature, c.prompt_version, o.event_id, c.input_tokens + c.output_tokens
+    FROM (SELECT event_id, session_id FROM outcomes FINAL
+          WHERE ts >= today() - 7 AND data_mode = 'real' AND trace_id = '' AND session_id != '') AS o
+    INNER JOIN (SELECT * FROM llm_calls WHERE ts >= today() - 8 AND data_mode = 'real') AS c
+        ON c.session_id = o.session_id
+)
+GROUP BY feature, prompt_version ORDER BY feature, prompt_version;
