@@ -9,7 +9,6 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from schemas.call_event import CallEvent
-from sinks.batch import CallRows
 from sinks.clickhouse import connect
 from sinks.migrations import SQL_DIR, migrate
 from sinks.sink import ClickHouseSink
@@ -39,7 +38,8 @@ def test_cost_and_tokens_per_outcome_come_from_the_traces_and_sessions_that_reac
                                          "output_tokens": 0, **join})  # fmt: skip
 
     calls = [
-        call(1, "sales.email_draft", "v1", 4000, trace_id="t1"), call(2, "sales.email_draft", "v1", 2000, trace_id="t1"),
+        call(1, "sales.email_draft", "v1", 4000, trace_id="t1"),
+        call(2, "sales.email_draft", "v1", 2000, trace_id="t1"),
         call(3, "sales.email_draft", "v2", 8000, trace_id="t2"),
         call(4, "support.reply", "v7", 1000, session_id="s1"), call(5, "support.reply", "v7", 1000, session_id="s1"),
         call(6, "sales.email_draft", "v1", 9999, trace_id="t3"),  # a request that reached no outcome
