@@ -432,6 +432,57 @@ def budgets(timeout: float) -> None:
     (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
 
 
+@main.command()
+@click.option("--data-mode", default="real", show_default=True, type=click.Choice(["real", "test", "demo"]),
+              help="which calls: production, tests or the demo's")  # fmt: skip
+@click.option("--top", default=5, show_default=True, type=click.IntRange(1, 50), help="keys per dimension")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write a self-contained HTML page with charts")  # fmt: skip
+def report(data_mode: str, top: int, html_file: Path | None) -> None:
+    """Today's and this month's spend: top features, models, agents, tenants, prompt versions, the trend."""
+    from rich.table import Table
+
+    from sinks.report import DIMENSIONS, build_report
+    from spendstream.clickhouse_target import client_for_command
+    from spendstream.report_html import render_html
+
+    settings = _settings()
+    try:
+        built = build_report(client_for_command(settings, database=settings.database), data_mode, top)
+    except Exception as exc:
+        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+    console = Console() if sys.stdout.isatty() else Console(width=140)
+    total = built.total
+    trend = f"{100 * (total.trend - 1):+.0f}%" if total.trend is not None else "no spend the week before"
+    console.print(
+        f"[bold]{built.day} ({data_mode} calls)[/bold]: today ${total.today_usd:,.2f}; this month "
+        f"${total.month_usd:,.2f} over {total.month_calls:,} calls (${total.per_1k_calls:,.2f} per 1,000 calls); "
+        f"last 7 days ${total.last7_usd:,.2f}, {trend} against the 7 before"
+    )
+    for dimension in DIMENSIONS:
+        rows = built.top[dimension]
+        if not rows:
+            continue
+        table = Table(title=f"top {dimension}")
+        for column in (dimension, "today", "this month", "per 1,000 calls", "7 days vs 7 before"):
+            table.add_column(column, justify="left" if column == dimension else "right")
+        for row in rows:
+            change = "new" if row.trend is None else f"{100 * (row.trend - 1):+.0f}%"
+            table.add_row(row.key or "(none)", f"${row.today_usd:,.2f}", f"${row.month_usd:,.2f}",
+                          f"${row.per_1k_calls:,.4f}", change)  # fmt: skip
+        console.print(table)
+    if built.outcomes:
+        table = Table(title="cost per outcome, last 7 days (the requests that reached it)")
+        for column in ("outcome", "outcomes", "spend", "per outcome"):
+            table.add_column(column, justify="left" if column == "outcome" else "right")
+        for outcome, n, usd, per in built.outcomes:
+            table.add_row(outcome, f"{n:,}", f"${usd:,.2f}", f"${per:,.4f}")
+        console.print(table)
+    if html_file is not None:
+        html_file.write_text(render_html(built))
+        console.print(f"HTML report: {html_file}")
+
+
 @main.command(name="schema")
 @click.option("--write", "directory", type=click.Path(path_type=Path), help="write the files into this folder")
 def schema(directory: Path | None) -> None:

@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
@@ -18,7 +19,9 @@ from tests.conftest import UpProcess
 pytestmark = pytest.mark.integration
 
 
-def test_demo_fills_the_stack_with_priced_attributed_traffic(start_up: Callable[..., UpProcess]) -> None:
+def test_demo_fills_the_stack_with_priced_attributed_traffic(
+    start_up: Callable[..., UpProcess], tmp_path: Path
+) -> None:
     up = start_up()
     done = subprocess.run(
         [sys.executable, "-m", "spendstream.cli", "demo", "--days", "1", "--no-live", "--seed", "5"],
@@ -50,6 +53,23 @@ def test_demo_fills_the_stack_with_priced_attributed_traffic(start_up: Callable[
     assert up.scalar("SELECT countIf(attempt = 2) FROM llm_calls") > 0
     total = up.scalar("SELECT round(sum(cost_usd), 6) FROM llm_calls")
     assert up.scalar("SELECT round(sum(cost_usd), 6) FROM rollup_day WHERE dimension = 'all'") == total
+
+    # the report: terminal tables and a self-contained page with charts
+    page = tmp_path / "report.html"
+    shown = subprocess.run(
+        [sys.executable, "-m", "spendstream.cli", "report", "--data-mode", "demo", "--html", str(page)],
+        env=up.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert f"last 7 days ${total:,.2f}" in shown.stdout  # type: ignore[str-format]
+    top_feature = up.scalar(
+        "SELECT key FROM rollup_day WHERE dimension = 'feature' GROUP BY key ORDER BY sum(cost_usd) DESC LIMIT 1"
+    )
+    assert "top feature" in shown.stdout and str(top_feature) in shown.stdout
+    assert "cost per outcome" in shown.stdout and "meeting_booked" in shown.stdout
+    html = page.read_text()
+    assert html.startswith("<!doctype html>") and html.count("<svg") >= 2 and "src=" not in html
+    assert str(top_feature) in html and "Agents per workflow" in html and "coordinator" in html
 
 
 def test_outcomes_land_joinable_and_bad_ones_are_kept_with_a_reason(

@@ -10,20 +10,14 @@ from clickhouse_connect.driver.client import Client
 
 from schemas.call_event import CallEvent
 from sinks.clickhouse import connect
-from sinks.migrations import SQL_DIR, migrate
+from sinks.migrations import migrate
+from sinks.report import example_query
 from sinks.sink import ClickHouseSink
 from streams.ingest import RawEvent
 from streams.outcomes import OutcomeIngestor
 from tests.demo_calls import priced
 
 pytestmark = pytest.mark.integration
-
-
-def example(question: str) -> str:
-    """The query of examples.sql that follows ``-- Q: <question>``."""
-    text = (SQL_DIR / "queries" / "examples.sql").read_text()
-    block = text.split(f"-- Q: {question}", 1)[1].split(";", 1)[0]
-    return "\n".join(line for line in block.splitlines()[1:] if not line.startswith("--"))
 
 
 def test_cost_and_tokens_per_outcome_come_from_the_traces_and_sessions_that_reached_it(
@@ -57,8 +51,8 @@ def test_cost_and_tokens_per_outcome_come_from_the_traces_and_sessions_that_reac
     sink.flush()
     ch.database = database
 
-    per_outcome = {r[0]: r[1:] for r in ch.query(example("cost per outcome from the requests")).result_rows}
-    per_version = {(r[0], r[1]): r[2:] for r in ch.query(example("tokens per successful outcome")).result_rows}
+    per_outcome = {r[0]: r[1:] for r in ch.query(example_query("cost per outcome from the requests")).result_rows}
+    per_version = {(r[0], r[1]): r[2:] for r in ch.query(example_query("tokens per successful outcome")).result_rows}
 
     # gpt-4o input at $2.50 per million: t1 6,000 tokens, t2 8,000, s1 2,000
     assert per_outcome["meeting_booked"] == (2, 0.035, 0.0175)
