@@ -12,10 +12,10 @@ state: it fails ``open`` (allow) or ``closed`` (deny), as configured, and counts
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +28,7 @@ from schemas import topics
 from schemas.budget import KILL_DIMENSIONS, SEVERITY_ORDER, BudgetState, GuardState, budget_scope, kill_scope
 
 if TYPE_CHECKING:
+    from schemas.config import PriceOverride
     from streams.pricing import Pricer
 
 logger = logging.getLogger("spendstream.guard")
@@ -83,6 +84,8 @@ class BudgetGuard:
         topic: the budgets topic (with your installation's prefix, if any).
         fail: what to do while the state is unknown: ``open`` allows calls, ``closed`` denies them.
         kafka_config: more librdkafka settings (security).
+        price_overrides: the config's ``prices.overrides`` (``load_config(path).prices.overrides``), so
+            :meth:`estimate_usd` prices self-hosted and negotiated models as the pipeline does.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class BudgetGuard:
         topic: str = topics.BUDGETS,
         fail: FailMode = "open",
         kafka_config: dict[str, Any] | None = None,
+        price_overrides: Sequence[PriceOverride] = (),
     ) -> None:
         if fail not in ("open", "closed"):
             raise SDKError(f"fail must be 'open' or 'closed', not {fail!r}")
@@ -105,6 +109,8 @@ class BudgetGuard:
             "error_cb": self._on_error,
             **(kafka_config or {}),
         }
+        self._overrides = tuple(price_overrides)
+        self._pricer: Pricer | None = None
         self._states: dict[str, BudgetState] = {}
         self._lock = threading.Lock()
         self._caught_up = threading.Event()
@@ -160,10 +166,13 @@ class BudgetGuard:
             self._counts["downgraded"] += 1
         return decision
 
-    @staticmethod
-    def estimate_usd(provider: str, model: str, input_tokens: int, max_output_tokens: int) -> float | None:
+    def estimate_usd(self, provider: str, model: str, input_tokens: int, max_output_tokens: int) -> float | None:
         """The most a call can cost: its prompt, and ``max_output_tokens`` generated; None for an unpriced model."""
-        unit = _pricer().unit_prices(provider, model, date.today(), input_tokens)
+        if self._pricer is None:
+            from streams.pricing import Pricer
+
+            self._pricer = Pricer(self._overrides)
+        unit = self._pricer.unit_prices(provider, model, date.today(), input_tokens)
         return None if unit is None else unit.cost(input_tokens, max_output_tokens, 0, 0)
 
     # -- state ------------------------------------------------------------------------------------
@@ -269,14 +278,6 @@ class BudgetGuard:
             return
         with self._lock:
             self._states[scope] = state
-
-
-@functools.cache
-def _pricer() -> Pricer:
-    """The price table, loaded only by a guard that estimates."""
-    from streams.pricing import Pricer
-
-    return Pricer()
 
 
 def _decide(state: BudgetState, model: str | None, estimated_usd: float | None) -> Decision:

@@ -159,9 +159,9 @@ class Tracker:
         self._check_user_id(fields)
         if kind == "tool" and model is None:
             model = tool_name  # a tool has no model: its name stands in, so its calls can be priced by override
-        call = TrackedCall(self, provider=provider, model=model, kind=kind, tool_name=tool_name, **fields)
-        call.estimated_usd = estimated_usd
-        return call
+        return TrackedCall(
+            self, estimated_usd, provider=provider, model=model, kind=kind, tool_name=tool_name, **fields
+        )
 
     @contextmanager
     def attribute(self, **fields: Any) -> Iterator[None]:
@@ -210,7 +210,7 @@ class Tracker:
 class TrackedCall:
     """One model or tool call being tracked; see :meth:`Tracker.track`."""
 
-    def __init__(self, tracker: Tracker, **fields: Any) -> None:
+    def __init__(self, tracker: Tracker, estimated_usd: float | None = None, **fields: Any) -> None:
         self._tracker = tracker
         self._fields = fields
         self._usage = Usage()
@@ -223,7 +223,7 @@ class TrackedCall:
         self.event_id = ""
         self.trace_id = ""
         self.parent_id: str | None = None
-        self.estimated_usd: float | None = None
+        self.estimated_usd = estimated_usd
         self.decision: Decision | None = None
         """The guard's decision for this call (None without a guard)."""
 
@@ -340,19 +340,19 @@ class TrackedCall:
     # -- decorator --------------------------------------------------------------------------------
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
-        tracker, fields = self._tracker, self._fields
+        tracker, fields, estimate = self._tracker, self._fields, self.estimated_usd
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def tracked_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                async with TrackedCall(tracker, **fields) as call:
+                async with TrackedCall(tracker, estimate, **fields) as call:
                     return call.record(await fn(*args, **kwargs))
 
             return tracked_async  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def tracked(*args: P.args, **kwargs: P.kwargs) -> R:
-            with TrackedCall(tracker, **fields) as call:
+            with TrackedCall(tracker, estimate, **fields) as call:
                 return call.record(fn(*args, **kwargs))
 
         return tracked

@@ -2,11 +2,12 @@
 
 Spends arrive on ``spendstream.budget-spend`` in the partition of their scope (``partition_of``),
 so each budget key's total lives in exactly one worker, and no two workers can each think there
-is room left. When a worker is given partitions (at start, or when the group rebalances), it reads
-the current day's and month's totals from ClickHouse up to a cut (``ingested_at`` 5 s before the
-read) and then counts only the spends of calls stored after that cut: a spend whose call was
-already in the read totals is recognised by asking ClickHouse, batch by batch, until the spends
-arriving were all sent after the cut. Within a run, each (call, dimension) is counted once.
+is room left. When a worker is given partitions (at start, or when the group rebalances), and every
+few minutes, it reads the current day's and month's totals from ClickHouse up to a cut
+(``ingested_at`` 5 s before the read), adds back the spends it counted lately whose calls were
+stored after the cut, and from then on counts only the spends of calls stored after it: a spend
+whose call was already in the read totals is recognised by asking ClickHouse, batch by batch,
+until the spends arriving were all sent after the cut. Each (call, dimension) is counted once.
 
 States go to the compacted ``spendstream.budgets`` (what the SDK's guard reads) whenever a key's
 state or remaining amount changes; thresholds crossed raise ``budget_threshold`` alerts through
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +41,11 @@ CUT_LAG_SECONDS = 5
 """The warm-up reads calls stored at least this long ago: any insert still in flight is counted live."""
 CLOCK_SKEW_SECONDS = 60
 """Spends sent this long after the cut (worker clock) cannot be in the warm-up's totals."""
+RECENT_SECONDS = 120
+"""Counted spends kept this long: a re-read from ClickHouse adds back those stored after its cut."""
+RESYNC_SECONDS = 300
+"""The totals are read again this often, so a spend lost on its way (a worker that died between
+storing calls and sending their spends) is counted within minutes."""
 
 
 def partition_of(scope: str, partitions: int) -> int:
@@ -88,6 +96,9 @@ class BudgetOwner:
         self.owned: set[int] = set()
         self._cut: float | None = None
         self._stale = True
+        self._warmed_at = 0.0
+        self._recent: deque[tuple[float, Spend]] = deque()
+        """Spends counted in the last ``RECENT_SECONDS`` (monotonic time): a re-read keeps those it cannot see."""
         self.lock = asyncio.Lock()
         """Held while the book is warmed up or changed."""
 
@@ -100,13 +111,15 @@ class BudgetOwner:
         return partition_of(scope, self._partitions) in self.owned
 
     async def ensure_warm(self) -> None:
-        if not self._stale:
+        """Read the totals from ClickHouse when partitions changed, or every ``RESYNC_SECONDS``."""
+        if not self._stale and time.monotonic() - self._warmed_at < RESYNC_SECONDS:
             return
         backoff = Backoff()
         while True:
             try:
                 self._cut = await asyncio.to_thread(self._sink.read, self._warm_up)
                 self._stale = False
+                self._warmed_at = time.monotonic()
                 logger.info("budgets warmed up from ClickHouse: %d keys", len(self.book.scopes()))
                 return
             except Exception as exc:
@@ -120,7 +133,14 @@ class BudgetOwner:
                 await asyncio.sleep(delay)
 
     def _warm_up(self, client: Client, database: str) -> float:
-        return warm_up_budgets(self.book, client, database, datetime.now(UTC))
+        """Totals up to the cut, plus the spends counted lately whose calls were stored after it."""
+        cut = warm_up_budgets(self.book, client, database, datetime.now(UTC))
+        recent = [spend for _, spend in self._recent]
+        known = counted_before(client, database, [s.event_id for s in recent], cut)
+        for spend in recent:
+            if spend.event_id not in known:
+                self.book.add(spend)
+        return cut
 
     async def count(self, spends: list[Spend]) -> None:
         """Add ``spends``, leaving out those the warm-up's totals already have."""
@@ -134,8 +154,12 @@ class BudgetOwner:
                     self._sink, lambda client, db: counted_before(client, db, ids, cut), "check spends"
                 )
                 spends = [s for s in spends if s.event_id not in known]
+        now = time.monotonic()
         for spend in spends:
-            self.book.add(spend)
+            if self.book.add(spend):
+                self._recent.append((now, spend))
+        while self._recent and self._recent[0][0] < now - RECENT_SECONDS:
+            self._recent.popleft()
 
     def settle(self) -> tuple[list[BudgetState], list[Alert]]:
         return self.book.settle(datetime.now(UTC), self.owns)

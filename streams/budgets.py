@@ -116,9 +116,10 @@ class BudgetBook:
         self._dirty: set[str] = set()
 
     def reset(self) -> None:
-        """Forget the totals before a warm-up (the remembered event ids and crossed thresholds stay)."""
+        """Forget the totals and the counted calls before a warm-up (crossed thresholds stay)."""
         self._daily.clear()
         self._monthly.clear()
+        self._seen.clear()
 
     def load(self, dimension: str, key: str, day: date, day_usd: float, month_usd: float) -> None:
         """Totals read from ClickHouse at warm-up: ``day``'s and its month's."""

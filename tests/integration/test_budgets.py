@@ -17,9 +17,12 @@ from typing import cast
 
 import orjson
 import pytest
+import yaml
 
 from producers import BudgetExceededError, BudgetGuard, Emitter, Tracker
+from producers._guard import FailMode
 from schemas.budget import BudgetState
+from schemas.config import SpendstreamConfig
 from tests.conftest import UpProcess
 
 pytestmark = pytest.mark.integration
@@ -42,6 +45,17 @@ def config(tmp_path: Path, tenant_daily_usd: float) -> Path:
     path = tmp_path / f"spendstream-{tenant_daily_usd}.yaml"
     path.write_text(PRICES + BUDGETS % tenant_daily_usd)
     return path
+
+
+def guarded_sdk(
+    broker: str, prefix: str, feature: str, fail: FailMode = "open"
+) -> tuple[Emitter, BudgetGuard, Tracker]:
+    """The SDK as an application sets it up: an emitter, a guard that has read the budgets, a tracker."""
+    emitter = Emitter(broker, topic=prefix + "llm.calls")
+    overrides = SpendstreamConfig.model_validate(yaml.safe_load(PRICES)).prices.overrides
+    guard = BudgetGuard(broker, topic=prefix + "spendstream.budgets", fail=fail, price_overrides=overrides)
+    assert guard.wait_ready(30)
+    return emitter, guard, Tracker(emitter, guard=guard, feature=feature)
 
 
 def cent_call(tracker: Tracker, **keys: str) -> str | None:
@@ -75,13 +89,22 @@ def test_a_tenant_past_its_budget_is_alerted_then_denied_and_allowed_again_when_
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}."
     up = start_up(SPENDSTREAM_CONFIG=str(config(tmp_path, 0.05)), SPENDSTREAM_TOPIC_PREFIX=prefix)
-    emitter = Emitter(broker, topic=prefix + "llm.calls")
-    guard = BudgetGuard(broker, topic=prefix + "spendstream.budgets", fail="closed")
-    tracker = Tracker(emitter, guard=guard, feature="sales.email_draft")
-    assert guard.wait_ready(30)
+    emitter, guard, tracker = guarded_sdk(broker, prefix, "sales.email_draft", fail="closed")
 
-    for _ in range(5):  # $0.05: the whole daily budget
+    for _ in range(4):
         cent_call(tracker, tenant_id="tenant_acme")
+    emitter.flush()
+    wait_state(guard, "tenant_id=tenant_acme", "allow", spent=0.04)
+    # $0.01 left: a call estimated at $0.02 is refused before it is made, a $0.01 one goes
+    estimate = guard.estimate_usd("house", "large", input_tokens=2 * CENT, max_output_tokens=500)
+    assert estimate == pytest.approx(0.02)
+    with (
+        pytest.raises(BudgetExceededError) as too_big,
+        tracker.track(provider="house", model="large", tenant_id="tenant_acme", estimated_usd=estimate),
+    ):
+        pass
+    assert "this call's estimate ($0.0200) would pass the limit" in str(too_big.value)
+    cent_call(tracker, tenant_id="tenant_acme")  # $0.05: the whole daily budget
     emitter.flush()
     sent = time.monotonic()
     denied = wait_state(guard, "tenant_id=tenant_acme", "deny")
@@ -135,10 +158,7 @@ def test_downgrade_names_the_cheaper_model_and_the_kill_switch_stops_the_agents_
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}."
     up = start_up(SPENDSTREAM_CONFIG=str(config(tmp_path, 10)), SPENDSTREAM_TOPIC_PREFIX=prefix)
-    emitter = Emitter(broker, topic=prefix + "llm.calls")
-    guard = BudgetGuard(broker, topic=prefix + "spendstream.budgets")
-    tracker = Tracker(emitter, guard=guard, feature="eng.code_review")
-    assert guard.wait_ready(30)
+    emitter, guard, tracker = guarded_sdk(broker, prefix, "eng.code_review")
 
     assert [cent_call(tracker, agent_id="coder") for _ in range(2)] == ["large", "large"]  # $0.02 of $0.02
     emitter.flush()
