@@ -114,23 +114,10 @@ class BudgetOwner:
         """Read the totals from ClickHouse when partitions changed, or every ``RESYNC_SECONDS``."""
         if not self._stale and time.monotonic() - self._warmed_at < RESYNC_SECONDS:
             return
-        backoff = Backoff()
-        while True:
-            try:
-                self._cut = await asyncio.to_thread(self._sink.read, self._warm_up)
-                self._stale = False
-                self._warmed_at = time.monotonic()
-                logger.info("budgets warmed up from ClickHouse: %d keys", len(self.book.scopes()))
-                return
-            except Exception as exc:
-                delay = backoff.next()
-                logger.error(
-                    "budget totals cannot be read from ClickHouse (%s): check it is reachable and migrated; "
-                    "budget states wait, retrying in %.1fs",
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+        self._cut = await _read_until(self._sink, self._warm_up, "read the budget totals")
+        self._stale = False
+        self._warmed_at = time.monotonic()
+        logger.info("budgets warmed up from ClickHouse: %d keys", len(self.book.scopes()))
 
     def _warm_up(self, client: Client, database: str) -> float:
         """Totals up to the cut, plus the spends counted lately whose calls were stored after it."""
@@ -199,7 +186,7 @@ def register_budgets(
             for event in batch:
                 try:
                     spends.append(Spend.decode(event.value))
-                except ValueError as exc:  # not one of ours: skip it, say so
+                except (ValueError, TypeError) as exc:  # not one of ours: skip it, say so
                     logger.error("budget-spend: skipped a message that is not a spend (%s)", exc)
             async with owner.lock:
                 await owner.ensure_warm()
@@ -210,7 +197,8 @@ def register_budgets(
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
     async def new_periods() -> None:
-        owner.book.expire()
+        async with owner.lock:
+            owner.book.expire()
         await publish()
 
     return track_budgets
@@ -223,5 +211,11 @@ async def _read_until(sink: ClickHouseSink, fn: Callable[[Client, str], Any], wh
             return await asyncio.to_thread(sink.read, fn)
         except Exception as exc:
             delay = backoff.next()
-            logger.error("budgets: cannot %s in ClickHouse (%s); retrying in %.1fs", what, exc, delay)
+            logger.error(
+                "budgets: cannot %s in ClickHouse (%s): check it is reachable and migrated; budget states "
+                "wait, retrying in %.1fs",
+                what,
+                exc,
+                delay,
+            )
             await asyncio.sleep(delay)
