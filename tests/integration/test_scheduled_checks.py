@@ -55,21 +55,22 @@ def published(bootstrap: str, topic: str) -> list[Alert]:
     return alerts
 
 
-def checks(chdb_dsn: str, database: str, slack: SlackStandIn, bootstrap: str, prefix: str) -> ScheduledChecks:
+def checks(chdb_dsn: str, database: str, slack: SlackStandIn, bootstrap: str) -> tuple[ScheduledChecks, str]:
+    """Scheduled checks posting to the stand-in and publishing to an alerts topic of their own (its prefix)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    ensure_topics(bootstrap, 1, {}, prefix)
     config = SpendstreamConfig.model_validate(
         {"alerts": {"digests": [{"channel": "#llm-costs", "hour_utc": 8, "top": 3, "data_mode": "demo"}]}}
     )
     topic = AlertTopic(bootstrap, prefix + topics.ALERTS)
     posters = Posters(SlackPoster("xoxb-test", slack.url))
-    return ScheduledChecks(lambda: connect(chdb_dsn), database, config, posters, topic.publish)
+    return ScheduledChecks(lambda: connect(chdb_dsn), database, config, posters, topic.publish), prefix
 
 
 def test_yesterdays_spike_is_raised_once_from_the_daily_rollup_and_a_quiet_day_raises_nothing(
     chdb_dsn: str, ch: Client, stored_week: str, slack: SlackStandIn, broker: str
 ) -> None:
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    ensure_topics(broker, 1, {}, prefix)
-    checks_ = checks(chdb_dsn, stored_week, slack, broker, prefix)
+    checks_, prefix = checks(chdb_dsn, stored_week, slack, broker)
     spike_user = ch.query(
         f"SELECT user_id FROM {stored_week}.llm_calls WHERE feature = '{SPIKE_FEATURE}' "
         f"AND toDate(ts) = '{SPIKE_DAY.isoformat()}' GROUP BY user_id ORDER BY sum(cost_usd) DESC LIMIT 1"
@@ -111,9 +112,7 @@ def test_yesterdays_spike_is_raised_once_from_the_daily_rollup_and_a_quiet_day_r
 def test_the_morning_digest_is_posted_once_after_its_hour_and_survives_a_slack_outage(
     chdb_dsn: str, ch: Client, stored_week: str, slack: SlackStandIn, broker: str
 ) -> None:
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    ensure_topics(broker, 1, {}, prefix)
-    checks_ = checks(chdb_dsn, stored_week, slack, broker, prefix)
+    checks_, _ = checks(chdb_dsn, stored_week, slack, broker)
     ch.command(f"TRUNCATE TABLE {stored_week}.digests")
 
     early = checks_.run_once(MORNING_AFTER.replace(hour=7))
