@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -30,20 +31,28 @@ class AlertTopic:
         """
         if self._producer is None:
             self._producer = Producer(self._config)
-        errors: list[str] = []
-
-        def delivered(error: KafkaError | None, _: Message) -> None:
-            if error is not None:
-                errors.append(str(error))
-
-        for alert in alerts:
-            self._producer.produce(
-                self._topic, alert.model_dump_json().encode(), alert.dedup_key.encode(), on_delivery=delivered
-            )
-        left = self._producer.flush(timeout)
-        if left or errors:
-            reason = errors[0] if errors else f"{left} not acknowledged within {timeout:.0f}s"
+        messages = [(a.dedup_key.encode(), a.model_dump_json().encode()) for a in alerts]
+        failure = send_acked(self._producer, self._topic, messages, timeout)
+        if failure is not None:
             raise AlertPublishError(
-                f"cannot publish {len(alerts)} alert(s) to {self._topic} ({reason}): "
+                f"cannot publish {len(alerts)} alert(s) to {self._topic} ({failure}): "
                 "check that Kafka is reachable (SPENDSTREAM_KAFKA_BOOTSTRAP); they are raised again at the next check"
             )
+
+
+def send_acked(
+    producer: Producer, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]], timeout: float
+) -> str | None:
+    """Produce ``(key, value)`` messages and wait for the broker's acks; the first failure, or None."""
+    errors: list[str] = []
+
+    def delivered(error: KafkaError | None, _: Message) -> None:
+        if error is not None:
+            errors.append(str(error))
+
+    for key, value in messages:
+        producer.produce(topic, value, key, on_delivery=delivered)
+    left = producer.flush(timeout)
+    if errors:
+        return errors[0]
+    return f"{left} not acknowledged within {timeout:.0f}s" if left else None

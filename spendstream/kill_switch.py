@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Producer
 
+from alerting.topic import send_acked
 from schemas.budget import BudgetState, kill_scope
 from spendstream.exceptions import StackError
 
@@ -30,17 +31,10 @@ def publish(bootstrap: str, topic: str, scope: str, value: bytes | None, securit
     Raises:
         StackError: the broker did not confirm it.
     """
-    errors: list[str] = []
-
-    def delivered(error: KafkaError | None, _: Message) -> None:
-        if error is not None:
-            errors.append(error.str())
-
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", **security})
-    producer.produce(topic, value, scope.encode(), on_delivery=delivered)
-    left = producer.flush(15)
-    if left or errors:
+    failure = send_acked(producer, topic, [(scope.encode(), value)], 15.0)
+    if failure is not None:
         raise StackError(
-            f"the kill switch was not stored on {topic} ({errors[0] if errors else 'no answer within 15 s'})",
+            f"the kill switch was not stored on {topic} ({failure})",
             "check that Kafka is reachable (SPENDSTREAM_KAFKA_BOOTSTRAP) and try again",
         )
