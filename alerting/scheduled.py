@@ -30,7 +30,7 @@ from schemas.config import DigestConfig, SpendstreamConfig
 from schemas.exceptions import SpendstreamError
 from sinks.batch import CallRows, alert_row
 from sinks.sink import ClickHouseSink
-from streams.unpriced import sql_string
+from streams.detectors.spend import hourly_query
 
 logger = logging.getLogger(__name__)
 
@@ -131,14 +131,9 @@ class ScheduledChecks:
                         f"{dimension} {key or '(none)'} spent ${spent:,.2f} on {day.isoformat()} (UTC), "
                         + (f"{ratio:.1f}x" if normal else "with no spend")
                         + f" its daily average of ${normal:,.2f} over the week before. Seen in the daily rollup "
-                        "(every worker's calls); the query shows the day hour by hour."
+                        "(every worker's calls); the query shows it and the day before hour by hour."
                     ),
-                    query=(
-                        "SELECT bucket, round(sum(cost_usd), 4) AS usd, sum(calls) AS calls FROM rollup_hour "
-                        f"WHERE dimension = {sql_string(dimension)} AND key = {sql_string(key)} "
-                        f"AND data_mode = {sql_string(data_mode)} AND bucket >= {start} - INTERVAL 1 DAY "
-                        f"AND bucket < {start} + INTERVAL 1 DAY GROUP BY bucket ORDER BY bucket"
-                    ),
+                    query=hourly_query(dimension, key, data_mode, at.timestamp() - 1, 2),
             )  # fmt: skip
             raised.append(alert)
         return raised

@@ -222,7 +222,7 @@ class SpendDetectors:
                 f"${daily:,.2f} over the {min(days, 7.0):.0f} days before (alerts above {cfg.factor:g}x "
                 f"and ${cfg.min_excess_usd:g} over normal)."
             ),
-            query=_hourly_query(dim, key, data_mode, now, 2), at=now,
+            query=hourly_query(dim, key, data_mode, now, 2), at=now,
         )  # fmt: skip
 
     def _burn_of(
@@ -315,7 +315,7 @@ class SpendDetectors:
                     f"tenant {top} made {share:.0%} of the last 24 hours' spend (${recent[top]:,.2f} of "
                     f"${total:,.2f}), up from {usual:.0%} over the 7 days before."
                 ),
-                query=_hourly_query("tenant_id", top, data_mode, now, 8), at=now,
+                query=hourly_query("tenant_id", top, data_mode, now, 8), at=now,
             )
         ]  # fmt: skip
         # a tenant no longer on top resolves its incident
@@ -327,7 +327,7 @@ class SpendDetectors:
                     severity=None, value=round(recent.get(was, 0.0) / total, 4), baseline=None,
                     threshold=None, window="24h",
                     message=f"tenant {was} is no longer the top spender of the last 24 hours.",
-                    query=_hourly_query("tenant_id", was, data_mode, now, 8), at=now,
+                    query=hourly_query("tenant_id", was, data_mode, now, 8), at=now,
                 )
             )  # fmt: skip
         if firing or (sustained and was == top):
@@ -371,7 +371,8 @@ def _covered_hours(mode: _Mode, until_hour: int) -> int:
     return 0 if mode.first_hour is None else max(0, until_hour - mode.first_hour)
 
 
-def _hourly_query(dimension: str, key: str, data_mode: str, now: float, days: int) -> str:
+def hourly_query(dimension: str, key: str, data_mode: str, now: float, days: int) -> str:
+    """The drill-down of a spend alert: a key's spend and calls per hour over the ``days`` up to ``now``."""
     return (
         "SELECT bucket, round(sum(cost_usd), 4) AS usd, sum(calls) AS calls FROM rollup_hour "
         f"WHERE dimension = {sql_string(dimension)} AND key = {sql_string(key)} "

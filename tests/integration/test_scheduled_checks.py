@@ -104,6 +104,11 @@ def test_yesterdays_spike_is_raised_once_from_the_daily_rollup_and_a_quiet_day_r
     ).result_rows[0][0]
     spike = next(r for r in raised if r[1] == SPIKE_FEATURE)
     assert spike[3] == pytest.approx(spent, abs=0.01) and spike[3] > 2 * spike[4]
+    drill_down = ch.query(
+        f"SELECT query FROM {stored_week}.alerts FINAL WHERE window = '1d' AND key = '{SPIKE_FEATURE}'"
+    ).result_rows[0][0]
+    hours = connect(chdb_dsn, database=stored_week).query(drill_down).result_rows
+    assert sum(usd for bucket, usd, _ in hours if bucket.date() == SPIKE_DAY) == pytest.approx(spent, abs=0.01)
     assert sorted((a.dimension, a.key) for a in published(broker, prefix + topics.ALERTS)) == sorted(
         (d, k) for d, k, *_ in raised
     )
