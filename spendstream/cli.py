@@ -28,6 +28,20 @@ def _settings() -> Settings:
         raise click.ClickException(f"bad setting {name}: {first['msg']}") from exc
 
 
+def _read_failed(exc: Exception) -> click.ClickException:
+    """A failed read of spendstream's tables: ClickHouse's first line, and what to check."""
+    first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    return click.ClickException(
+        f"cannot read spendstream's tables ({first}): check that `spendstream up` is running, or that "
+        "SPENDSTREAM_CLICKHOUSE_URL points at a server migrated with `spendstream migrate`"
+    )
+
+
+def _wide_console() -> Console:
+    """A console for tables: the terminal's width, or wide enough not to wrap when piped."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 @click.group()
 def main() -> None:
     """Streaming cost observability for LLM applications and agents."""
@@ -274,7 +288,7 @@ def alerts(ctx: click.Context, limit: int) -> None:
             fmt="PrettyCompactMonoBlock",
         )
     except Exception as exc:
-        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+        raise _read_failed(exc) from exc
     click.echo(output.decode(errors="replace"), nl=False)
 
 
@@ -322,8 +336,8 @@ def trace(trace_id: str) -> None:
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:
-        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
-    console = Console() if sys.stdout.isatty() else Console(width=140)
+        raise _read_failed(exc) from exc
+    console = _wide_console()
     tree = Table(title=f"trace {trace_id}: ${report.total_usd:,.6f} in {len(report.tree)} calls")
     for column in ("call", "agent", "own USD", "USD with all under it", "latency ms"):
         tree.add_column(column, justify="right" if "USD" in column or "ms" in column else "left")
@@ -429,7 +443,7 @@ def budgets(timeout: float) -> None:
             "" if state.limit_usd is None else f"{state.limit_usd:,.2f}",
             "" if state.remaining_usd is None else f"{state.remaining_usd:,.2f}", state.period, state.reason,
         )  # fmt: skip
-    (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
+    _wide_console().print(table)
 
 
 @main.command()
@@ -450,8 +464,8 @@ def report(data_mode: str, top: int, html_file: Path | None) -> None:
     try:
         built = build_report(client_for_command(settings, database=settings.database), data_mode, top)
     except Exception as exc:
-        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
-    console = Console() if sys.stdout.isatty() else Console(width=140)
+        raise _read_failed(exc) from exc
+    console = _wide_console()
     total = built.total
     trend = f"{100 * (total.trend - 1):+.0f}%" if total.trend is not None else "no spend the week before"
     console.print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from tests.conftest import UpProcess
+from tests.conftest import UpProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +96,12 @@ def test_outcomes_land_joinable_and_bad_ones_are_kept_with_a_reason(
     topic_seen, reason = up.client().query("SELECT topic, reason FROM rejected_events").result_rows[0]
     assert topic_seen == topic
     assert "an outcome needs trace_id or session_id" in reason
+
+
+def test_a_report_before_anything_was_migrated_says_what_to_check(tmp_path: Path) -> None:
+    env = {**os.environ, "SPENDSTREAM_HOME": str(tmp_path / "fresh"), "SPENDSTREAM_SQL_PORT": str(free_port())}
+    shown = subprocess.run(
+        [sys.executable, "-m", "spendstream.cli", "report"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 1
+    assert "cannot read spendstream's tables" in shown.stderr and "spendstream migrate" in shown.stderr
