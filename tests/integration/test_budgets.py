@@ -106,15 +106,12 @@ def test_a_tenant_past_its_budget_is_alerted_then_denied_and_allowed_again_when_
     assert "this call's estimate ($0.0200) would pass the limit" in str(too_big.value)
     cent_call(tracker, tenant_id="tenant_acme")  # $0.05: the whole daily budget
     emitter.flush()
-    sent = time.monotonic()
     denied = wait_state(guard, "tenant_id=tenant_acme", "deny")
-    seconds_to_deny = time.monotonic() - sent
 
     with pytest.raises(BudgetExceededError) as refused:
         cent_call(tracker, tenant_id="tenant_acme")
     assert "tenant_id tenant_acme: $0.05 of the daily budget of $0.05" in str(refused.value)
     assert refused.value.decision.remaining_usd == 0 and denied.spent_usd == pytest.approx(0.05)
-    assert seconds_to_deny < 15
     cent_call(tracker, tenant_id="tenant_globex")  # another tenant is not held back
     thresholds = up.wait_for(
         "SELECT groupArray(toUInt32(threshold / baseline * 100)) FROM "
