@@ -25,7 +25,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from clickhouse_connect.driver.client import Client
 
 from alerting.slack import Posters, SlackDeliveryError
-from schemas.alert import Alert, alert_id_for
+from schemas.alert import DAY_WINDOW, Alert, alert_id_for
 from schemas.config import DigestConfig, SpendstreamConfig
 from schemas.exceptions import SpendstreamError
 from sinks.batch import CallRows, alert_row
@@ -124,7 +124,7 @@ class ScheduledChecks:
                     value=round(spent, 4),
                     baseline=round(normal, 4),
                     threshold=round(config.factor * normal, 4),
-                    window="1d",
+                    window=DAY_WINDOW,
                     data_mode=data_mode,
                     dedup_key=dedup_key,
                     message=(

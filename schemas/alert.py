@@ -13,6 +13,8 @@ AlertKind = Literal[
 ]  # fmt: skip
 Severity = Literal["info", "warning", "critical"]
 AlertStatus = Literal["firing", "resolved"]
+DAY_WINDOW = "1d"
+"""The window of the alerter's scheduled daily checks: a stream detector's window is never this."""
 _ALERT_NAMESPACE = uuid.UUID("6f1d3c52-8f0e-4d61-9a57-2f1b1a7e9c10")
 
 

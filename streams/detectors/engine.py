@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from schemas.alert import Alert
+from schemas.alert import Alert, AlertKind
 from schemas.config import DetectorsConfig
 from streams.detectors import calls as c
 from streams.detectors.errors import ErrorRateDetector
@@ -21,6 +21,11 @@ from streams.detectors.loops import LoopDetector
 from streams.detectors.prompts import PromptRegressionDetector
 from streams.detectors.spend import SpendDetectors
 
+STREAM_KINDS: tuple[AlertKind, ...] = (
+    "spend_spike", "hourly_burn", "latency_p95", "loop_detected", "error_rate", "unattributed_spend",
+    "prompt_version_regression", "tenant_concentration",
+)  # fmt: skip
+"""The kinds of alert these detectors raise: their open incidents are the ones a warm-up restores."""
 _SLICE_SECONDS = 60.0
 IDLE_PARTITION_SECONDS = 30.0
 

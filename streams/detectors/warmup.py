@@ -16,9 +16,10 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from schemas.alert import DAY_WINDOW
 from sinks.batch import LLM_CALL_COLUMNS
 from sinks.clickhouse import utc
-from streams.detectors.engine import Detectors
+from streams.detectors.engine import STREAM_KINDS, Detectors
 from streams.detectors.spend import SPEND_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -83,9 +84,10 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
         detectors.now_of[data_mode] = max(detectors.now_of.get(data_mode, 0.0), at)
     open_incidents = client.query(
         f"SELECT dedup_key, argMax(severity, ts), max(ts), argMax(value, ts) FROM {db}.alerts FINAL "
-        # unpriced_model alerts and the scheduled checks' (window '1d') are not stream incidents
-        "WHERE kind != 'unpriced_model' AND window != '1d' AND ts > now() - INTERVAL 8 DAY GROUP BY dedup_key "
-        "HAVING argMax(status, ts) = 'firing'"
+        # the detectors' own incidents: not budget or unpriced-model alerts, nor the scheduled daily checks'
+        "WHERE kind IN %(kinds)s AND window != %(day)s AND ts > now() - INTERVAL 8 DAY GROUP BY dedup_key "
+        "HAVING argMax(status, ts) = 'firing'",
+        parameters={"kinds": list(STREAM_KINDS), "day": DAY_WINDOW},
     ).result_rows
     for dedup_key, severity, at, value in open_incidents:
         detectors.incidents.restore(dedup_key, severity, _epoch(at), float(value))

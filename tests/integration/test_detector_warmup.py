@@ -6,8 +6,9 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from producers.demo_incidents import LOOP_SESSION, SPIKE_FEATURE, DemoIncidents
+from schemas.alert import DAY_WINDOW, Alert, alert_id_for
 from schemas.config import DetectorsConfig
-from sinks.batch import CallRows
+from sinks.batch import CallRows, alert_row
 from sinks.clickhouse import connect
 from sinks.migrations import migrate
 from sinks.sink import ClickHouseSink
@@ -31,7 +32,13 @@ def test_a_restarted_worker_catches_the_spike_from_its_warmed_baseline(
         rows = priced(batch).calls.rows
         before.extend(r for r in rows if r[1] < restart)
         after.extend(r for r in rows if r[1] >= restart)
-    sink.add(CallRows(before), [])
+    # alerts that are not the detectors' incidents: a budget threshold and a scheduled daily check
+    others = [
+        Alert(alert_id=alert_id_for(kind), ts=restart, kind=kind, severity="warning", dimension="tenant_id",  # type: ignore[arg-type]
+              key="tenant_initech", value=1.0, window=window, message="m", query="SELECT 1", dedup_key=kind)
+        for kind, window in (("budget_threshold", "1mo"), ("spend_spike", DAY_WINDOW))
+    ]  # fmt: skip
+    sink.add(CallRows(before), [], alerts=[alert_row(a) for a in others])
     sink.flush()
 
     warmed = Detectors(DetectorsConfig())
@@ -39,6 +46,7 @@ def test_a_restarted_worker_catches_the_spike_from_its_warmed_baseline(
     cold = Detectors(DetectorsConfig())
 
     assert summary.spend_rows > 1000 and summary.prompt_versions >= 5 and summary.recent_calls > 0
+    assert summary.open_incidents == 0  # neither of the other alerts is restored as an incident
     caught = [a for a in warmed.observe(after) if a.status == "firing"]
     missed = [a for a in cold.observe(after) if a.status == "firing"]
     assert ("hourly_burn", SPIKE_FEATURE) in {(a.kind, a.key) for a in caught}
