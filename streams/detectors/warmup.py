@@ -83,18 +83,18 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
         at = utc(latest).timestamp()
         detectors.now_of[data_mode] = max(detectors.now_of.get(data_mode, 0.0), at)
     open_incidents = client.query(
-        f"SELECT dedup_key, argMax(severity, ts), max(ts), argMax(value, ts) FROM {db}.alerts FINAL "
+        f"SELECT dedup_key, argMax(severity, ts), max(ts), argMax(value, ts), any(kind), any(data_mode), any(key) "
+        f"FROM {db}.alerts FINAL "
         # the detectors' own incidents: not budget or unpriced-model alerts, nor the scheduled daily checks'
         "WHERE kind IN %(kinds)s AND window != %(day)s AND ts > now() - INTERVAL 8 DAY GROUP BY dedup_key "
         "HAVING argMax(status, ts) = 'firing'",
         parameters={"kinds": list(STREAM_KINDS), "day": DAY_WINDOW},
     ).result_rows
-    for dedup_key, severity, at, value in open_incidents:
+    for dedup_key, severity, at, value, kind, data_mode, key in open_incidents:
         detectors.incidents.restore(dedup_key, severity, _epoch(at), float(value))
-        parts = dedup_key.split(":", 3)
-        if len(parts) == 4 and parts[0] == "prompt_version_regression":
-            feature, _, version = parts[3].rpartition("@")
-            detectors.prompts.flag(parts[1], feature, version)
+        if kind == "prompt_version_regression":
+            feature, _, version = key.rpartition("@")
+            detectors.prompts.flag(data_mode, feature, version)
     summary = WarmUp(spend_rows, len(versions), len(rows), len(open_incidents))
     logger.info("detectors warmed up from ClickHouse: %s", summary)
     return summary
