@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 
 from schemas.alert import Alert
 from sinks.batch import CallRows, Rejection, alert_row
@@ -62,6 +62,8 @@ def register_ingest(
 
     unpriced = UnpricedModelDetector()
     raise_alerts = alert_raiser(alerts, sink)
+    read: dict[TP, int] = {}
+    """The last offset the agent read, per partition of the calls topic."""
 
     async def write(batch: list[EventT[RecordChunk]], result: IngestResult) -> None:
         await _publish_dead_letters(dlq, result.rejected)
@@ -74,7 +76,7 @@ def register_ingest(
             ])  # fmt: skip
         raised = unpriced.check(result.unpriced_calls)
         if detectors is not None:
-            raised += detectors.observe(written.stored)
+            raised += detectors.observe(written.stored, lagging=_lagging(app, read))
         await raise_alerts(raised)
         for event in batch:
             event.ack()
@@ -89,6 +91,9 @@ def register_ingest(
             # noack_take (faust-streaming) yields events, not values, and never acknowledges them itself.
             async for events in stream.noack_take(max_chunks, within=batch_seconds):  # type: ignore[attr-defined]
                 batch: list[EventT[RecordChunk]] = list(events)
+                for event in batch:
+                    chunk = cast(RecordChunk, event.value)
+                    read[TP(chunk.topic, chunk.partition)] = chunk.offsets[-1]
                 result = ingestor.process(_raw_events(batch))
                 if writing is not None:
                     await writing
@@ -100,6 +105,19 @@ def register_ingest(
                 writing.cancel()
 
     return ingest
+
+
+def _lagging(app: faust.App, read: dict[TP, int]) -> frozenset[int]:
+    """The partitions with records the agent has not read yet: they hold the detectors' clock back."""
+    lagging = set()
+    for tp, offset in read.items():
+        try:
+            end = app.consumer.highwater(tp)
+        except Exception:  # not assigned any more, or not fetched yet: nothing known to wait for
+            continue
+        if end is not None and offset + 1 < end:
+            lagging.add(tp.partition)
+    return frozenset(lagging)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,11 +43,17 @@ class Detectors:
         self.incidents = Incidents(config.repeat_hours * 3600)
         self.now_of: dict[str, float] = {}
         """Per data mode, the detectors' clock: the event time every active partition has reached."""
+        self._lagging: frozenset[int] = frozenset()
         self._partitions: dict[tuple[str, int], tuple[float, float]] = {}
         """Per (data mode, partition): the latest event time it delivered, and when (wall clock)."""
 
-    def observe(self, rows: Sequence[c.Row]) -> list[Alert]:
-        """Feed stored calls (rows of ``llm_calls``); returns the alerts raised, oldest first."""
+    def observe(self, rows: Sequence[c.Row], lagging: frozenset[int] = frozenset()) -> list[Alert]:
+        """Feed stored calls (rows of ``llm_calls``); returns the alerts raised, oldest first.
+
+        ``lagging``: source partitions with records not read yet; they hold the clock back however
+        long they have been quiet (a starved partition is not an idle one).
+        """
+        self._lagging = lagging
         if not rows:
             return []
         ordered = sorted(rows, key=lambda row: row[c.TS])
@@ -94,7 +100,8 @@ class Detectors:
 
         Partitions are read at different paces (a replay may have one hours ahead of another); a
         clock that followed the fastest would judge the others' calls as long past. A partition
-        that delivered nothing for ``IDLE_PARTITION_SECONDS`` stops holding the clock back.
+        that delivered nothing for ``IDLE_PARTITION_SECONDS`` stops holding the clock back, unless it
+        is lagging (records waiting to be read).
         """
         if not rows:
             return
@@ -109,6 +116,8 @@ class Detectors:
             modes.add(key[0])
         for mode in modes:
             active = [
-                at for (m, _), (at, seen) in partitions.items() if m == mode and wall - seen < IDLE_PARTITION_SECONDS
+                at
+                for (m, partition), (at, seen) in partitions.items()
+                if m == mode and (wall - seen < IDLE_PARTITION_SECONDS or partition in self._lagging)
             ]
             self.now_of[mode] = max(self.now_of.get(mode, 0.0), min(active))

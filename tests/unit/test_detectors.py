@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
@@ -17,6 +18,8 @@ from producers.demo_incidents import (
 from schemas.alert import Alert
 from schemas.call_event import CallEvent
 from schemas.config import DetectorsConfig, LatencyConfig, LoopConfig
+from streams.detectors import calls as c
+from streams.detectors import engine
 from streams.detectors.engine import Detectors
 from streams.detectors.errors import wilson_lower
 from tests.demo_calls import NOW, demo_calls, priced
@@ -165,3 +168,24 @@ def test_a_regressed_prompt_version_replaced_by_a_newer_one_is_resolved() -> Non
     ]
 
     assert raised == [("sales.brief@v2", "firing"), ("sales.brief@v2", "resolved")]
+
+
+def test_a_quiet_partition_with_records_still_to_read_holds_the_clock_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "IDLE_PARTITION_SECONDS", 0.05)
+    start = datetime(2026, 1, 5, 12, tzinfo=UTC)
+
+    def rows_of(partition: int, at: datetime) -> list[tuple[object, ...]]:
+        event = CallEvent.model_validate({"event_id": f"p{partition}-{at:%H%M}", "ts": at, "provider": "openai",
+                                          "model": "gpt-4o", "feature": "f", "input_tokens": 10})  # fmt: skip
+        rows = priced([event]).calls.rows
+        return [(*row[: c.SOURCE_PARTITION], partition, *row[c.SOURCE_PARTITION + 1 :]) for row in rows]
+
+    def clock(lagging: frozenset[int]) -> float:
+        detectors = Detectors(DetectorsConfig())
+        detectors.observe(rows_of(1, start))
+        time.sleep(0.1)  # partition 1 has been quiet longer than the idle time
+        detectors.observe(rows_of(0, start + timedelta(hours=2)), lagging=lagging)
+        return detectors.now_of["real"]
+
+    assert clock(frozenset()) == (start + timedelta(hours=2)).timestamp()  # idle: it no longer holds the clock
+    assert clock(frozenset({1})) == start.timestamp()  # starved, not idle: its calls are still to come
