@@ -29,6 +29,10 @@ from producers import Emitter
 from spendstream.broker import EmbeddedBroker, port_open
 from tests.conftest import free_port
 
+# Calls per agent session: ordinary traffic, under the loop detector's caps (a bench where every
+# session is a runaway loop measures an alert storm, not the pipeline).
+SESSION_CALLS = 8
+
 
 def events(n: int) -> list[bytes]:
     now = int(datetime.now(UTC).timestamp() * 1000)
@@ -45,7 +49,7 @@ def events(n: int) -> list[bytes]:
                 "output_tokens": 300,
                 "cache_read_tokens": 100,
                 "latency_ms": 800.0,
-                "session_id": f"s{i % 5000}",
+                "session_id": f"s{i // SESSION_CALLS}",
                 "tenant_id": f"t{i % 20}",
                 "user_id": f"u{i % 300}",
             }
@@ -58,7 +62,7 @@ def produce(bootstrap: str, topic: str, payloads: list[bytes]) -> float:
     emitter = Emitter(bootstrap, topic=topic, max_queued=1_000_000)
     start = time.perf_counter()
     for n, value in enumerate(payloads):
-        emitter.emit_raw(value, f"s{n % 5000}")
+        emitter.emit_raw(value, f"s{n // SESSION_CALLS}")
     emitter.close(timeout=120)
     return len(payloads) / (time.perf_counter() - start)
 

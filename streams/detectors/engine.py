@@ -26,7 +26,6 @@ STREAM_KINDS: tuple[AlertKind, ...] = (
     "prompt_version_regression", "tenant_concentration",
 )  # fmt: skip
 """The kinds of alert these detectors raise: their open incidents are the ones a warm-up restores."""
-_SLICE_SECONDS = 60.0
 IDLE_PARTITION_SECONDS = 30.0
 
 
@@ -54,28 +53,24 @@ class Detectors:
         long they have been quiet (a starved partition is not an idle one).
         """
         self._lagging = lagging
-        if not rows:
-            return []
-        ordered = sorted(rows, key=lambda row: row[c.TS])
         alerts: list[Alert] = []
-        start = 0
-        minute = ordered[0][c.TS].timestamp() // _SLICE_SECONDS
-        for i in range(1, len(ordered) + 1):
-            if i < len(ordered) and ordered[i][c.TS].timestamp() // _SLICE_SECONDS == minute:
-                continue
-            self._feed(ordered[start:i])
+        for minute_rows, stamps in c.minute_slices(rows):
+            self._recent(minute_rows, stamps)
+            self.spend.observe(minute_rows, stamps)
+            self.prompts.observe(minute_rows, stamps)
             alerts.extend(self.check())
-            if i < len(ordered):
-                start = i
-                minute = ordered[i][c.TS].timestamp() // _SLICE_SECONDS
         return alerts
 
     def observe_recent(self, rows: Sequence[c.Row]) -> None:
         """Feed stored calls to the short-window detectors only (sessions, latency, errors): warm-up."""
-        self._advance(rows)
-        self.loops.observe(rows)
-        self.latency.observe(rows)
-        self.errors.observe(rows)
+        for minute_rows, stamps in c.minute_slices(rows):
+            self._recent(minute_rows, stamps)
+
+    def _recent(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
+        self._advance(rows, stamps)
+        self.loops.observe(rows, stamps)
+        self.latency.observe(rows, stamps)
+        self.errors.observe(rows, stamps)
 
     def check(self) -> list[Alert]:
         """Evaluate what changed (and every open incident) at the current event time of each data mode."""
@@ -90,12 +85,7 @@ class Detectors:
         alerts.sort(key=lambda a: a.ts)
         return alerts
 
-    def _feed(self, rows: Sequence[c.Row]) -> None:
-        self.observe_recent(rows)
-        self.spend.observe(rows)
-        self.prompts.observe(rows)
-
-    def _advance(self, rows: Sequence[c.Row]) -> None:
+    def _advance(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
         """Move the clocks: per data mode, the least of the partitions' latest event times.
 
         Partitions are read at different paces (a replay may have one hours ahead of another); a
@@ -103,18 +93,15 @@ class Detectors:
         that delivered nothing for ``IDLE_PARTITION_SECONDS`` stops holding the clock back, unless it
         is lagging (records waiting to be read).
         """
-        if not rows:
-            return
+        latest: dict[tuple[str, int], float] = {}
+        for row, at in zip(rows, stamps, strict=True):  # in time order: the last one is the latest
+            latest[(row[c.DATA_MODE], row[c.SOURCE_PARTITION])] = at
         wall = time.monotonic()
         partitions = self._partitions
-        modes = set()
-        for row in rows:
-            key = (row[c.DATA_MODE], row[c.SOURCE_PARTITION])
-            at = row[c.TS].timestamp()
-            latest = partitions.get(key)
-            partitions[key] = (at if latest is None or at > latest[0] else latest[0], wall)
-            modes.add(key[0])
-        for mode in modes:
+        for key, at in latest.items():
+            before = partitions.get(key)
+            partitions[key] = (at if before is None or at > before[0] else before[0], wall)
+        for mode in {mode for mode, _ in latest}:
             active = [
                 at
                 for (m, partition), (at, seen) in partitions.items()

@@ -8,7 +8,7 @@ usually fails 4% of the time do not page anyone, and 10 in 20 do.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from schemas.config import ErrorRateConfig
 from streams.detectors import calls as c
@@ -16,7 +16,7 @@ from streams.detectors.findings import RELAXED, Finding, severity_of, until
 from streams.detectors.windows import MinuteWindows, WindowKey
 from streams.unpriced import sql_string
 
-_DIMENSIONS = (("provider", c.PROVIDER), ("model", c.MODEL), ("feature", c.FEATURE))
+_DIMENSIONS = ("provider", "model", "feature")
 _FAILED = frozenset({"error", "timeout", "rate_limited"})
 _Z = 3.29
 
@@ -38,21 +38,29 @@ class ErrorRateDetector:
         # per minute: calls, failures, retries
         self._windows: MinuteWindows[list[int]] = MinuteWindows(config.window_minutes, lambda: [0, 0, 0])
 
-    def observe(self, rows: Iterable[c.Row]) -> None:
-        if not self._config.enabled:
+    def observe(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
+        """Count calls of one event-time minute (see ``calls.minute_slices``) into their windows."""
+        if not self._config.enabled or not rows:
             return
-        windows = self._windows
+        # counted per (data mode, provider, model, feature) first: a minute of traffic has few of them
+        counts: dict[tuple[str, str, str, str], list[int]] = {}
         for row in rows:
             if row[c.KIND] != "llm":
                 continue
-            at = row[c.TS].timestamp()
-            failed = row[c.STATUS] in _FAILED
-            retry = row[c.ATTEMPT] > 1
-            for dim, index in _DIMENSIONS:
-                cell = windows.cell((row[c.DATA_MODE], dim, row[index]), at)
-                cell[0] += 1
-                cell[1] += failed
-                cell[2] += retry
+            key = (row[c.DATA_MODE], row[c.PROVIDER], row[c.MODEL], row[c.FEATURE])
+            count = counts.get(key)
+            if count is None:
+                count = counts[key] = [0, 0, 0]
+            count[0] += 1
+            count[1] += row[c.STATUS] in _FAILED
+            count[2] += row[c.ATTEMPT] > 1
+        minute = c.minute_of(stamps)
+        for (data_mode, *names), (calls, failures, retries) in counts.items():
+            for dim, name in zip(_DIMENSIONS, names, strict=True):
+                cell = self._windows.cell((data_mode, dim, name), minute)
+                cell[0] += calls
+                cell[1] += failures
+                cell[2] += retries
 
     def check(self, now_of: dict[str, float]) -> list[Finding]:
         findings = []

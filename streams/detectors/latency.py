@@ -9,7 +9,7 @@ few hundred integers and its p95 is known within 5%.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from schemas.config import LatencyConfig
 from streams.detectors import calls as c
@@ -19,8 +19,7 @@ from streams.unpriced import sql_string
 
 _GROWTH = 1.1
 _LOG_GROWTH = math.log(_GROWTH)
-_DIMENSIONS = (("feature", c.FEATURE), ("model", c.MODEL))
-_METRICS = (("latency", c.LATENCY_MS), ("ttft", c.TTFT_MS))
+_METRICS = ("latency", "ttft")
 
 Histogram = dict[int, int]
 """Calls per bucket: bucket ``b`` holds latencies in [1.1**b, 1.1**(b+1)) milliseconds."""
@@ -51,22 +50,31 @@ class LatencyDetector:
             config.window_minutes, lambda: {"latency": {}, "ttft": {}}
         )
 
-    def observe(self, rows: Iterable[c.Row]) -> None:
-        if not self._config.enabled:
+    def observe(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
+        """Count calls of one event-time minute (see ``calls.minute_slices``) into their windows."""
+        if not self._config.enabled or not rows:
             return
-        windows = self._windows
+        # counted per (data mode, feature, model) first: a minute of traffic has few of them
+        counts: dict[tuple[str, str, str], tuple[Histogram, Histogram]] = {}
         for row in rows:
             if row[c.KIND] != "llm" or row[c.STATUS] != "success":
                 continue  # a failed call's latency is a client timeout or an early error: error_rate has them
-            at = row[c.TS].timestamp()
-            for dim, index in _DIMENSIONS:
-                cell = windows.cell((row[c.DATA_MODE], dim, row[index]), at)
-                for metric, column in _METRICS:
-                    ms = row[column]
-                    if ms is not None:
-                        histogram = cell[metric]
-                        b = bucket_of(ms)
-                        histogram[b] = histogram.get(b, 0) + 1
+            key = (row[c.DATA_MODE], row[c.FEATURE], row[c.MODEL])
+            histograms = counts.get(key)
+            if histograms is None:
+                histograms = counts[key] = ({}, {})
+            for histogram, ms in zip(histograms, (row[c.LATENCY_MS], row[c.TTFT_MS]), strict=True):
+                if ms is not None:
+                    b = bucket_of(ms)
+                    histogram[b] = histogram.get(b, 0) + 1
+        minute = c.minute_of(stamps)
+        for (data_mode, feature, model), (latency, ttft) in counts.items():
+            for key in ((data_mode, "feature", feature), (data_mode, "model", model)):
+                cell = self._windows.cell(key, minute)
+                for metric, histogram in zip(_METRICS, (latency, ttft), strict=True):
+                    into = cell[metric]
+                    for b, n in histogram.items():
+                        into[b] = into.get(b, 0) + n
 
     def check(self, now_of: dict[str, float]) -> list[Finding]:
         findings = []
@@ -77,7 +85,7 @@ class LatencyDetector:
                     into = merged[metric]
                     for b, n in histogram.items():
                         into[b] = into.get(b, 0) + n
-            for metric, _ in _METRICS:
+            for metric in _METRICS:
                 finding = self._finding(key, metric, merged[metric], now)
                 if finding is not None:
                     findings.append(finding)

@@ -8,7 +8,7 @@ session has been quiet for ``session_idle_minutes``; then it resolves with what 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from schemas.alert import Severity
@@ -40,15 +40,15 @@ class LoopDetector:
         self._due: Watchlist[tuple[str, str]] = Watchlist()
         self._swept: dict[str, int] = {}
 
-    def observe(self, rows: Iterable[c.Row]) -> None:
+    def observe(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
+        """Count calls of one event-time minute (see ``calls.minute_slices``) into their sessions."""
         if not self._config.enabled:
             return
         window = self._config.tool_window
-        for row in rows:
+        for row, at in zip(rows, stamps, strict=True):
             session_id = row[c.SESSION_ID]
             if not session_id:
                 continue
-            at = row[c.TS].timestamp()
             key = (row[c.DATA_MODE], session_id)
             session = self._sessions.get(key)
             if session is None:

@@ -7,7 +7,7 @@ have ``min_calls`` model calls. A flagged version that a newer one replaces is r
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from schemas.config import PromptRegressionConfig
@@ -41,15 +41,15 @@ class PromptRegressionDetector:
         self._flagged[(data_mode, feature)] = version
         self._due.touch((data_mode, feature))
 
-    def observe(self, rows: Iterable[c.Row]) -> None:
+    def observe(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
+        """Count calls of one event-time minute (see ``calls.minute_slices``) into their versions."""
         if not self._config.enabled:
             return
-        for row in rows:
+        for row, at in zip(rows, stamps, strict=True):
             version = row[c.PROMPT_VERSION]
             if version:  # tool calls add their cost, as in the rollups the warm-up reads
-                self.add(row[c.DATA_MODE], row[c.FEATURE], version, row[c.TS].timestamp(),
-                         row[c.KIND] == "llm", row[c.COST_USD] or 0.0,
-                         row[c.INPUT_TOKENS] + row[c.OUTPUT_TOKENS])  # fmt: skip
+                self.add(row[c.DATA_MODE], row[c.FEATURE], version, at, row[c.KIND] == "llm",
+                         row[c.COST_USD] or 0.0, row[c.INPUT_TOKENS] + row[c.OUTPUT_TOKENS])  # fmt: skip
 
     def add(self, data_mode: str, feature: str, version: str, at: float, calls: int, cost: float, tokens: int) -> None:
         """Count calls of one version (also used to warm up from ``rollup_day``)."""

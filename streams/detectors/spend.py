@@ -7,9 +7,10 @@ that data mode (warm-up from the rollups included), so nothing fires on an empty
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
+from operator import itemgetter
 
 from schemas.alert import Severity
 from schemas.config import HourlyBurnConfig, SpendSpikeConfig, TenantConcentrationConfig, UnattributedConfig
@@ -138,26 +139,31 @@ class SpendDetectors:
         self._concentrated: dict[str, str] = {}
         """Per data mode, the tenant whose concentration incident is open."""
 
-    def observe(self, rows: Iterable[c.Row]) -> None:
-        # summed per minute first: a second of live traffic touches each key once, not once per call
+    def observe(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
+        """Add the spend of calls of one event-time minute (see ``calls.minute_slices``)."""
+        if not rows:
+            return
+        # summed per combination of keys first, then per key: a minute of traffic repeats combinations
         columns = self._columns
-        sums: dict[tuple[str, str, str, int], float] = {}
-        get = sums.get
+        combination = itemgetter(c.DATA_MODE, *(index for _, index in columns))
+        per_combination: dict[tuple[str, ...], float] = {}
         for row in rows:
             cost = row[c.COST_USD]
-            if not cost:
-                continue
-            minute = int(row[c.TS].timestamp() // 60)
-            data_mode = row[c.DATA_MODE]
-            cell = (data_mode, "all", "all", minute)
+            if cost:
+                keys = combination(row)
+                per_combination[keys] = per_combination.get(keys, 0.0) + cost
+        sums: dict[tuple[str, str, str], float] = {}
+        get = sums.get
+        for (data_mode, *keys), cost in per_combination.items():
+            cell = (data_mode, "all", "all")
             sums[cell] = get(cell, 0.0) + cost
-            for dim, index in columns:
-                key = row[index]
+            for (dim, _), key in zip(columns, keys, strict=True):
                 if key:
-                    cell = (data_mode, dim, key, minute)
+                    cell = (data_mode, dim, key)
                     sums[cell] = get(cell, 0.0) + cost
-        for (data_mode, dimension, name, minute), usd in sums.items():
-            self.add(data_mode, dimension, name, minute * 60.0, usd, minute=True)
+        at = c.minute_of(stamps) * 60.0
+        for (data_mode, dimension, name), usd in sums.items():
+            self.add(data_mode, dimension, name, at, usd, minute=True)
 
     def add(
         self, data_mode: str, dimension: str, key: str, at: float, usd: float, *, minute: bool, hour: bool = True

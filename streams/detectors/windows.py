@@ -24,8 +24,8 @@ class MinuteWindows(Generic[Cell]):
         self._cells: dict[WindowKey, dict[int, Cell]] = {}
         self.keys: Watchlist[WindowKey] = Watchlist()
 
-    def cell(self, key: WindowKey, at: float) -> Cell:
-        minute = int(at // 60)
+    def cell(self, key: WindowKey, minute: int) -> Cell:
+        """The cell of ``key`` for an event-time minute (epoch minutes)."""
         cells = self._cells.get(key)
         if cells is None:
             cells = self._cells[key] = {}
