@@ -42,8 +42,8 @@ NO_PRICES = (0.0, 0.0, 0.0, 0.0)
 class CallRows:
     """Priced calls as rows of ``llm_calls`` values (in :data:`LLM_CALL_COLUMNS` order).
 
-    Kept as tuples, one per call, and turned into columns once per insert: far cheaper per call than
-    appending to 39 column lists.
+    Kept as tuples, one per call, and turned into columns once per insert (``sinks.call_block``):
+    far cheaper per call than appending to 39 column lists.
     """
 
     rows: list[tuple[Any, ...]] = field(default_factory=list)
@@ -76,12 +76,6 @@ class CallRows:
             priced[0], priced[1], priced[2], priced[3],
             partition, offset,
         ))  # fmt: skip
-
-    def columns(self) -> list[list[Any]]:
-        """The values column by column, for a columnar insert."""
-        if not self.rows:
-            return [[] for _ in LLM_CALL_COLUMNS]
-        return [list(column) for column in zip(*self.rows, strict=True)]
 
     def event_ids(self) -> list[str]:
         return [row[0] for row in self.rows]

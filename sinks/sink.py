@@ -178,16 +178,16 @@ class ClickHouseSink:
 
     def _insert_calls(self, client: Client, entry: JournalEntry) -> None:
         if entry.rows:
-            client.insert(
+            client.raw_insert(
                 f"`{self._database}`.llm_calls",
-                CallRows(entry.rows).columns(),
-                column_names=list(LLM_CALL_COLUMNS),
-                column_oriented=True,
+                list(LLM_CALL_COLUMNS),
+                entry.block,
                 settings={
                     "insert_deduplicate": 1,
                     "deduplicate_blocks_in_dependent_materialized_views": 1,
                     "insert_deduplication_token": entry.token,
                 },
+                fmt="Arrow",
             )
         self._journal.done(entry)
 

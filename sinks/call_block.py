@@ -1,0 +1,64 @@
+"""A batch of ``llm_calls`` rows as one Arrow block: what the sink inserts, and what its journal keeps.
+
+The rows are turned into columns once and written in the Arrow IPC file format, which ClickHouse
+and chDB read natively (``FORMAT Arrow``): the per-value work of the insert happens in C, not in
+Python, and the very same bytes are what an interrupted insert is retried with.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+import pyarrow as pa
+
+from sinks.batch import LLM_CALL_COLUMNS
+
+_TEXT = pa.string()
+_TOKENS = pa.uint64()
+_PRICE = pa.float64()
+
+SCHEMA = pa.schema([
+    ("event_id", _TEXT), ("ts", pa.timestamp("ms", tz="UTC")), ("provider", _TEXT), ("model", _TEXT),
+    ("kind", _TEXT), ("tool_name", _TEXT),
+    ("feature", _TEXT), ("prompt_version", _TEXT), ("agent_id", _TEXT), ("task_id", _TEXT),
+    ("session_id", _TEXT), ("trace_id", _TEXT), ("parent_id", _TEXT),
+    ("user_id", _TEXT), ("tenant_id", _TEXT), ("team", _TEXT), ("environment", _TEXT),
+    ("data_mode", _TEXT), ("tags", pa.map_(_TEXT, _TEXT)), ("prompt_hash", _TEXT),
+    ("input_tokens", _TOKENS), ("output_tokens", _TOKENS), ("cache_read_tokens", _TOKENS),
+    ("cache_write_tokens", _TOKENS), ("reasoning_tokens", _TOKENS),
+    ("latency_ms", pa.float32()), ("ttft_ms", pa.float32()), ("status", _TEXT), ("error_type", _TEXT),
+    ("attempt", pa.uint16()),
+    ("cost_usd", pa.float64()), ("priced", pa.uint8()), ("price_source", _TEXT),
+    ("input_price_per_mtok", _PRICE), ("output_price_per_mtok", _PRICE), ("cache_read_price_per_mtok", _PRICE),
+    ("cache_write_price_per_mtok", _PRICE),
+    ("source_partition", pa.uint32()), ("source_offset", pa.uint64()),
+])  # fmt: skip
+"""The Arrow types of the ``llm_calls`` columns the sink writes, in :data:`LLM_CALL_COLUMNS` order."""
+
+if tuple(SCHEMA.names) != LLM_CALL_COLUMNS:  # pragma: no cover - a mistake caught at import
+    raise RuntimeError("sinks.call_block.SCHEMA must list LLM_CALL_COLUMNS in the same order")
+
+_TAGS = LLM_CALL_COLUMNS.index("tags")
+_TS = LLM_CALL_COLUMNS.index("ts")
+
+
+def encode(rows: list[tuple[Any, ...]]) -> bytes:
+    """The rows (in :data:`LLM_CALL_COLUMNS` order) as an Arrow IPC file."""
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in SCHEMA]
+    table = pa.Table.from_arrays(
+        [pa.array(column, type=field.type) for column, field in zip(columns, SCHEMA, strict=True)], schema=SCHEMA
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, SCHEMA) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+def decode(block: bytes) -> list[tuple[Any, ...]]:
+    """The rows of a block made by :func:`encode` (a journal's leftover, replayed after a crash)."""
+    table = pa.ipc.open_file(pa.py_buffer(block)).read_all()
+    columns = [column.to_pylist() for column in table.columns]
+    columns[_TAGS] = [dict(pairs) for pairs in columns[_TAGS]]
+    columns[_TS] = [ts.replace(tzinfo=UTC) for ts in columns[_TS]]
+    return list(zip(*columns, strict=True))

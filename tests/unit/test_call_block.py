@@ -1,0 +1,78 @@
+"""The Arrow block of ``llm_calls`` rows and the journal that keeps it until ClickHouse confirmed it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from sinks import call_block
+from sinks.batch import LLM_CALL_COLUMNS
+from sinks.journal import InsertJournal
+from streams.ingest import Ingestor, RawEvent
+from streams.pricing import Pricer
+
+
+def rows_of(*events: bytes) -> list[tuple[object, ...]]:
+    result = Ingestor(Pricer(), "llm.calls").process(RawEvent(raw, 0, n) for n, raw in enumerate(events))
+    assert not result.rejected, result.rejected
+    return result.calls.rows
+
+
+TWO_CALLS = (
+    b'{"event_id": "a", "ts": "2026-03-01T12:00:00.250+02:00", "provider": "openai", "model": "gpt-4o",'
+    b' "input_tokens": 1000, "output_tokens": 20, "latency_ms": 812.5, "tags": {"tier": "gold", "region": "eu"}}',
+    b'{"event_id": "b", "ts": 1772366400000, "provider": "house", "model": "unknown-7b", "kind": "tool",'
+    b' "tool_name": "search", "status": "error", "error_type": "Timeout", "attempt": 2}',
+)
+
+
+def test_a_block_gives_back_the_rows_it_was_made_of() -> None:
+    rows = rows_of(*TWO_CALLS)
+
+    decoded = call_block.decode(call_block.encode(rows))
+
+    assert decoded == rows
+    first = dict(zip(LLM_CALL_COLUMNS, decoded[0], strict=True))
+    assert first["ts"] == datetime(2026, 3, 1, 10, 0, 0, 250_000, tzinfo=UTC)
+    assert first["tags"] == {"tier": "gold", "region": "eu"}
+    second = dict(zip(LLM_CALL_COLUMNS, decoded[1], strict=True))
+    assert (second["cost_usd"], second["priced"], second["latency_ms"]) == (None, 0, None)
+
+
+def test_time_keeps_milliseconds_as_llm_calls_does() -> None:
+    at = datetime(2026, 3, 1, 12, 0, 0, 123_456, tzinfo=timezone(timedelta(hours=-5)))
+    row = list(rows_of(TWO_CALLS[0])[0])
+    row[LLM_CALL_COLUMNS.index("ts")] = at
+
+    (decoded,) = call_block.decode(call_block.encode([tuple(row)]))
+
+    assert decoded[LLM_CALL_COLUMNS.index("ts")] == datetime(2026, 3, 1, 17, 0, 0, 123_000, tzinfo=UTC)
+
+
+def test_an_empty_batch_is_a_valid_block() -> None:
+    assert call_block.decode(call_block.encode([])) == []
+
+
+def test_the_journal_replays_what_it_recorded_and_forgets_what_was_confirmed(tmp_path: Path) -> None:
+    journal = InsertJournal(tmp_path)
+    kept = journal.record(rows_of(TWO_CALLS[0]))
+    confirmed = journal.record(rows_of(TWO_CALLS[1]))
+    journal.done(confirmed)
+
+    (left,) = InsertJournal(tmp_path).leftovers()
+
+    assert (left.token, left.block, left.rows) == (kept.token, kept.block, kept.rows)
+
+
+def test_an_unreadable_journal_file_is_set_aside_and_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    journal = InsertJournal(tmp_path)
+    entry = journal.record(rows_of(*TWO_CALLS))
+    assert entry.path is not None
+    entry.path.write_bytes(entry.block[: len(entry.block) // 2])  # cut short, as by a machine losing power
+
+    assert InsertJournal(tmp_path).leftovers() == []
+
+    assert [p.name for p in tmp_path.iterdir()] == [f"{entry.token}.unreadable"]
+    assert f"{entry.token}.arrow cannot be read" in caplog.text
