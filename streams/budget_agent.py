@@ -74,14 +74,19 @@ def warm_up_budgets(book: BudgetBook, client: Client, database: str, now: dateti
     return cut_ms / 1000
 
 
-def counted_before(client: Client, database: str, event_ids: Sequence[str], cut: float) -> set[str]:
-    """Which of ``event_ids`` were stored before the warm-up's cut (so its totals have them)."""
-    if not event_ids:
+def counted_before(client: Client, database: str, spends: Sequence[Spend], cut: float) -> set[str]:
+    """Which calls of ``spends`` were stored before the warm-up's cut (so its totals have them)."""
+    if not spends:
         return set()
+    # the calls' time bounds the lookup, so the primary key (day, event_id) finds them
+    earliest = int(min(s.ts for s in spends) * 1000) - 1000
+    latest = int(max(s.ts for s in spends) * 1000) + 1000
     rows = client.query(
         f"SELECT DISTINCT event_id FROM `{database}`.llm_calls WHERE event_id IN %(ids)s "
+        f"AND ts BETWEEN fromUnixTimestamp64Milli(toInt64({earliest}), 'UTC') "
+        f"AND fromUnixTimestamp64Milli(toInt64({latest}), 'UTC') "
         f"AND ingested_at <= fromUnixTimestamp64Milli(toInt64({int(cut * 1000)}), 'UTC')",
-        parameters={"ids": sorted(set(event_ids))},
+        parameters={"ids": sorted({s.event_id for s in spends})},
     ).result_rows
     return {row[0] for row in rows}
 
@@ -123,7 +128,7 @@ class BudgetOwner:
         """Totals up to the cut, plus the spends counted lately whose calls were stored after it."""
         cut = warm_up_budgets(self.book, client, database, datetime.now(UTC))
         recent = [spend for _, spend in self._recent]
-        known = counted_before(client, database, [s.event_id for s in recent], cut)
+        known = counted_before(client, database, recent, cut)
         for spend in recent:
             if spend.event_id not in known:
                 self.book.add(spend)
@@ -136,9 +141,8 @@ class BudgetOwner:
             if min(s.sent for s in spends) > cut + CLOCK_SKEW_SECONDS:
                 self._cut = None  # every spend from here on was sent after the cut
             else:
-                ids = [s.event_id for s in spends]
                 known = await _read_until(
-                    self._sink, lambda client, db: counted_before(client, db, ids, cut), "check spends"
+                    self._sink, lambda client, db: counted_before(client, db, spends, cut), "check spends"
                 )
                 spends = [s for s in spends if s.event_id not in known]
         now = time.monotonic()
