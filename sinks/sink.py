@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,8 +37,6 @@ class FlushResult:
     duplicates: int
     rejected: int
     outcomes: int = 0
-    stored: list[tuple[Any, ...]] = field(default_factory=list)
-    """The ``llm_calls`` rows this flush stored (duplicates left out): what the detectors see."""
 
 
 class ClickHouseSink:
@@ -65,6 +63,7 @@ class ClickHouseSink:
         self._rejected: list[Rejection] = []
         self._outcomes: list[tuple[Any, ...]] = []
         self._alerts: list[tuple[Any, ...]] = []
+        self._stored: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
 
     @property
@@ -105,6 +104,16 @@ class ClickHouseSink:
             self._alerts = []
             return result
 
+    def take_stored(self) -> list[tuple[Any, ...]]:
+        """The ``llm_calls`` rows stored since the last call (duplicates left out): what the detectors see.
+
+        Kept apart from :meth:`flush`: any agent's flush writes every buffered row, so another
+        agent's flush may store the calls the ingest agent added; they wait here for it.
+        """
+        with self._lock:
+            stored, self._stored = self._stored, []
+            return stored
+
     def read(self, query: Callable[[Client, str], T]) -> T:
         """Run ``query(client, database)`` on the sink's connection (the detectors' warm-up reads this way)."""
         with self._lock:
@@ -125,7 +134,7 @@ class ClickHouseSink:
         return self._client
 
     def _write(self, client: Client) -> FlushResult:
-        stored: list[tuple[Any, ...]] = []
+        stored = self._stored
         if not self._recovered:
             for entry in self._journal.leftovers():
                 logger.warning("completing a batch of %d calls interrupted by the previous run", len(entry.rows))
@@ -162,7 +171,6 @@ class ClickHouseSink:
             duplicates=duplicates,
             rejected=len(self._rejected),
             outcomes=len(self._outcomes),
-            stored=stored,
         )
 
     def _new_alerts(self, client: Client) -> list[tuple[Any, ...]]:

@@ -50,9 +50,11 @@ def register_ingest(
     """Register the agent that validates, prices and stores every call event.
 
     The topic's records arrive in :class:`RecordChunk` values (see ``streams.batching``); the agent
-    takes up to ``max_chunks`` of them, or what came within ``batch_seconds``, as one batch. While
-    one batch is being written, the next is validated and priced; writes stay one at a time and in
-    order, so a batch's duplicate check sees every batch written before it.
+    takes up to ``max_chunks`` of them, or what came within ``batch_seconds``, as one batch. Three
+    stages overlap: while one batch is judged (detectors, budget spends, alerts) and acknowledged,
+    the next is written to ClickHouse and the one after it validated and priced. Each stage takes
+    one batch at a time, in order: a batch's duplicate check sees every batch written before it,
+    and the detectors see the batches in the order they were stored.
 
     The ``detectors`` see the calls a batch stored (a redelivered duplicate is not seen twice), after
     ClickHouse confirmed them; their alerts, and ``unpriced_model`` ones, are published and stored
@@ -64,19 +66,28 @@ def register_ingest(
     raise_alerts = alert_raiser(alerts, sink)
     read: dict[TP, int] = {}
     """The last offset the agent read, per partition of the calls topic."""
+    finishing: asyncio.Task[None] | None = None
+    """The batch last written, being judged and acknowledged while the next one is written."""
 
     async def write(batch: list[EventT[RecordChunk]], result: IngestResult) -> None:
+        nonlocal finishing
         await _publish_dead_letters(dlq, result.rejected)
         sink.add(result.calls, result.rejected)
-        written = await flush_until_written(sink)
+        await flush_until_written(sink)
+        stored = sink.take_stored()
+        if finishing is not None:
+            await finishing  # one batch judged at a time, in order
+        finishing = asyncio.create_task(finish(batch, result, stored))
+
+    async def finish(batch: list[EventT[RecordChunk]], result: IngestResult, stored: list[tuple[Any, ...]]) -> None:
         if spends is not None and spends.budgets:
-            routed = spends.budgets.spends_of(written.stored, time.time())
+            routed = spends.budgets.spends_of(stored, time.time())
             await send_until_acked(spends.topic, [
                 (s.scope.encode(), s.encode(), None, partition_of(s.scope, spends.partitions)) for s in routed
             ])  # fmt: skip
         raised = unpriced.check(result.unpriced_calls)
         if detectors is not None:
-            raised += detectors.observe(written.stored, lagging=_lagging(app, read))
+            raised += detectors.observe(stored, lagging=_lagging(app, read))
         await raise_alerts(raised)
         for event in batch:
             event.ack()
@@ -99,10 +110,11 @@ def register_ingest(
                     await writing
                 writing = asyncio.create_task(write(batch, result))
         finally:
-            # A batch still being written stays unacknowledged: Kafka delivers it again, and the
-            # sink's duplicate check keeps whatever part of it was stored from counting twice.
-            if writing is not None and not writing.done():
-                writing.cancel()
+            # A batch still being written or judged stays unacknowledged: Kafka delivers it again, and
+            # the sink's duplicate check keeps whatever part of it was stored from counting twice.
+            for task in (writing, finishing):
+                if task is not None and not task.done():
+                    task.cancel()
 
     return ingest
 

@@ -7,7 +7,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from schemas import CallEvent
-from sinks.batch import CallRows
+from schemas.outcome_event import OutcomeEvent
+from sinks.batch import CallRows, outcome_row
 from sinks.clickhouse import connect
 from sinks.exceptions import ClickHouseTransientError
 from sinks.migrations import migrate
@@ -120,3 +121,22 @@ def test_a_batch_interrupted_by_a_crash_is_completed_by_the_next_process(
     assert (result.inserted, result.duplicates) == (1, 3)
     assert totals(ch, database) == {"llm_calls": 4, "minute": 4, "hour": 4, "day_cost": 2.0, "trace": 4}
     assert list((tmp_path / "journal").iterdir()) == []
+
+
+def test_calls_written_by_another_agents_flush_still_reach_the_detectors(
+    sink: ClickHouseSink, ch: Client, database: str
+) -> None:
+    sink.add(rows("a", "b"), [])  # the ingest agent's batch ...
+    outcome = outcome_row(OutcomeEvent(event_id="o1", ts=NOW, outcome="resolved", trace_id="t1"), 0, 0)
+    sink.add(CallRows(), [], outcomes=[outcome])  # ... and an outcome the outcomes agent flushes first
+    assert sink.flush().outcomes == 1
+    assert sink.flush().inserted == 0  # the ingest agent's own flush finds nothing left to write
+
+    stored = sink.take_stored()
+
+    assert sorted(row[0] for row in stored) == ["a", "b"]
+    assert sink.take_stored() == []
+    sink.add(rows("a", "b", "c"), [])  # redelivered with one more
+    sink.flush()
+    assert [row[0] for row in sink.take_stored()] == ["c"]
+    assert totals(ch, database)["llm_calls"] == 3
