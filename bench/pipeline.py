@@ -19,10 +19,13 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 
 import clickhouse_connect
+from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer
 
 from producers import Emitter
@@ -67,7 +70,24 @@ def produce(bootstrap: str, topic: str, payloads: list[bytes]) -> float:
     return len(payloads) / (time.perf_counter() - start)
 
 
-def spendstream_rate(bootstrap: str, prefix: str, payloads: list[bytes], home: Path) -> tuple[float, float, int]:
+@dataclass(frozen=True, slots=True)
+class Run:
+    produce_rate: float
+    e2e_rate: float
+    cpu_us_per_event: float
+    """CPU time of the ``up`` process (every thread: Faust, chDB, the sink) per event, in microseconds."""
+    rss_mib: int
+    baseline_rate: float
+    baseline_cpu_us_per_event: float
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spendstream_rate(bootstrap: str, prefix: str, payloads: list[bytes], home: Path) -> tuple[float, float, float, int]:
+    """Produce rate, end-to-end rate, CPU µs per event and peak RSS (MiB) of ``spendstream up``."""
     sql_port = free_port()
     env = {**os.environ, "SPENDSTREAM_HOME": str(home), "SPENDSTREAM_KAFKA_BOOTSTRAP": bootstrap,
            "SPENDSTREAM_SQL_PORT": str(sql_port), "SPENDSTREAM_TOPIC_PREFIX": prefix}  # fmt: skip
@@ -77,24 +97,24 @@ def spendstream_rate(bootstrap: str, prefix: str, payloads: list[bytes], home: P
             time.sleep(0.1)
         client = clickhouse_connect.get_client(host="127.0.0.1", port=sql_port, database="spendstream")
         time.sleep(8)  # let the worker join its consumer group before the clock starts
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds(proc.pid)
         produce_rate = produce(bootstrap, prefix + "llm.calls", payloads)
         while client.query("SELECT count() FROM llm_calls").result_rows[0][0] < len(payloads):
             time.sleep(0.1)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, _cpu_seconds(proc.pid) - cpu_start
         status = Path(f"/proc/{proc.pid}/status").read_text()
         rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) // 1024
-        return produce_rate, len(payloads) / elapsed, rss
+        return produce_rate, len(payloads) / elapsed, cpu / len(payloads) * 1e6, rss
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-def baseline_rate(bootstrap: str, topic: str, n: int, home: Path) -> float:
-    client = clickhouse_connect.get_client(dsn=f"chdb://{home}")
+def baseline_rate(bootstrap: str, topic: str, n: int, client: Client, table: str) -> tuple[float, float]:
+    """Rate and CPU µs per event of a plain confluent-kafka consumer inserting columns into chDB."""
     client.command("CREATE DATABASE IF NOT EXISTS raw")
     client.command(
-        "CREATE TABLE IF NOT EXISTS raw.calls (event_id String, ts DateTime64(3, 'UTC'),"
+        f"CREATE TABLE raw.{table} (event_id String, ts DateTime64(3, 'UTC'),"
         " provider LowCardinality(String), model LowCardinality(String), feature LowCardinality(String),"
         " input_tokens UInt64, output_tokens UInt64,"
         " cache_read_tokens UInt64, latency_ms Float32, session_id String, tenant_id String, user_id String)"
@@ -106,42 +126,59 @@ def baseline_rate(bootstrap: str, topic: str, n: int, home: Path) -> float:
                          "auto.offset.reset": "earliest", "session.timeout.ms": 6000})  # fmt: skip
     consumer.subscribe([topic])
     done = 0
-    start = None
+    start = cpu_start = None
     while done < n:
         messages = consumer.consume(10_000, 1.0)
         if not messages:
             continue
-        start = start or time.perf_counter()
+        if start is None:
+            start, cpu_start = time.perf_counter(), time.process_time()
         rows = [json.loads(m.value()) for m in messages if m.error() is None]
         columns = [[r[c] for r in rows] for c in names]
         columns[1] = [datetime.fromtimestamp(t / 1000, UTC) for t in columns[1]]
-        client.insert("raw.calls", columns, column_names=names, column_oriented=True)
+        client.insert(f"raw.{table}", columns, column_names=names, column_oriented=True)
         done += len(rows)
     consumer.close()
-    assert start is not None
-    return n / (time.perf_counter() - start)
+    assert start is not None and cpu_start is not None
+    return n / (time.perf_counter() - start), (time.process_time() - cpu_start) / n * 1e6
+
+
+def one_run(payloads: list[bytes], tmp: Path, raw: Client, number: int) -> Run:
+    broker = EmbeddedBroker(free_port(), tmp / f"broker-{number}.log")
+    broker.start()
+    try:
+        prefix = f"bench{uuid.uuid4().hex[:6]}."
+        produce_rate, e2e, cpu, rss = spendstream_rate(broker.bootstrap, prefix, payloads, tmp / f"home-{number}")
+        base, base_cpu = baseline_rate(broker.bootstrap, prefix + "llm.calls", len(payloads), raw, f"calls_{number}")
+    finally:
+        broker.stop()
+    return Run(produce_rate, e2e, cpu, rss, base, base_cpu)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=1, help="repeat, and print each run and the medians")
     args = parser.parse_args()
     payloads = events(args.events)
     with tempfile.TemporaryDirectory() as tmp:
-        broker = EmbeddedBroker(free_port(), Path(tmp) / "broker.log")
-        broker.start()
-        try:
-            prefix = f"bench{uuid.uuid4().hex[:6]}."
-            produce_rate, e2e, rss = spendstream_rate(broker.bootstrap, prefix, payloads, Path(tmp) / "home")
-            raw = baseline_rate(broker.bootstrap, prefix + "llm.calls", len(payloads), Path(tmp) / "raw")
-        finally:
-            broker.stop()
-    print(f"events:                  {args.events}")
-    print(f"produce rate:            {produce_rate:,.0f} events/s")
-    print(f"spendstream end to end:  {e2e:,.0f} events/s (produce start to all rows queryable)")
-    print(f"raw baseline:            {raw:,.0f} events/s (confluent-kafka + columnar chDB inserts)")
-    print(f"ratio:                   {e2e / raw:.2f} of the baseline")
-    print(f"peak memory:             spendstream up {rss} MiB; baseline process "
+        raw = clickhouse_connect.get_client(dsn=f"chdb://{tmp}/raw")  # one chDB data path per process
+        runs = [one_run(payloads, Path(tmp), raw, number) for number in range(args.runs)]
+
+    def figure(name: str) -> str:
+        values = [getattr(run, name) for run in runs]
+        shown = f"{median(values):,.0f}"
+        return shown if len(values) == 1 else f"{shown} (runs: {', '.join(f'{v:,.0f}' for v in values)})"
+
+    ratios = [run.e2e_rate / run.baseline_rate for run in runs]
+    print(f"events:                  {args.events} per run, {args.runs} run(s); medians")
+    print(f"produce rate:            {figure('produce_rate')} events/s")
+    print(f"spendstream end to end:  {figure('e2e_rate')} events/s (produce start to all rows queryable)")
+    print(f"  CPU per event:         {figure('cpu_us_per_event')} µs (the up process, all its threads)")
+    print(f"raw baseline:            {figure('baseline_rate')} events/s (confluent-kafka + columnar chDB inserts)")
+    print(f"  CPU per event:         {figure('baseline_cpu_us_per_event')} µs")
+    print(f"ratio:                   {median(ratios):.2f} of the baseline (each run against its own baseline)")
+    print(f"peak memory:             spendstream up {figure('rss_mib')} MiB; baseline process "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB")  # fmt: skip
 
 
