@@ -1,12 +1,14 @@
 """Pipeline benchmark: produce N events, then measure end-to-end events/s through spendstream and a raw baseline.
 
-    .venv/bin/python bench/pipeline.py [--events 200000]
+    .venv/bin/python -m bench.pipeline [--events 200000] [--runs 1]
 
-Prints the produce rate; the sustained end-to-end rate of ``spendstream up`` (first event produced to
-all rows queryable); the same workload through a raw baseline in this process (a plain confluent-kafka
-consumer inserting columnar batches into chDB with clickhouse-connect, no Faust, no validation); the
-ratio; and peak memory (RSS) of both.
-"""
+Per run: the produce rate; the sustained end-to-end rate of ``spendstream up`` (first event produced
+to all rows queryable) and its CPU time per event (all its threads); the same workload through a raw
+baseline in this process (a plain confluent-kafka consumer inserting columnar batches into chDB with
+clickhouse-connect, no Faust, no validation, no rollups) with its CPU per event; the ratio; and peak
+memory (RSS) of both. With several runs it prints each run and the medians: on a shared machine the
+wall rate of one run swings widely, the ratio to a baseline measured in the same run much less.
+The traffic is ordinary: sessions of eight calls, under the loop detector's caps."""
 
 from __future__ import annotations
 

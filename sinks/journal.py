@@ -12,7 +12,7 @@ left by a previous process replays them, with their tokens, before it writes any
 
 A file is written whole or not at all (written aside, then renamed), and not synced to disk: it
 outlives a killed process, in the page cache, as ClickHouse's own parts do (ClickHouse does not sync
-inserts either unless told to). Waiting for the disk took longer than the insert it protects.
+inserts either unless told to). Syncing took more than half as long as the insert it protects.
 """
 
 from __future__ import annotations
