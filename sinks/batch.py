@@ -91,9 +91,6 @@ class CallRows:
         rows = self.rows
         return CallRows([rows[i] for i in keep])
 
-    def clear(self) -> None:
-        self.rows.clear()
-
 
 @dataclass(frozen=True, slots=True)
 class Rejection:

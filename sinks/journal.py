@@ -80,7 +80,14 @@ class InsertJournal:
             except Exception as exc:
                 kept = path.with_suffix(".unreadable")
                 path.rename(kept)
-                logger.error("journal file %s cannot be read (%s): set aside as %s", path.name, exc, kept.name)
+                logger.error(
+                    "journal file %s cannot be read (%s): set aside as %s. Its calls come again from Kafka, "
+                    "but a rollup the interrupted insert had not reached may miss some of them: compare "
+                    "count() in llm_calls with sum(calls) in rollup_minute for the minutes before the crash",
+                    path.name,
+                    exc,
+                    kept.name,
+                )
                 continue
             entries.append(JournalEntry(path.stem, block, rows, path))
         for partial in self._directory.glob("*.partial"):  # never inserted: its events are redelivered
