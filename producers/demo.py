@@ -172,7 +172,9 @@ class DemoTraffic:
         }
         request = Request()
         history = rng.randint(400, 900)
-        for _ in range(rng.randint(2, 4)):
+        # at most three turns: a session resends its history, and four long turns could pass the
+        # loop detector's token cap; the demo's ordinary sessions must stay quiet
+        for _ in range(rng.randint(2, 3)):
             trace = self._id()
             model = "claude-haiku-4-5" if rng.random() < 0.7 else "gpt-4o-mini"
             provider = "anthropic" if model.startswith("claude") else "openai"

@@ -8,6 +8,7 @@ from functools import cache
 
 import pytest
 
+from producers.demo import DemoTraffic
 from producers.demo_incidents import (
     LOOP_SESSION,
     REGRESSED_FEATURE,
@@ -121,6 +122,21 @@ def test_loop_caps_and_thresholds_come_from_the_config() -> None:
     assert [(a.kind, a.key) for a in raised] == [("loop_detected", "s-1")]
     assert "20 tool calls (cap 15)" in raised[0].message  # checked once per minute of event time
     assert lenient.observe(rows) == []
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_demos_ordinary_sessions_stay_under_the_loop_caps_with_any_seed(seed: int) -> None:
+    """A support session resends its history each turn; however the dice fall, it must not page as a loop."""
+    start = datetime(2026, 11, 17, 8, tzinfo=UTC)  # a Tuesday's busiest twelve hours
+    traffic = DemoTraffic(seed=seed)
+    calls = sorted(
+        (call for request in traffic.requests_between(start, start + timedelta(hours=12)) for call in request.calls),
+        key=lambda call: call.ts,
+    )
+    # three quarters of the default token cap, so a session near the cap fails here first
+    detectors = Detectors(DetectorsConfig(loop_detected=LoopConfig(max_tokens=15_000)))
+    raised = [a for a in detectors.observe(priced(calls).calls.rows) if a.kind == "loop_detected"]
+    assert not raised, raised[0].message
 
 
 def test_latency_needs_enough_calls_and_counts_successful_calls_only() -> None:
