@@ -25,6 +25,11 @@ from sinks.journal import InsertJournal, JournalEntry
 
 logger = logging.getLogger(__name__)
 
+# The duplicate check sends a batch's ids in one literal (about 40 bytes per id): room for the
+# largest batch the settings allow (1,000,000 events). Set once per connection, not per query: chDB
+# applies a per-query setting with a read of system.settings and two SETs, about 8 ms each time.
+_MAX_QUERY_BYTES = 1 << 27
+
 # How far apart the stored copy and the redelivered copy of an event may be in ``ts``: equal, since
 # the event is the same bytes; the margin only absorbs rounding to milliseconds.
 _TS_MARGIN = timedelta(seconds=1)
@@ -130,7 +135,9 @@ class ClickHouseSink:
 
     def _connected(self) -> Client:
         if self._client is None:
-            self._client = self._client_factory()
+            client = self._client_factory()
+            client.set_client_setting("max_query_size", str(_MAX_QUERY_BYTES))
+            self._client = client
         return self._client
 
     def _write(self, client: Client) -> FlushResult:
@@ -215,7 +222,7 @@ class ClickHouseSink:
             f"PREWHERE event_id IN (SELECT arrayJoin(splitByChar('\\x1F', {_id_list_literal(unique)}))) "
             f"WHERE ts BETWEEN fromUnixTimestamp64Milli({lo}) AND fromUnixTimestamp64Milli({hi})"
         )
-        body = client.raw_query(query, settings={"max_query_size": len(query) + 1024}, fmt="JSONCompactColumns")
+        body = client.raw_query(query, fmt="JSONCompactColumns")
         stored = orjson.loads(body) if body.strip() else []
         seen: set[str] = set(stored[0]) if stored else set()
         fresh = []

@@ -59,6 +59,17 @@ def test_a_redelivered_event_is_counted_once_in_the_table_and_every_rollup(
     assert totals(ch, database) == {"llm_calls": 4, "minute": 4, "hour": 4, "day_cost": 2.0, "trace": 4}
 
 
+def test_a_full_batch_redelivered_is_recognised_whole(sink: ClickHouseSink, ch: Client, database: str) -> None:
+    # 10,000 ids are a 370 KB literal in the duplicate check: more than ClickHouse parses by default
+    ids = [f"event-{n:05d}-{'x' * 24}" for n in range(10_000)]
+    sink.add(rows(*ids), [])
+    assert sink.flush().inserted == 10_000
+    sink.add(rows(*ids[5_000:], "one-more"), [])
+    result = sink.flush()
+    assert (result.inserted, result.duplicates) == (1, 5_000)
+    assert totals(ch, database)["llm_calls"] == totals(ch, database)["minute"] == 10_001
+
+
 def test_a_clickhouse_failure_keeps_the_batch_until_it_is_written(
     sink: ClickHouseSink, ch: Client, database: str
 ) -> None:
