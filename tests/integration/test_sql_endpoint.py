@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import http.client
 import subprocess
 import urllib.parse
 from collections.abc import Iterator
@@ -74,3 +75,24 @@ def test_clickhouse_connect_http_client_queries_and_admin_inserts(endpoint: SqlE
         clickhouse_connect.get_client(
             host="127.0.0.1", port=endpoint.port, database=database, username=ADMIN_USER, password="wrong"
         )
+
+
+def test_a_requests_settings_apply_to_it_alone_on_a_kept_alive_connection(endpoint: SqlEndpoint) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=30)
+
+    def ask(params: str) -> tuple[int, str]:
+        connection.request("POST", f"/?{params}", body=b"SELECT getSetting('max_block_size')")
+        response = connection.getresponse()
+        return response.status, response.read().decode().strip()
+
+    default = ask("")
+    assert default[0] == 200 and default[1] != "1234"
+    assert ask("max_block_size=1234") == (200, "1234")
+    assert ask("max_block_size=1234") == (200, "1234")
+    assert ask("") == default  # the next request on the same connection is back to the default
+    status, body = ask("no_such_setting=1")
+    assert status == 400 and "no_such_setting" in body
+    status, body = ask(urllib.parse.urlencode({"max block size": "1"}))
+    assert status == 400 and "UNKNOWN_SETTING" in body
+    assert ask("max_block_size=77") == (200, "77")
+    connection.close()
