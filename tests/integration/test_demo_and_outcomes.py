@@ -36,6 +36,9 @@ def test_demo_fills_the_stack_with_priced_attributed_traffic(
 
     assert up.wait_for("SELECT count() FROM llm_calls", calls, timeout=120) == calls
     assert up.wait_for("SELECT count() FROM outcomes", outcomes) == outcomes
+    # the rollups are written by the same insert, just after llm_calls: a reader may see the calls first
+    assert up.wait_for("SELECT sum(calls) FROM rollup_day WHERE dimension = 'all'", calls, timeout=30) == calls
+    assert up.wait_for("SELECT sum(calls) FROM trace_rollup", calls, timeout=30) == calls
     assert up.scalar("SELECT countIf(priced = 0) FROM llm_calls") == 0
     assert up.scalar("SELECT groupUniqArray(data_mode) FROM llm_calls") == ["demo"]
     assert sorted(up.scalar("SELECT groupUniqArray(provider) FROM llm_calls")) == [  # type: ignore[arg-type]
