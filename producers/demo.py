@@ -72,7 +72,7 @@ def diurnal(ts: datetime) -> float:
     """Share of the peak rate at this hour (UTC): quiet at night, busiest mid-afternoon, calmer on weekends."""
     hour = ts.hour + ts.minute / 60
     level = 0.12 + 0.88 * max(0.0, math.sin(math.pi * (hour - 6) / 16)) ** 1.5 if 6 <= hour <= 22 else 0.12
-    return level * (0.4 if ts.weekday() >= 5 else 1.0)
+    return level * (0.6 if ts.weekday() >= 5 else 1.0)
 
 
 @dataclass

@@ -129,7 +129,9 @@ class HourlyBurnConfig(_Detector):
     factor: Factor = 3.0
     critical_factor: Factor = 6.0
     min_excess_usd: Usd = 2.0
-    min_baseline_days: Annotated[float, Field(gt=0, le=7)] = 2.0
+    min_baseline_days: Annotated[float, Field(gt=0, le=7)] = 3.0
+    """One hour of a small feature is noisy: against two days of history (a weekend, when the
+    worker started on a Saturday) an ordinary Monday hour could pass 3x."""
     dimensions: list[SpendDimension] = Field(default_factory=lambda: list(_SPEND_DIMENSIONS))
 
 

@@ -21,14 +21,16 @@ def priced(events: list[CallEvent]) -> IngestResult:
     return Ingestor(Pricer([]), "llm.calls").process(raw)
 
 
-def demo_calls(incidents: DemoIncidents | None, days: float = 6.5, size: int = 5000) -> Iterator[list[CallEvent]]:
+def demo_calls(
+    incidents: DemoIncidents | None, days: float = 6.5, size: int = 5000, now: datetime = NOW
+) -> Iterator[list[CallEvent]]:
     """The demo's calls in time order, in batches as the worker would store them."""
-    traffic = DemoTraffic(seed=7, incidents=incidents, now=NOW)
+    traffic = DemoTraffic(seed=7, incidents=incidents, now=now)
     events = [
         call
-        for request in traffic.requests_between(NOW - timedelta(days=days), NOW)
+        for request in traffic.requests_between(now - timedelta(days=days), now)
         for call in request.calls
-        if call.ts <= NOW
+        if call.ts <= now
     ]
     events.sort(key=lambda e: e.ts)
     for start in range(0, len(events), size):

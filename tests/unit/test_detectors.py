@@ -83,6 +83,18 @@ def test_the_controls_stay_quiet() -> None:
     assert len({key for _, dimension, key in raised if dimension == "user_id"}) == 1
 
 
+def test_the_controls_stay_quiet_when_the_history_starts_before_a_weekend() -> None:
+    """The demo run on a Friday: Monday's ordinary traffic, against a baseline of little more than a weekend."""
+    friday = datetime(2026, 11, 20, 12, 45, tzinfo=UTC)
+    detectors = Detectors(DetectorsConfig())
+    alerts: list[Alert] = []
+    for batch in demo_calls(DemoIncidents.before(friday), now=friday):
+        alerts.extend(detectors.observe(priced(batch).calls.rows))
+    raised = firing(tuple(alerts))
+    quiet = {"support.ticket_reply", "eng.code_review", "claude-haiku-4-5"}
+    assert not {r for r in raised if r[2] in quiet or (r[0] == "loop_detected" and r[2] != LOOP_SESSION)}
+
+
 def test_the_same_traffic_without_incidents_raises_nothing() -> None:
     assert demo_alerts(False) == ()
 
