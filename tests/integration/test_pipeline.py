@@ -60,7 +60,8 @@ def test_events_from_the_sdk_and_an_independent_client_land_priced_and_counted_o
     assert up.scalar("SELECT round(sum(cost_usd), 6) FROM llm_calls WHERE feature = 'sales.email_draft'") == 0.175
     assert up.scalar("SELECT round(sum(cost_usd), 6) FROM llm_calls WHERE feature = 'sales.crm_followup'") == 0.2499
     assert up.wait_for("SELECT sum(calls) FROM rollup_day WHERE dimension = 'all'", 100) == 100
-    assert up.wait_for("SELECT sum(calls) FROM rollup_hour WHERE dimension = 'feature' AND key = 'support.triage'", 1) == 1
+    triage = "SELECT sum(calls) FROM rollup_hour WHERE dimension = 'feature' AND key = 'support.triage'"
+    assert up.wait_for(triage, 1) == 1
     assert up.wait_for("SELECT sum(calls) FROM rollup_minute WHERE dimension = 'tenant_id'", 100) == 100
 
 
