@@ -259,18 +259,14 @@ class _Handler(BaseHTTPRequestHandler):
         settings = {k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")}
         writer = owner.may_write(user, password)
         query_id = params.get("query_id") or str(uuid.uuid4())
-        try:
-            client = owner.session(writer, settings)
-        except Exception as exc:
-            self._fail(exc, query_id)
-            return
-        client.database = params.get("database") or owner.database
         if not query and body[:6].upper() == b"INSERT":
             # clickhouse-connect may send "INSERT INTO t (cols) FORMAT Native\n" and the data in one body
             head, _, rest = body.partition(b"\n")
             if _INSERT_WITH_DATA.match(head.decode(errors="replace")):
                 query, body = head.decode(), rest
         try:
+            client = owner.session(writer, settings)
+            client.database = params.get("database") or owner.database
             insert = _INSERT_WITH_DATA.match(query) if query and body else None
             if insert is not None:
                 if not writer:
@@ -290,16 +286,13 @@ class _Handler(BaseHTTPRequestHandler):
                 if explicit is not None:
                     fmt = explicit.group().split()[1].rstrip(";")
         except Exception as exc:
-            self._fail(exc, query_id)
+            code = error_code(exc) or 1002
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not message.startswith("Code:"):
+                message = f"Code: {code}. DB::Exception: {message}"
+            self._reply(_HTTP_STATUS.get(code, 500), (message + "\n").encode(), code, query_id)
             return
         self._reply(200, result, None, query_id, fmt)
-
-    def _fail(self, exc: Exception, query_id: str) -> None:
-        code = error_code(exc) or 1002
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if not message.startswith("Code:"):
-            message = f"Code: {code}. DB::Exception: {message}"
-        self._reply(_HTTP_STATUS.get(code, 500), (message + "\n").encode(), code, query_id)
 
     def _reply(
         self, status: int, body: bytes, code: int | None = None, query_id: str = "", fmt: str = "TabSeparated"
