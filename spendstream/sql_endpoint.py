@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 from clickhouse_connect.driver.client import Client
 
 from sinks.clickhouse import error_code
+from streams.unpriced import sql_string
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +84,6 @@ def _setting_name(name: str) -> str:
             "underscores. (UNKNOWN_SETTING)"
         )
     return name
-
-
-def _string_literal(value: str) -> str:
-    """A ClickHouse string literal; ClickHouse converts it to the setting's type."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _unescape(value: str) -> str:
@@ -180,7 +176,7 @@ class SqlEndpoint:
             del applied[name]
         for name, value in settings.items():
             if applied.get(name) != value:
-                client.command(f"SET {_setting_name(name)} = {_string_literal(value)}")
+                client.command(f"SET {_setting_name(name)} = {sql_string(value)}")  # converted to its type
                 applied[name] = value
         return client
 
