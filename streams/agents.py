@@ -87,7 +87,8 @@ def register_ingest(
             ])  # fmt: skip
         raised = unpriced.check(result.unpriced_calls)
         if detectors is not None:
-            raised += detectors.observe(stored, lagging=_lagging(app, read))
+            # in a thread: the event loop goes on fetching, and the next batch's flush is not held up
+            raised += await asyncio.to_thread(detectors.observe, stored, _lagging(app, read))
         await raise_alerts(raised)
         for event in batch:
             event.ack()
