@@ -42,7 +42,7 @@ NO_PRICES = (0.0, 0.0, 0.0, 0.0)
 class CallRows:
     """Priced calls as rows of ``llm_calls`` values (in :data:`LLM_CALL_COLUMNS` order).
 
-    Kept as tuples, one per call, and turned into columns once per insert (``sinks.call_block``):
+    Kept as tuples, one per call, and turned into columns once per batch (``sinks.call_block``):
     far cheaper per call than appending to 39 column lists.
     """
 

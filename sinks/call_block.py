@@ -1,8 +1,9 @@
 """A batch of ``llm_calls`` rows as one Arrow block: what the sink inserts, and what its journal keeps.
 
-The rows are turned into columns once and written in the Arrow IPC file format, which ClickHouse
-and chDB read natively (``FORMAT Arrow``): the per-value work of the insert happens in C, not in
-Python, and the very same bytes are what an interrupted insert is retried with.
+The rows are turned into columns once (:func:`table`, the only step that works per value in Python)
+and written in the Arrow IPC file format (:func:`encode`), which ClickHouse and chDB read natively
+(``FORMAT Arrow``): the insert's own work happens in C, and the very same bytes are what an
+interrupted insert is retried with.
 """
 
 from __future__ import annotations
@@ -43,15 +44,19 @@ _TAGS = LLM_CALL_COLUMNS.index("tags")
 _TS = LLM_CALL_COLUMNS.index("ts")
 
 
-def encode(rows: list[tuple[Any, ...]]) -> bytes:
-    """The rows (in :data:`LLM_CALL_COLUMNS` order) as an Arrow IPC file."""
+def table(rows: list[tuple[Any, ...]]) -> pa.Table:
+    """The rows (in :data:`LLM_CALL_COLUMNS` order) as Arrow columns."""
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in SCHEMA]
-    table = pa.Table.from_arrays(
+    return pa.Table.from_arrays(
         [pa.array(column, type=field.type) for column, field in zip(columns, SCHEMA, strict=True)], schema=SCHEMA
     )
+
+
+def encode(calls: pa.Table) -> bytes:
+    """A table made by :func:`table` as an Arrow IPC file: what is inserted, and what the journal keeps."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, SCHEMA) as writer:
-        writer.write_table(table)
+        writer.write_table(calls)
     return bytes(sink.getvalue())
 
 

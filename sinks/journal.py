@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from sinks import call_block
 
 logger = logging.getLogger(__name__)
@@ -47,9 +49,10 @@ class InsertJournal:
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
-    def record(self, rows: list[tuple[Any, ...]]) -> JournalEntry:
+    def record(self, rows: list[tuple[Any, ...]], columns: pa.Table) -> JournalEntry:
+        """Keep a batch: its rows, and the same rows as Arrow columns (``call_block.table``)."""
         token = uuid.uuid4().hex
-        block = call_block.encode(rows)
+        block = call_block.encode(columns)
         if self._directory is None:
             return JournalEntry(token, block, rows, None)
         path = self._directory / f"{token}{SUFFIX}"

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sinks import call_block
 from sinks.batch import ALERT_COLUMNS, LLM_CALL_COLUMNS, OUTCOME_COLUMNS, REJECTED_COLUMNS, CallRows, Rejection
 from sinks.clickhouse import classify
 from sinks.journal import InsertJournal, JournalEntry
@@ -65,6 +67,8 @@ class ClickHouseSink:
         self._recovered = False
         self._in_flight: tuple[JournalEntry, int] | None = None  # an insert to repeat as is, its duplicates
         self._calls = CallRows()
+        self._call_columns: list[pa.Table] = []
+        """The buffered calls as Arrow columns, one table per :meth:`add`."""
         self._rejected: list[Rejection] = []
         self._outcomes: list[tuple[Any, ...]] = []
         self._alerts: list[tuple[Any, ...]] = []
@@ -82,9 +86,18 @@ class ClickHouseSink:
         outcomes: list[tuple[Any, ...]] | None = None,
         alerts: list[tuple[Any, ...]] | None = None,
     ) -> None:
-        """Buffer rows for the next :meth:`flush` (rows of :data:`OUTCOME_COLUMNS`, :data:`ALERT_COLUMNS`)."""
+        """Buffer rows for the next :meth:`flush` (rows of :data:`OUTCOME_COLUMNS`, :data:`ALERT_COLUMNS`).
+
+        The calls are turned into Arrow columns here, on the caller's thread, not in :meth:`flush`: that
+        is the part of an insert that runs Python code per value. What is left of a flush run in a
+        worker thread is mostly ClickHouse's work, done without the GIL, so it overlaps the caller's
+        next batch instead of competing with it.
+        """
+        columns = call_block.table(calls.rows) if len(calls) else None
         with self._lock:
             self._calls.extend(calls)
+            if columns is not None:
+                self._call_columns.append(columns)
             self._rejected.extend(rejected)
             self._outcomes.extend(outcomes or ())
             self._alerts.extend(alerts or ())
@@ -104,6 +117,7 @@ class ClickHouseSink:
                 self._client = None  # reconnect on the next try
                 raise classify("insert", exc) from exc
             self._calls = CallRows()
+            self._call_columns = []
             self._rejected = []
             self._outcomes = []
             self._alerts = []
@@ -154,8 +168,10 @@ class ClickHouseSink:
             fresh = self._new_positions(client, calls)
             duplicates = len(calls) - len(fresh)
             if fresh:
-                rows = calls.rows if not duplicates else calls.select(fresh).rows
-                self._in_flight = (self._journal.record(rows), duplicates)
+                rows, columns = calls.rows, pa.concat_tables(self._call_columns)
+                if duplicates:
+                    rows, columns = calls.select(fresh).rows, columns.take(fresh)
+                self._in_flight = (self._journal.record(rows, columns), duplicates)
         if self._in_flight is not None:
             entry, duplicates = self._in_flight
             self._insert_calls(client, entry)

@@ -31,7 +31,7 @@ TWO_CALLS = (
 def test_a_block_gives_back_the_rows_it_was_made_of() -> None:
     rows = rows_of(*TWO_CALLS)
 
-    decoded = call_block.decode(call_block.encode(rows))
+    decoded = call_block.decode(call_block.encode(call_block.table(rows)))
 
     assert decoded == rows
     first = dict(zip(LLM_CALL_COLUMNS, decoded[0], strict=True))
@@ -46,19 +46,20 @@ def test_time_keeps_milliseconds_as_llm_calls_does() -> None:
     row = list(rows_of(TWO_CALLS[0])[0])
     row[LLM_CALL_COLUMNS.index("ts")] = at
 
-    (decoded,) = call_block.decode(call_block.encode([tuple(row)]))
+    (decoded,) = call_block.decode(call_block.encode(call_block.table([tuple(row)])))
 
     assert decoded[LLM_CALL_COLUMNS.index("ts")] == datetime(2026, 3, 1, 17, 0, 0, 123_000, tzinfo=UTC)
 
 
 def test_an_empty_batch_is_a_valid_block() -> None:
-    assert call_block.decode(call_block.encode([])) == []
+    assert call_block.decode(call_block.encode(call_block.table([]))) == []
 
 
 def test_the_journal_replays_what_it_recorded_and_forgets_what_was_confirmed(tmp_path: Path) -> None:
     journal = InsertJournal(tmp_path)
-    kept = journal.record(rows_of(TWO_CALLS[0]))
-    confirmed = journal.record(rows_of(TWO_CALLS[1]))
+    first, second = rows_of(TWO_CALLS[0]), rows_of(TWO_CALLS[1])
+    kept = journal.record(first, call_block.table(first))
+    confirmed = journal.record(second, call_block.table(second))
     journal.done(confirmed)
 
     (left,) = InsertJournal(tmp_path).leftovers()
@@ -68,7 +69,8 @@ def test_the_journal_replays_what_it_recorded_and_forgets_what_was_confirmed(tmp
 
 def test_an_unreadable_journal_file_is_set_aside_and_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     journal = InsertJournal(tmp_path)
-    entry = journal.record(rows_of(*TWO_CALLS))
+    rows = rows_of(*TWO_CALLS)
+    entry = journal.record(rows, call_block.table(rows))
     assert entry.path is not None
     entry.path.write_bytes(entry.block[: len(entry.block) // 2])  # cut short, as by a machine losing power
 
