@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -16,9 +17,8 @@ from streams.pricing import CALLER_SOURCE, Pricer
 MAX_EVENT_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class RawEvent:
-    """One Kafka record as received."""
+class RawEvent(NamedTuple):
+    """One Kafka record as received (a named tuple: made once per record, it must be cheap to make)."""
 
     value: bytes | None
     partition: int

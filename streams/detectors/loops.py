@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from schemas.alert import Severity
 from schemas.config import LoopConfig
@@ -25,8 +25,10 @@ class _Session:
     feature: str
     started: float
     last: float
-    tools: deque[str]
-    prompts: Counter[str] = field(default_factory=Counter)
+    tools: deque[str] | None = None
+    """The last tool calls' tool names, from the first tool call on."""
+    prompts: Counter[str] | None = None
+    """How often each prompt hash was sent, from the first call with one on."""
     calls: int = 0
     tool_calls: int = 0
     tokens: int = 0
@@ -45,23 +47,33 @@ class LoopDetector:
         if not self._config.enabled:
             return
         window = self._config.tool_window
+        sessions = self._sessions
+        touched: set[tuple[str, str]] = set()
         for row, at in zip(rows, stamps, strict=True):
             session_id = row[c.SESSION_ID]
             if not session_id:
                 continue
             key = (row[c.DATA_MODE], session_id)
-            session = self._sessions.get(key)
+            session = sessions.get(key)
             if session is None:
-                session = self._sessions[key] = _Session(row[c.AGENT_ID], row[c.FEATURE], at, at, deque(maxlen=window))
-            session.last = max(session.last, at)
+                session = sessions[key] = _Session(row[c.AGENT_ID], row[c.FEATURE], at, at)
+            elif at > session.last:
+                session.last = at
             session.calls += 1
             session.tokens += row[c.INPUT_TOKENS] + row[c.OUTPUT_TOKENS]
             session.cost += row[c.COST_USD] or 0.0
             if row[c.KIND] == "tool":
                 session.tool_calls += 1
+                if session.tools is None:
+                    session.tools = deque(maxlen=window)
                 session.tools.append(row[c.TOOL_NAME])
-            if row[c.PROMPT_HASH]:
-                session.prompts[row[c.PROMPT_HASH]] += 1
+            prompt_hash = row[c.PROMPT_HASH]
+            if prompt_hash:
+                if session.prompts is None:
+                    session.prompts = Counter()
+                session.prompts[prompt_hash] += 1
+            touched.add(key)
+        for key in touched:
             self._due.touch(key)
 
     def check(self, now_of: dict[str, float]) -> list[Finding]:
@@ -85,7 +97,7 @@ class LoopDetector:
         cfg = self._config
         reasons: list[str] = []
         doubled = False
-        if len(session.tools) == cfg.tool_window:
+        if session.tools is not None and len(session.tools) == cfg.tool_window:
             tool, times = Counter(session.tools).most_common(1)[0]
             if times / cfg.tool_window > cfg.same_tool_share:
                 reasons.append(f"{times} of its last {cfg.tool_window} tool calls were {tool}")
