@@ -96,7 +96,7 @@ def tune_garbage_collector() -> None:
 
     Every call allocates a few dozen objects (the validated event, its row, Kafka records), and with
     the default thresholds the collector ran every 700 allocations and walked the whole heap (the
-    detectors' windows, the price table, the Faust app) more than once a second: about 3.4 s of a
+    detectors' windows, the price table, the Faust app) about once a second: 3.4 s of a
     200,000-event bench run, all of it holding the GIL. What exists at start-up lives as long as the
     process, so it is frozen out of collections; the young generation is collected every 50,000
     allocations. Objects are still freed by reference counting as soon as they are unused: only
