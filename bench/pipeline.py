@@ -88,12 +88,19 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def spendstream_rate(bootstrap: str, prefix: str, payloads: list[bytes], home: Path) -> tuple[float, float, float, int]:
-    """Produce rate, end-to-end rate, CPU µs per event and peak RSS (MiB) of ``spendstream up``."""
+def spendstream_rate(
+    bootstrap: str, prefix: str, payloads: list[bytes], home: Path, cwd: Path | None = None
+) -> tuple[float, float, float, int]:
+    """Produce rate, end-to-end rate, CPU µs per event and peak RSS (MiB) of ``spendstream up``.
+
+    ``cwd``: run ``up`` from that checkout of the project (``bench.compare``) rather than this one.
+    """
     sql_port = free_port()
     env = {**os.environ, "SPENDSTREAM_HOME": str(home), "SPENDSTREAM_KAFKA_BOOTSTRAP": bootstrap,
            "SPENDSTREAM_SQL_PORT": str(sql_port), "SPENDSTREAM_TOPIC_PREFIX": prefix}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "spendstream.cli", "up"], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spendstream.cli", "up"], env=env, stderr=subprocess.DEVNULL, cwd=cwd
+    )
     try:
         while not port_open("127.0.0.1", sql_port):
             time.sleep(0.1)
