@@ -26,8 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def checkout(revision: str, into: Path) -> Path:
     """A detached git worktree of ``revision`` at ``into`` (``-m spendstream.cli`` run there imports it)."""
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(into), revision], check=True,
-                   capture_output=True)  # fmt: skip
+    done = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(into), revision],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(
+            f"cannot check out {revision!r}: {done.stderr.strip()}. Give a commit, branch or tag of this repository."
+        )
     return into
 
 
@@ -41,11 +45,12 @@ def main() -> None:
     payloads = events(args.events)
     rates: dict[str, list[float]] = {"base": [], "head": []}
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"base": checkout(args.base, Path(tmp) / "base")}
-        trees["head"] = checkout(args.head, Path(tmp) / "head") if args.head else ROOT
+        trees = {"base": checkout(args.base, Path(tmp) / "base"), "head": ROOT}
         broker = EmbeddedBroker(free_port(), Path(tmp) / "broker.log")
-        broker.start()
         try:
+            if args.head:
+                trees["head"] = checkout(args.head, Path(tmp) / "head")
+            broker.start()
             for number in range(args.rounds):
                 for name in ("base", "head") if number % 2 == 0 else ("head", "base"):
                     home = Path(tmp) / f"home-{name}-{number}"
