@@ -37,6 +37,11 @@ def connect(target: str, database: str | None = None, **settings: Any) -> Client
     )
 
 
+def sql_string(value: str) -> str:
+    """A ClickHouse string literal of ``value`` (for SQL shown to people, and settings sent as SET)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def utc(value: datetime) -> datetime:
     """A ``DateTime64(3, 'UTC')`` value as read: some clients return it naive; it is UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -26,8 +26,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from clickhouse_connect.driver.client import Client
 
-from sinks.clickhouse import error_code
-from streams.unpriced import sql_string
+from sinks.clickhouse import error_code, sql_string
 
 logger = logging.getLogger(__name__)
 

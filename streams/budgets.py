@@ -21,8 +21,8 @@ import orjson
 from schemas.alert import Alert, Severity, alert_id_for
 from schemas.budget import BudgetState, GuardState, Period, budget_scope
 from schemas.config import BudgetConfig
+from sinks.clickhouse import sql_string
 from streams.detectors import calls as c
-from streams.unpriced import sql_string
 
 THRESHOLDS = (70, 100, 120)
 SEEN_LIMIT = 1_000_000

@@ -5,11 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 from schemas.alert import Alert, alert_id_for
-
-
-def sql_string(value: str) -> str:
-    """A ClickHouse string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+from sinks.clickhouse import sql_string
 
 
 class UnpricedModelDetector:

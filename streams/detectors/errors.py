@@ -11,10 +11,10 @@ import math
 from collections.abc import Sequence
 
 from schemas.config import ErrorRateConfig
+from sinks.clickhouse import sql_string
 from streams.detectors import calls as c
 from streams.detectors.findings import RELAXED, Finding, severity_of, until
 from streams.detectors.windows import MinuteWindows, WindowKey
-from streams.unpriced import sql_string
 
 _DIMENSIONS = ("provider", "model", "feature")
 _FAILED = frozenset({"error", "timeout", "rate_limited"})

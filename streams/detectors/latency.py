@@ -12,10 +12,10 @@ import math
 from collections.abc import Sequence
 
 from schemas.config import LatencyConfig
+from sinks.clickhouse import sql_string
 from streams.detectors import calls as c
 from streams.detectors.findings import RELAXED, Finding, severity_of, until
 from streams.detectors.windows import MinuteWindows, WindowKey
-from streams.unpriced import sql_string
 
 _GROWTH = 1.1
 _LOG_GROWTH = math.log(_GROWTH)

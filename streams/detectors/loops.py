@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from schemas.alert import Severity
 from schemas.config import LoopConfig
+from sinks.clickhouse import sql_string
 from streams.detectors import calls as c
 from streams.detectors.findings import Finding
 from streams.detectors.watchlist import Watchlist
-from streams.unpriced import sql_string
 
 
 @dataclass(slots=True)

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from schemas.config import PromptRegressionConfig
+from sinks.clickhouse import sql_string
 from streams.detectors import calls as c
 from streams.detectors.findings import RELAXED, Finding
 from streams.detectors.watchlist import Watchlist
-from streams.unpriced import sql_string
 
 
 @dataclass(slots=True)

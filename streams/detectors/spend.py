@@ -14,10 +14,10 @@ from operator import itemgetter
 
 from schemas.alert import Severity
 from schemas.config import HourlyBurnConfig, SpendSpikeConfig, TenantConcentrationConfig, UnattributedConfig
+from sinks.clickhouse import sql_string
 from streams.detectors import calls as c
 from streams.detectors.findings import RELAXED, Finding, severity_of, until
 from streams.detectors.watchlist import Watchlist
-from streams.unpriced import sql_string
 
 HOUR = 3600
 DAY_HOURS = 24
