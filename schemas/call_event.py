@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import (
     AliasChoices,
@@ -116,36 +116,24 @@ class CallEvent(BaseModel):
         # epoch seconds, cheaper than aware datetimes
         if value.tzinfo is not UTC:
             value = value.astimezone(UTC)
-        seconds = value.timestamp()
-        if seconds < _EARLIEST_S:
-            raise ValueError("ts is before 2000-01-01: send RFC 3339 or epoch milliseconds")
-        if seconds > time.time() + _MAX_SKEW_S:
-            raise ValueError("ts is more than a day in the future: check the producer's clock")
+        problem = implausible_time(value.timestamp())
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("tags")
     @classmethod
     def _no_personal_data(cls, tags: dict[str, str]) -> dict[str, str]:
-        for key, value in tags.items():
-            kind = sensitive_kind(value)
-            if kind is not None:
-                raise ValueError(f"tag {key!r} looks like {kind}: tags hold categorical labels only")
+        problem = personal_data_in(tags)
+        if problem is not None:
+            raise ValueError(problem)
         return tags
 
     @model_validator(mode="after")
     def _consistent_usage(self) -> CallEvent:
-        if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
-            raise ValueError(
-                "cache_read_tokens + cache_write_tokens exceed input_tokens: input_tokens must count "
-                "every prompt token, cached ones included"
-            )
-        if self.reasoning_tokens > self.output_tokens:
-            raise ValueError(
-                "reasoning_tokens exceed output_tokens: output_tokens must count every generated token, "
-                "reasoning included"
-            )
-        if self.kind == "tool" and self.tool_name is None:
-            raise ValueError("a tool call (kind=tool) needs tool_name")
+        problem = inconsistent_usage(self)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property
@@ -156,3 +144,59 @@ class CallEvent(BaseModel):
     def partition_key(self) -> str:
         """The Kafka key: calls of one session (or trace) share a partition, so session windows see them in order."""
         return self.session_id or self.trace_id or self.event_id
+
+
+# The rules beyond single fields, shared by the model and the fast decoder (``schemas.call_event_decoder``).
+
+
+def implausible_time(seconds: float) -> str | None:
+    """What is wrong with a call's ``ts`` (in epoch seconds), or ``None`` when it is plausible."""
+    if seconds < _EARLIEST_S:
+        return "ts is before 2000-01-01: send RFC 3339 or epoch milliseconds"
+    if seconds > time.time() + _MAX_SKEW_S:
+        return "ts is more than a day in the future: check the producer's clock"
+    return None
+
+
+def personal_data_in(tags: dict[str, str]) -> str | None:
+    """Why ``tags`` are refused (a value that looks like personal data or a secret), or ``None``."""
+    for key, value in tags.items():
+        kind = sensitive_kind(value)
+        if kind is not None:
+            return f"tag {key!r} looks like {kind}: tags hold categorical labels only"
+    return None
+
+
+class Usage(Protocol):
+    """What :func:`inconsistent_usage` reads of a call."""
+
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cache_read_tokens(self) -> int: ...
+    @property
+    def cache_write_tokens(self) -> int: ...
+    @property
+    def reasoning_tokens(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def tool_name(self) -> str | None: ...
+
+
+def inconsistent_usage(call: Usage) -> str | None:
+    """Why a call's token counts or kind contradict each other, or ``None`` when they agree."""
+    if call.cache_read_tokens + call.cache_write_tokens > call.input_tokens:
+        return (
+            "cache_read_tokens + cache_write_tokens exceed input_tokens: input_tokens must count "
+            "every prompt token, cached ones included"
+        )
+    if call.reasoning_tokens > call.output_tokens:
+        return (
+            "reasoning_tokens exceed output_tokens: output_tokens must count every generated token, reasoning included"
+        )
+    if call.kind == "tool" and call.tool_name is None:
+        return "a tool call (kind=tool) needs tool_name"
+    return None

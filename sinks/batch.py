@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import pyarrow as pa
+
 from schemas.alert import Alert
 from schemas.call_event import CallEvent
+from schemas.call_event_decoder import CleanCallEvent
 from schemas.outcome_event import OutcomeEvent
 
 LLM_CALL_COLUMNS: tuple[str, ...] = (
@@ -47,13 +50,15 @@ class CallRows:
     """
 
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    columns: pa.Table | None = None
+    """The same rows as Arrow columns (``sinks.call_block.table``), when whoever made them built those too."""
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def append(
         self,
-        event: CallEvent,
+        event: CallEvent | CleanCallEvent,
         *,
         cost_usd: float | None,
         price_source: str,

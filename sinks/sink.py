@@ -93,7 +93,9 @@ class ClickHouseSink:
         worker thread is mostly ClickHouse's work, done without the GIL, so it overlaps the caller's
         next batch instead of competing with it.
         """
-        columns = call_block.table(calls.rows) if len(calls) else None
+        columns = None
+        if len(calls):
+            columns = calls.columns if calls.columns is not None else call_block.table(calls.rows)
         with self._lock:
             self._calls.extend(calls)
             if columns is not None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from schemas.call_event import CallEvent
-from sinks.batch import CallRows, Rejection
+from schemas.call_event_decoder import TEXT_FIELDS, CleanCallEvent, decode_clean
+from sinks import call_block
+from sinks.batch import LLM_CALL_COLUMNS, CallRows, Rejection
 from streams.pricing import CALLER_SOURCE, Pricer
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -63,19 +67,62 @@ class Ingestor:
 
     def process(self, records: Iterable[RawEvent]) -> IngestResult:
         result = IngestResult()
-        unit_prices = self._pricer.unit_prices
-        append = result.calls.append
+        calls: list[tuple[CallEvent | CleanCallEvent, RawEvent]] = []
+        modelled: set[int] = set()  # positions in calls of the events the model validated
         for record in records:
             raw = record.value
             unread = unread_reason(raw, self._max_event_bytes)
             if unread is not None:
                 result.rejected.append(rejection(self._topic, record, *unread))
                 continue
-            try:
-                event = CallEvent.model_validate_json(raw)  # type: ignore[arg-type]  # raw is bytes here
-            except ValidationError as exc:
-                result.rejected.append(rejection(self._topic, record, error_kind(exc), describe(exc)))
-                continue
+            event: CallEvent | CleanCallEvent | None = decode_clean(raw)  # type: ignore[arg-type]  # bytes here
+            if event is None:
+                event = self._validate(record, result.rejected)
+                if event is None:
+                    continue
+                modelled.add(len(calls))
+            calls.append((event, record))
+        self._price(calls, result)
+        if not calls:
+            return result
+        columns = call_block.table(result.calls.rows)
+        unsure = [i for i in _unclean_rows(columns) if i not in modelled]
+        if unsure:  # rare: a padded or non-ASCII id or name; the model strips or refuses it
+            calls = self._revalidate(calls, set(unsure), result.rejected)
+            result.calls, result.unpriced_calls = CallRows(), {}
+            self._price(calls, result)
+            columns = call_block.table(result.calls.rows)
+        result.calls.columns = columns
+        return result
+
+    def _validate(self, record: RawEvent, rejected: list[Rejection]) -> CallEvent | None:
+        """The event as the model reads it; ``None`` when refused (added to ``rejected`` with why)."""
+        try:
+            return CallEvent.model_validate_json(record.value)  # type: ignore[arg-type]  # bytes here
+        except ValidationError as exc:
+            rejected.append(rejection(self._topic, record, error_kind(exc), describe(exc)))
+            return None
+
+    def _revalidate(
+        self, calls: list[tuple[CallEvent | CleanCallEvent, RawEvent]], positions: set[int], rejected: list[Rejection]
+    ) -> list[tuple[CallEvent | CleanCallEvent, RawEvent]]:
+        """``calls`` with those at ``positions`` validated again by the model; the refused ones left out."""
+        kept: list[tuple[CallEvent | CleanCallEvent, RawEvent]] = []
+        for i, (event, record) in enumerate(calls):
+            if i in positions:
+                modelled = self._validate(record, rejected)
+                if modelled is None:
+                    continue
+                event = modelled
+            kept.append((event, record))
+        return kept
+
+    def _price(self, calls: list[tuple[CallEvent | CleanCallEvent, RawEvent]], result: IngestResult) -> None:
+        """Price each call and add its row to ``result``; count the calls no price is known for."""
+        unit_prices = self._pricer.unit_prices
+        append = result.calls.append
+        unpriced = result.unpriced_calls
+        for event, record in calls:
             if event.cost_usd is not None:
                 cost: float | None = event.cost_usd
                 source, units = CALLER_SOURCE, None
@@ -84,7 +131,7 @@ class Ingestor:
                 if prices is None:
                     cost, source, units = None, "", None
                     where = (event.provider, event.model, event.ts.date(), event.data_mode)
-                    result.unpriced_calls[where] = result.unpriced_calls.get(where, 0) + 1
+                    unpriced[where] = unpriced.get(where, 0) + 1
                 else:
                     cost = prices.cost(
                         event.input_tokens,
@@ -102,7 +149,23 @@ class Ingestor:
                 partition=record.partition,
                 offset=record.offset,
             )
-        return result
+
+
+_TEXT_COLUMNS = tuple(LLM_CALL_COLUMNS.index(name) for name in TEXT_FIELDS)
+
+
+def _unclean_rows(columns: pa.Table) -> list[int]:
+    """Rows with an id or name the fast decoder cannot vouch for: not printable ASCII, or padded.
+
+    One pass of Arrow kernels over the batch's columns, instead of checks per value in Python.
+    """
+    unclean = None
+    for i in _TEXT_COLUMNS:
+        column = columns.column(i)
+        padded = pc.or_(pc.starts_with(column, " "), pc.ends_with(column, " "))
+        bad = pc.fill_null(pc.or_(pc.invert(pc.ascii_is_printable(column)), padded), False)
+        unclean = bad if unclean is None else pc.or_(unclean, bad)
+    return cast(list[int], pc.indices_nonzero(unclean).to_pylist())
 
 
 def error_kind(exc: ValidationError) -> str:

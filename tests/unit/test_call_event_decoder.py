@@ -1,0 +1,245 @@
+"""The fast decoder against the model: it may decline any event, but never accept one differently.
+
+The ingestor decodes clean events with ``schemas.call_event_decoder`` and validates the rest with
+the pydantic model. Here every event goes through both ways, the ingestor as it runs and the
+ingestor with the fast decoder switched off, and what a user would see (the rows, the rejections
+with their reasons, the unpriced counts) must be the same.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from producers.demo import DemoTraffic
+from schemas.call_event import CallEvent
+from schemas.call_event_decoder import CleanCallEvent, decode_clean
+from streams import ingest
+from streams.ingest import Ingestor, IngestResult, RawEvent
+from streams.pricing import Pricer
+
+NOW_MS = int(time.time() * 1000)
+HOUR_AGO = datetime.now(UTC) - timedelta(hours=1)
+STAMP = HOUR_AGO.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def full_event(n: int = 0) -> dict[str, Any]:
+    """An event with every field set, as the SDK sends it."""
+    return {
+        "event_id": f"e-{n}", "ts": STAMP + ".123456Z", "provider": "anthropic", "model": "claude-sonnet-4-5",
+        "feature": "support.triage", "prompt_version": "v3", "agent_id": "triager", "task_id": "t-1",
+        "session_id": "s-1", "trace_id": "tr-1", "parent_id": "e-0", "user_id": "u_4f2a", "tenant_id": "acme",
+        "team": "support", "environment": "staging", "data_mode": "test", "tags": {"tier": "gold", "region": "eu"},
+        "prompt_hash": "9f86d081", "kind": "llm", "input_tokens": 5000, "output_tokens": 900,
+        "cache_read_tokens": 3000, "cache_write_tokens": 1000, "reasoning_tokens": 200, "latency_ms": 2100.5,
+        "ttft_ms": 340, "status": "error", "error_type": "overloaded_error", "attempt": 2,
+    }  # fmt: skip
+
+
+# Values each field is tried with: valid ones in other forms, edges of each rule, and wrong types.
+TEXTS = ["x", " x", "x ", "", " ", "é", "x\u00a0", "\u3000x", "x\ny", "x\x7f", "x\x1f", "a|b", 5, None, True]
+VARIANTS: dict[str, list[Any]] = {
+    "event_id": [*TEXTS, "a" * 256, "a" * 257],
+    "ts": [
+        NOW_MS,
+        NOW_MS - 86_400_000,
+        NOW_MS + 2 * 86_400_000,
+        946_684_800_000,
+        946_684_799_999,
+        NOW_MS // 1000,
+        NOW_MS / 1000,
+        20_000_000_000,
+        20_000_000_001,
+        0,
+        -5,
+        True,
+        str(NOW_MS),
+        None,
+        STAMP + "Z",
+        STAMP + "+01:00",
+        STAMP + "-05:30",
+        STAMP + "-00:00",
+        STAMP + "+23:59",
+        STAMP + "+24:00",
+        STAMP + "+12:60",
+        STAMP + "+0100",
+        STAMP + "+01",
+        STAMP.replace("T", " ") + "Z",
+        STAMP.replace("T", "t") + "z",
+        STAMP + ".1Z",
+        STAMP + ".123Z",
+        STAMP + ".1234567Z",
+        STAMP + ".9999995Z",
+        STAMP + ".123456789+02:00",
+        STAMP + ".1234567891Z",
+        STAMP + ".123456789123Z",
+        STAMP + ".Z",
+        STAMP,
+        STAMP[:10],
+        STAMP[:16] + "Z",
+        "2026-02-30T10:00:00Z",
+        "12026-01-01T10:00:00Z",
+        STAMP.replace("T", "_") + "Z",
+        "2026-11-20T23:59:60Z",
+        "2026-11-20T24:00:00Z",
+        "1999-12-31T23:59:59Z",
+        "2000-01-01T00:00:00Z",
+        "٢٠٢٦-11-20T10:00:00Z",
+        "2026-W47-5T10:00:00Z",
+        "20261120T100000Z",
+    ],
+    "provider": [*TEXTS, "OpenAI", "x" * 128, "x" * 129],
+    "model": [*TEXTS, "gpt-4o", "no-such-model"],
+    "feature": [*TEXTS, "unattributed", "x" * 129],
+    "agent_id": TEXTS,
+    "user_id": [*TEXTS, "a" * 257],
+    "tenant_id": TEXTS,
+    "team": TEXTS,
+    "environment": TEXTS,
+    "data_mode": ["real", "demo", "prod", "REAL", None, 1],
+    "tags": [
+        {},
+        {"tier": "gold"},
+        {"tier": ""},
+        {"tier": " gold "},
+        {"owner": "jane@example.com"},
+        {"key": "sk-abcdefghijklmnopqrstuvwxyz"},
+        {"bad key": "x"},
+        {"k\n": "x"},
+        {"k" * 65: "x"},
+        {"k": "x" * 129},
+        {f"k{i}": "v" for i in range(33)},
+        {f"k{i}": "v" for i in range(32)},
+        {"k": 5},
+        {"k": None},
+        [],
+        None,
+    ],
+    "prompt_hash": ["", " h ", "h" * 129, None, 7],
+    "kind": ["llm", "tool", "agent", None],
+    "tool_name": [*TEXTS, "web_search"],
+    "input_tokens": [0, -1, 1.0, 5.5, "5", True, 100_000_000, 100_000_001, 2**70, None, 1000],
+    "output_tokens": [0, 10, -1, 2.0, "10", False],
+    "cache_read_tokens": [0, 4000, 6000, -1, 1.5],
+    "cache_write_tokens": [0, 1000, 2001, None],
+    "reasoning_tokens": [0, 900, 901, -1],
+    "cost_usd": [0, 0.25, 1, -1, 1_000_000, 1_000_001, "0.25", None, float("inf")],
+    "latency_ms": [0, 800, 800.5, -1, 86_400_000, 86_400_001, "800", None, True],
+    "ttft_ms": [0, 12.5, -0.5, None],
+    "status": ["success", "rate_limited", "ok", "", None],
+    "error_type": ["", " x ", "x" * 1024, "x" * 1025, None, 3],
+    "attempt": [1, 100, 0, 101, 2.0, "2", None],
+}
+SHAPES: list[tuple[str, Any]] = [
+    ("unknown field", {"extra": 1}),
+    ("alias", {"inputTokens": 5}),
+    ("alias for the id", {"externalRequestId": "r-1"}),
+    ("camelCase feature", {"endpointTag": "sales.email_draft"}),
+]
+ENCODINGS = [
+    orjson.dumps,
+    lambda d: json.dumps(d).encode(),
+    lambda d: json.dumps(d, indent=2).encode(),
+    lambda d: json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode(),
+]
+ODD_BYTES = [
+    b"", b"null", b"[]", b'"x"', b"5", b"{not json", b'{"a":1}garbage', b"\xef\xbb\xbf" + orjson.dumps(full_event()),
+    b'{"event_id":"a\xff","ts":1,"provider":"p","model":"m"}', b" " + orjson.dumps(full_event()) + b"\n",
+    b'{"event_id":"a","event_id":"b","ts":"' + STAMP.encode() + b'Z","provider":"p","model":"m"}',
+    b'{"event_id":"a","ts":"' + STAMP.encode() + b'Z","provider":"p","model":"m","input_tokens":1e3}',
+]  # fmt: skip
+
+
+def mutated(rng: random.Random, n: int) -> bytes:
+    event = full_event(n)
+    for field in rng.sample(sorted(VARIANTS), rng.choice([1, 1, 2, 3])):
+        value = rng.choice(VARIANTS[field])
+        if value is None and rng.random() < 0.5:
+            event.pop(field, None)
+        else:
+            event[field] = value
+    if rng.random() < 0.05:
+        event.update(rng.choice(SHAPES)[1])
+    if event.get("event_id") == "externalRequestId":
+        event.pop("event_id")
+    try:
+        return rng.choice(ENCODINGS)(event)
+    except (TypeError, ValueError):  # a value orjson cannot write (an int over 64 bits, inf)
+        return json.dumps(event).encode()
+
+
+def every_case() -> list[bytes]:
+    rng = random.Random(20261123)
+    cases = [orjson.dumps(full_event()), *ODD_BYTES]
+    for field, values in VARIANTS.items():
+        for value in values:
+            event = full_event(len(cases))
+            event[field] = value
+            cases.append(json.dumps(event).encode())
+    for _, extra in SHAPES:
+        cases.append(orjson.dumps({**full_event(len(cases)), **extra}))
+    cases += [mutated(rng, len(cases) + i) for i in range(3000)]
+    return cases
+
+
+def seen(result: IngestResult) -> tuple[list[list[tuple[type, Any]]], list[tuple[Any, ...]], dict[Any, int]]:
+    """What a user sees of a batch: its rows (values with their types), rejections and unpriced counts."""
+    rows = [[(type(value), value) for value in row] for row in result.calls.rows]
+    rejected = sorted((r.offset, r.error_kind, r.reason, r.event_id, r.raw) for r in result.rejected)
+    return rows, rejected, result.unpriced_calls
+
+
+def model_only(monkeypatch: pytest.MonkeyPatch, records: list[RawEvent]) -> IngestResult:
+    with monkeypatch.context() as patch:
+        patch.setattr(ingest, "decode_clean", lambda raw: None)
+        return Ingestor(Pricer(), "llm.calls").process(records)
+
+
+def test_every_event_reads_the_same_with_and_without_the_fast_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = every_case()
+    records = [RawEvent(raw, n % 3, n) for n, raw in enumerate(cases)]
+    fast = Ingestor(Pricer(), "llm.calls").process(records)
+    assert seen(fast) == seen(model_only(monkeypatch, records))
+    # both sides of the fast path were exercised, the batch has good and refused events
+    decoded = sum(decode_clean(raw) is not None for raw in cases)
+    assert decoded > 1000 and len(cases) - decoded > 1000
+    assert len(fast.calls) > 1000 and len(fast.rejected) > 1000
+
+
+def test_one_event_at_a_time_reads_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    # alone in its batch, an event the Arrow check sends back to the model is stripped or refused alike
+    for n, raw in enumerate(every_case()[:400]):
+        record = [RawEvent(raw, 0, n)]
+        assert seen(Ingestor(Pricer(), "llm.calls").process(record)) == seen(model_only(monkeypatch, record)), raw
+
+
+def test_what_producers_send_takes_the_fast_path() -> None:
+    sdk = CallEvent.model_validate(full_event())
+    demo = [call for request in DemoTraffic(seed=3).requests_between(HOUR_AGO, HOUR_AGO + timedelta(minutes=20))
+            for call in request.calls]  # fmt: skip
+    assert len(demo) > 50
+    for event in [sdk, *demo]:
+        raw = orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+        clean = decode_clean(raw)
+        assert isinstance(clean, CleanCallEvent), raw
+        for field in CleanCallEvent.__struct_fields__:
+            expected = getattr(event, field)
+            assert (type(getattr(clean, field)), getattr(clean, field)) == (type(expected), expected), field
+    bench_style = json.dumps({"event_id": "b-1", "ts": NOW_MS, "provider": "openai", "model": "gpt-4o",
+                              "latency_ms": 800, "session_id": "s1"}).encode()  # fmt: skip
+    assert decode_clean(bench_style) is not None
+
+
+def test_a_padded_name_is_stored_stripped_like_the_model_does() -> None:
+    raw = orjson.dumps({**full_event(), "feature": " support.triage ", "tenant_id": "acme\u00a0"})
+    result = Ingestor(Pricer(), "llm.calls").process([RawEvent(orjson.dumps(full_event(1)), 0, 1), RawEvent(raw, 0, 2)])
+    features = [row[6] for row in result.calls.rows]
+    tenants = [row[14] for row in result.calls.rows]
+    assert features == ["support.triage", "support.triage"] and tenants == ["acme", "acme"]
+    assert result.calls.columns is not None and result.calls.columns.column("feature").to_pylist() == features
