@@ -106,7 +106,7 @@ def register_ingest(
                 for event in batch:
                     chunk = cast(RecordChunk, event.value)
                     read[TP(chunk.topic, chunk.partition)] = chunk.offsets[-1]
-                result = ingestor.process(_raw_events(batch))
+                result = await _process(ingestor, batch)
                 if writing is not None:
                     await writing
                 writing = asyncio.create_task(write(batch, result))
@@ -177,6 +177,19 @@ def register_outcomes(
                 event.ack()
 
     return store_outcomes
+
+
+async def _process(ingestor: Ingestor, batch: list[EventT[RecordChunk]]) -> IngestResult:
+    """Validate and price a batch a chunk at a time, letting the event loop run in between.
+
+    The loop also delivers the records fetched meanwhile: were a batch processed in one go, the next
+    one would only start to arrive once it is done, and the agent would wait for it.
+    """
+    parts = []
+    for event in batch:
+        parts.append(ingestor.process(_raw_events([event])))
+        await asyncio.sleep(0)
+    return IngestResult.combined(parts)
 
 
 def _raw_events(batch: list[EventT[RecordChunk]]) -> Iterator[RawEvent]:

@@ -36,6 +36,22 @@ class IngestResult:
     unpriced_calls: dict[tuple[str, str, date, str], int] = field(default_factory=dict)
     """Calls stored without a price, per (provider, model, UTC day, data_mode)."""
 
+    @classmethod
+    def combined(cls, parts: list[IngestResult]) -> IngestResult:
+        """One result for consecutive parts of a batch, in order (their Arrow columns joined, not copied)."""
+        if len(parts) == 1:
+            return parts[0]
+        whole = cls()
+        for part in parts:
+            whole.calls.extend(part.calls)
+            whole.rejected.extend(part.rejected)
+            for where, calls in part.unpriced_calls.items():
+                whole.unpriced_calls[where] = whole.unpriced_calls.get(where, 0) + calls
+        tables = [part.calls.columns for part in parts if part.calls.columns is not None]
+        if tables:
+            whole.calls.columns = pa.concat_tables(tables)
+        return whole
+
 
 def describe(exc: ValidationError) -> str:
     """A one-line, readable reason: every failing field and what is wrong with it."""
