@@ -197,6 +197,6 @@ def inconsistent_usage(call: Usage) -> str | None:
         return (
             "reasoning_tokens exceed output_tokens: output_tokens must count every generated token, reasoning included"
         )
-    if call.kind == "tool" and call.tool_name is None:
+    if call.kind == "tool" and not call.tool_name:
         return "a tool call (kind=tool) needs tool_name"
     return None

@@ -54,7 +54,13 @@ _RFC3339 = re.compile(
 
 
 class CleanCallEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
-    """A call event as :func:`decode_clean` returns it: the attributes of ``CallEvent``, same values."""
+    """A call event as :func:`decode_clean` returns it: the values ``CallEvent`` would hold.
+
+    Its fields come in the order of the ``llm_calls`` row the sink writes, and an absent text is
+    ``""`` where the model has ``None`` (the row's empty string), so that the row's first
+    :data:`ROW_FIELDS` values are the struct's own, taken in one step. The model accepts ``null``
+    for those fields, this struct does not: such an event goes to the model.
+    """
 
     event_id: _Id
     if TYPE_CHECKING:
@@ -63,38 +69,41 @@ class CleanCallEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, g
         ts: int | str  # decoded as sent; decode_clean leaves an aware UTC datetime here
     provider: _Name
     model: _Name
-    feature: _Name | None = None
-    prompt_version: _Name | None = None
-    agent_id: _Id | None = None
-    task_id: _Id | None = None
-    session_id: _Id | None = None
-    trace_id: _Id | None = None
-    parent_id: _Id | None = None
-    user_id: _Id | None = None
-    tenant_id: _Id | None = None
-    team: _Name | None = None
+    kind: Literal["llm", "tool"] = "llm"
+    tool_name: _Name = ""
+    feature: _Name = UNATTRIBUTED
+    prompt_version: _Name = ""
+    agent_id: _Id = ""
+    task_id: _Id = ""
+    session_id: _Id = ""
+    trace_id: _Id = ""
+    parent_id: _Id = ""
+    user_id: _Id = ""
+    tenant_id: _Id = ""
+    team: _Name = ""
     environment: _Name = "prod"
     data_mode: Literal["real", "test", "demo"] = "real"
     tags: Annotated[dict[_TagKey, _TagValue], Meta(max_length=MAX_TAGS)] = {}
-    prompt_hash: Annotated[str, Meta(max_length=128)] | None = None
-    kind: Literal["llm", "tool"] = "llm"
-    tool_name: _Name | None = None
+    prompt_hash: Annotated[str, Meta(max_length=128)] = ""
     input_tokens: _Tokens = 0
     output_tokens: _Tokens = 0
     cache_read_tokens: _Tokens = 0
     cache_write_tokens: _Tokens = 0
     reasoning_tokens: _Tokens = 0
-    cost_usd: Annotated[float, Meta(ge=0, le=1_000_000)] | None = None
     latency_ms: _Millis | None = None
     ttft_ms: _Millis | None = None
     status: Literal["success", "error", "timeout", "rate_limited", "cancelled"] = "success"
-    error_type: Annotated[str, Meta(max_length=1024)] | None = None
+    error_type: Annotated[str, Meta(max_length=1024)] = ""
     attempt: Annotated[int, Meta(ge=1, le=100)] = 1
+    cost_usd: Annotated[float, Meta(ge=0, le=1_000_000)] | None = None
 
     @property
     def feature_or_unattributed(self) -> str:
-        return self.feature or UNATTRIBUTED
+        return self.feature
 
+
+ROW_FIELDS = 30
+"""The struct's first fields are the first columns of an ``llm_calls`` row (``sinks.batch``), in order."""
 
 _decode = msgspec.json.Decoder(CleanCallEvent).decode
 

@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
+from msgspec.structs import astuple
 
 from schemas.alert import Alert
 from schemas.call_event import CallEvent
-from schemas.call_event_decoder import CleanCallEvent
+from schemas.call_event_decoder import ROW_FIELDS, CleanCallEvent
 from schemas.outcome_event import OutcomeEvent
 
 LLM_CALL_COLUMNS: tuple[str, ...] = (
@@ -40,6 +41,11 @@ ALERT_COLUMNS: tuple[str, ...] = (
 
 NO_PRICES = (0.0, 0.0, 0.0, 0.0)
 
+if (
+    CleanCallEvent.__struct_fields__[:ROW_FIELDS] != LLM_CALL_COLUMNS[:ROW_FIELDS]
+):  # pragma: no cover - caught at import
+    raise RuntimeError("schemas.call_event_decoder.CleanCallEvent must list the llm_calls columns in their order")
+
 
 @dataclass(slots=True)
 class CallRows:
@@ -68,16 +74,21 @@ class CallRows:
     ) -> None:
         """Add one call; ``unit_prices`` are USD per million input, output, cache-read, cache-write tokens."""
         priced = unit_prices if unit_prices is not None else NO_PRICES
+        if isinstance(event, CleanCallEvent):  # its first fields are the row's first columns
+            head = astuple(event)[:ROW_FIELDS]
+        else:
+            head = (
+                event.event_id, event.ts, event.provider, event.model, event.kind, event.tool_name or "",
+                event.feature_or_unattributed, event.prompt_version or "", event.agent_id or "",
+                event.task_id or "", event.session_id or "", event.trace_id or "", event.parent_id or "",
+                event.user_id or "", event.tenant_id or "", event.team or "", event.environment,
+                event.data_mode, event.tags, event.prompt_hash or "",
+                event.input_tokens, event.output_tokens, event.cache_read_tokens, event.cache_write_tokens,
+                event.reasoning_tokens,
+                event.latency_ms, event.ttft_ms, event.status, event.error_type or "", event.attempt,
+            )  # fmt: skip
         self.rows.append((
-            event.event_id, event.ts, event.provider, event.model, event.kind, event.tool_name or "",
-            event.feature_or_unattributed, event.prompt_version or "", event.agent_id or "",
-            event.task_id or "", event.session_id or "", event.trace_id or "", event.parent_id or "",
-            event.user_id or "", event.tenant_id or "", event.team or "", event.environment,
-            event.data_mode, event.tags, event.prompt_hash or "",
-            event.input_tokens, event.output_tokens, event.cache_read_tokens, event.cache_write_tokens,
-            event.reasoning_tokens,
-            event.latency_ms, event.ttft_ms, event.status, event.error_type or "", event.attempt,
-            cost_usd, 0 if cost_usd is None else 1, price_source,
+            *head, cost_usd, 0 if cost_usd is None else 1, price_source,
             priced[0], priced[1], priced[2], priced[3],
             partition, offset,
         ))  # fmt: skip
