@@ -41,9 +41,8 @@ ALERT_COLUMNS: tuple[str, ...] = (
 
 NO_PRICES = (0.0, 0.0, 0.0, 0.0)
 
-if (
-    CleanCallEvent.__struct_fields__[:ROW_FIELDS] != LLM_CALL_COLUMNS[:ROW_FIELDS]
-):  # pragma: no cover - caught at import
+_ROW_HEAD = CleanCallEvent.__struct_fields__[:ROW_FIELDS]
+if LLM_CALL_COLUMNS[:ROW_FIELDS] != _ROW_HEAD:  # pragma: no cover - a mistake caught at import
     raise RuntimeError("schemas.call_event_decoder.CleanCallEvent must list the llm_calls columns in their order")
 
 

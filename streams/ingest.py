@@ -47,8 +47,8 @@ class IngestResult:
             whole.rejected.extend(part.rejected)
             for where, calls in part.unpriced_calls.items():
                 whole.unpriced_calls[where] = whole.unpriced_calls.get(where, 0) + calls
-        tables = [part.calls.columns for part in parts if part.calls.columns is not None]
-        if tables:
+        tables = [part.calls.columns for part in parts if len(part.calls)]
+        if tables and all(table is not None for table in tables):
             whole.calls.columns = pa.concat_tables(tables)
         return whole
 

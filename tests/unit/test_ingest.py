@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 
 from sinks.batch import LLM_CALL_COLUMNS
-from streams.ingest import Ingestor, RawEvent
+from streams.ingest import Ingestor, IngestResult, RawEvent
 from streams.pricing import Pricer
 
 
@@ -44,3 +44,18 @@ def test_prices_good_events_and_rejects_bad_ones_with_reasons() -> None:
     assert rejected[3].event_id == "e3" and rejected[3].raw == records[2].value
     assert rejected[4].error_kind == "oversize" and "over the limit of 2048" in rejected[4].reason
     assert rejected[5].reason.startswith("empty message")
+
+
+def test_a_batch_processed_in_parts_combines_into_the_whole() -> None:
+    ingestor = Ingestor(Pricer(), "llm.calls")
+    records = [
+        RawEvent(raw(event_id=f"e{n}", input_tokens=n, model="gpt-4o" if n % 3 else "no-such-model"), 0, n)
+        for n in range(30)
+    ]
+    records[7] = RawEvent(b"{not json", 0, 7)
+    whole = ingestor.process(records)
+    combined = IngestResult.combined([ingestor.process(records[start : start + 8]) for start in range(0, 30, 8)])
+    assert combined.calls.rows == whole.calls.rows and len(whole.calls) == 29
+    assert combined.calls.columns is not None and combined.calls.columns.equals(whole.calls.columns)
+    assert [r.offset for r in combined.rejected] == [7]
+    assert combined.unpriced_calls == whole.unpriced_calls and sum(whole.unpriced_calls.values()) == 10
