@@ -115,7 +115,10 @@ class CallEvent(BaseModel):
         # on the per-event path: convert once (pydantic's own time zone is slow to ask), then compare
         # epoch seconds, cheaper than aware datetimes
         if value.tzinfo is not UTC:
-            value = value.astimezone(UTC)
+            try:
+                value = value.astimezone(UTC)
+            except OverflowError:  # year 1 or 9999 moved past datetime's range: long ago or far ahead
+                raise ValueError(implausible_time(float("-inf") if value.year < 2000 else float("inf"))) from None
         problem = implausible_time(value.timestamp())
         if problem is not None:
             raise ValueError(problem)

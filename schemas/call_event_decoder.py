@@ -3,7 +3,7 @@
 Validating with :class:`~schemas.call_event.CallEvent` takes about 7 µs per event, the largest
 share of the pipeline's work per call. :func:`decode_clean` decodes an event with a msgspec struct
 built from the same constraints in about 2 µs, and answers only when it is sure the model accepts
-the event with exactly the same values. For anything else (a camelCase alias, a timestamp in a
+the event and reads the same values from it. For anything else (a camelCase alias, a timestamp in a
 form it does not parse, an event the model refuses) it returns ``None``, and the caller validates
 with the model: the model stays the one definition of a valid event and the one source of
 rejection reasons. ``tests/unit/test_call_event_decoder.py`` holds the two to that.
@@ -118,19 +118,19 @@ def decode_clean(raw: bytes) -> CleanCallEvent | None:
     except (msgspec.MsgspecError, UnicodeDecodeError):
         return None
     sent = cast(int | str, event.ts)  # as sent, until replaced below
-    if isinstance(sent, int):
-        # epoch milliseconds; an int the model reads as seconds (below 2e10) is before 2000 in
-        # milliseconds, refused below, and so goes to the model
-        ts = datetime.fromtimestamp(sent / 1000, UTC)
-    else:
-        if _RFC3339(sent) is None:
-            return None
-        try:
+    if isinstance(sent, str) and _RFC3339(sent) is None:
+        return None
+    try:
+        if isinstance(sent, int):
+            # epoch milliseconds; an int the model reads as seconds (below 2e10) is before 2000 in
+            # milliseconds, refused below, and so goes to the model
+            ts = datetime.fromtimestamp(sent / 1000, UTC)
+        else:
             ts = datetime.fromisoformat(sent)
-        except ValueError:  # a day or hour out of range: the model refuses it and says why
-            return None
-        if ts.tzinfo is not UTC:
-            ts = ts.astimezone(UTC)
+            if ts.tzinfo is not UTC:
+                ts = ts.astimezone(UTC)
+    except (ValueError, OverflowError, OSError):  # out of datetime's range: the model refuses it and says why
+        return None
     if implausible_time(ts.timestamp()) is not None or inconsistent_usage(event) is not None:
         return None
     if event.tags and personal_data_in(event.tags) is not None:

@@ -98,3 +98,10 @@ def test_committed_json_schemas_match_the_models() -> None:
     for name, model in EXPORTED.items():
         committed = (SCHEMA_DIR / name).read_text()
         assert committed == render(model), f"{name} is stale: run python -m schemas.jsonschema"
+
+
+def test_a_time_at_the_edge_of_the_calendar_is_refused_with_a_reason() -> None:
+    # moved to UTC, these fall outside what a datetime holds: refused, not a crash of the worker
+    for ts, reason in [("0001-01-01T00:00:00+01:00", "before 2000-01-01"), ("9999-12-31T23:59:59-01:00", "future")]:
+        with pytest.raises(ValidationError, match=reason):
+            CallEvent.model_validate(event(ts=ts))
