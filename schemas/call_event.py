@@ -22,8 +22,19 @@ from schemas.privacy import sensitive_kind
 UNATTRIBUTED = "unattributed"
 """The feature bucket of a call that carries no ``feature`` tag."""
 
+# The limits of the fields, shared with the fast decoder (``schemas.call_event_decoder``).
 MAX_TAGS = 32
 MAX_TOKENS = 100_000_000
+MAX_ID_LENGTH = 256
+MAX_NAME_LENGTH = 128
+MAX_SHORT_TEXT_LENGTH = 1024
+MAX_TAG_VALUE_LENGTH = 128
+MAX_PROMPT_HASH_LENGTH = 128
+MAX_MILLIS = 86_400_000
+MAX_COST_USD = 1_000_000
+MAX_ATTEMPT = 100
+TAG_KEY = r"[A-Za-z0-9_.:-]{1,64}"
+"""A tag key, unanchored: each validator anchors it its own way."""
 EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_CLOCK_SKEW = timedelta(days=1)
 _EARLIEST_S = EARLIEST_TS.timestamp()
@@ -31,14 +42,15 @@ _MAX_SKEW_S = MAX_CLOCK_SKEW.total_seconds()
 
 # Ids are printable: no control characters (the sink relies on it when it looks ids up in bulk).
 Id = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$"),
 ]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
-ShortText = Annotated[str, StringConstraints(max_length=1024)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH)]
+ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT_LENGTH)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
-Millis = Annotated[float, Field(ge=0, le=86_400_000)]
-TagKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-TagValue = Annotated[str, StringConstraints(max_length=128)]
+Millis = Annotated[float, Field(ge=0, le=MAX_MILLIS)]
+TagKey = Annotated[str, StringConstraints(pattern=f"^{TAG_KEY}$")]
+TagValue = Annotated[str, StringConstraints(max_length=MAX_TAG_VALUE_LENGTH)]
 
 Status = Literal["success", "error", "timeout", "rate_limited", "cancelled"]
 Kind = Literal["llm", "tool"]
@@ -87,7 +99,7 @@ class CallEvent(BaseModel):
     """Only ``real`` calls count in finance rollups."""
     tags: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=MAX_TAGS)
     """Categorical labels only; values that look like personal data or secrets are refused."""
-    prompt_hash: Annotated[str, StringConstraints(max_length=128)] | None = None
+    prompt_hash: Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH)] | None = None
     """A hash of the prompt, so that loop detection can see the same prompt repeating."""
 
     # Usage.
@@ -98,7 +110,7 @@ class CallEvent(BaseModel):
     cache_read_tokens: Tokens = 0
     cache_write_tokens: Tokens = 0
     reasoning_tokens: Tokens = 0
-    cost_usd: Annotated[float, Field(ge=0, le=1_000_000)] | None = None
+    cost_usd: Annotated[float, Field(ge=0, le=MAX_COST_USD)] | None = None
     """A cost the caller states (a paid tool, a negotiated rate); otherwise the pipeline prices the call."""
 
     # Behaviour.
@@ -106,7 +118,7 @@ class CallEvent(BaseModel):
     ttft_ms: Millis | None = None
     status: Status = "success"
     error_type: ShortText | None = None
-    attempt: Annotated[int, Field(ge=1, le=100)] = 1
+    attempt: Annotated[int, Field(ge=1, le=MAX_ATTEMPT)] = 1
     """1 for the first try; retries are cost multipliers."""
 
     @field_validator("ts")

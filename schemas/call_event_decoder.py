@@ -18,15 +18,27 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import msgspec
 from msgspec import Meta
 
 from schemas.call_event import (
+    MAX_ATTEMPT,
+    MAX_COST_USD,
+    MAX_ID_LENGTH,
+    MAX_MILLIS,
+    MAX_NAME_LENGTH,
+    MAX_PROMPT_HASH_LENGTH,
+    MAX_SHORT_TEXT_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
     MAX_TAGS,
     MAX_TOKENS,
+    TAG_KEY,
     UNATTRIBUTED,
+    DataMode,
+    Kind,
+    Status,
     implausible_time,
     inconsistent_usage,
     personal_data_in,
@@ -38,13 +50,13 @@ TEXT_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 """The ids and names whose surrounding whitespace and control characters the caller checks."""
 
-_Id = Annotated[str, Meta(min_length=1, max_length=256)]
-_Name = Annotated[str, Meta(min_length=1, max_length=128)]
+_Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+_Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
 _Tokens = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
-_Millis = Annotated[float, Meta(ge=0, le=86_400_000)]
+_Millis = Annotated[float, Meta(ge=0, le=MAX_MILLIS)]
 # \Z, not $: Python's $ also matches before a final newline, the model's pattern does not
-_TagKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}\Z")]
-_TagValue = Annotated[str, Meta(max_length=128)]
+_TagKey = Annotated[str, Meta(pattern=f"^{TAG_KEY}\\Z")]
+_TagValue = Annotated[str, Meta(max_length=MAX_TAG_VALUE_LENGTH)]
 
 # The RFC 3339 forms the model and datetime.fromisoformat read alike (both keep microseconds of up
 # to nanoseconds sent, truncated; msgspec's own parser would round them). Other forms go to the model.
@@ -69,7 +81,7 @@ class CleanCallEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, g
         ts: int | str  # decoded as sent; decode_clean leaves an aware UTC datetime here
     provider: _Name
     model: _Name
-    kind: Literal["llm", "tool"] = "llm"
+    kind: Kind = "llm"
     tool_name: _Name = ""
     feature: _Name = UNATTRIBUTED
     prompt_version: _Name = ""
@@ -82,9 +94,9 @@ class CleanCallEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, g
     tenant_id: _Id = ""
     team: _Name = ""
     environment: _Name = "prod"
-    data_mode: Literal["real", "test", "demo"] = "real"
+    data_mode: DataMode = "real"
     tags: Annotated[dict[_TagKey, _TagValue], Meta(max_length=MAX_TAGS)] = {}
-    prompt_hash: Annotated[str, Meta(max_length=128)] = ""
+    prompt_hash: Annotated[str, Meta(max_length=MAX_PROMPT_HASH_LENGTH)] = ""
     input_tokens: _Tokens = 0
     output_tokens: _Tokens = 0
     cache_read_tokens: _Tokens = 0
@@ -92,10 +104,10 @@ class CleanCallEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, g
     reasoning_tokens: _Tokens = 0
     latency_ms: _Millis | None = None
     ttft_ms: _Millis | None = None
-    status: Literal["success", "error", "timeout", "rate_limited", "cancelled"] = "success"
-    error_type: Annotated[str, Meta(max_length=1024)] = ""
-    attempt: Annotated[int, Meta(ge=1, le=100)] = 1
-    cost_usd: Annotated[float, Meta(ge=0, le=1_000_000)] | None = None
+    status: Status = "success"
+    error_type: Annotated[str, Meta(max_length=MAX_SHORT_TEXT_LENGTH)] = ""
+    attempt: Annotated[int, Meta(ge=1, le=MAX_ATTEMPT)] = 1
+    cost_usd: Annotated[float, Meta(ge=0, le=MAX_COST_USD)] | None = None
 
     @property
     def feature_or_unattributed(self) -> str:

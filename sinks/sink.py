@@ -88,10 +88,11 @@ class ClickHouseSink:
     ) -> None:
         """Buffer rows for the next :meth:`flush` (rows of :data:`OUTCOME_COLUMNS`, :data:`ALERT_COLUMNS`).
 
-        The calls are turned into Arrow columns here, on the caller's thread, not in :meth:`flush`: that
-        is the part of an insert that runs Python code per value. What is left of a flush run in a
-        worker thread is mostly ClickHouse's work, done without the GIL, so it overlaps the caller's
-        next batch instead of competing with it.
+        The calls' Arrow columns are taken as the caller built them (``CallRows.columns``, the ingestor
+        does) or built here, on the caller's thread, never in :meth:`flush`: that is the part of an
+        insert that runs Python code per value. What is left of a flush run in a worker thread is
+        mostly ClickHouse's work, done without the GIL, so it overlaps the caller's next batch
+        instead of competing with it.
         """
         columns = None
         if len(calls):
