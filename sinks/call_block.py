@@ -60,10 +60,14 @@ def encode(calls: pa.Table) -> bytes:
     return bytes(sink.getvalue())
 
 
-def decode(block: bytes) -> list[tuple[Any, ...]]:
-    """The rows of a block made by :func:`encode` (a journal's leftover, replayed after a crash)."""
-    table = pa.ipc.open_file(pa.py_buffer(block)).read_all()
-    columns = [column.to_pylist() for column in table.columns]
+def read(block: bytes) -> pa.Table:
+    """The table of a block made by :func:`encode` (a journal's leftover, replayed after a crash)."""
+    return pa.ipc.open_file(pa.py_buffer(block)).read_all()
+
+
+def rows(calls: pa.Table) -> list[tuple[Any, ...]]:
+    """The rows of a table made by :func:`table` or :func:`read`, as :func:`table` took them."""
+    columns = [column.to_pylist() for column in calls.columns]
     columns[_TAGS] = [dict(pairs) for pairs in columns[_TAGS]]
     columns[_TS] = [ts.replace(tzinfo=UTC) for ts in columns[_TS]]
     return list(zip(*columns, strict=True))

@@ -38,6 +38,8 @@ class JournalEntry:
     block: bytes
     """The rows as the Arrow block that is inserted (and inserted again, unchanged, after a crash)."""
     rows: list[tuple[Any, ...]]
+    columns: pa.Table
+    """The rows as Arrow columns (what ``block`` holds)."""
     path: Path | None
 
 
@@ -54,12 +56,12 @@ class InsertJournal:
         token = uuid.uuid4().hex
         block = call_block.encode(columns)
         if self._directory is None:
-            return JournalEntry(token, block, rows, None)
+            return JournalEntry(token, block, rows, columns, None)
         path = self._directory / f"{token}{SUFFIX}"
         partial = path.with_suffix(".partial")
         partial.write_bytes(block)
         partial.rename(path)  # a batch file is whole or absent
-        return JournalEntry(token, block, rows, path)
+        return JournalEntry(token, block, rows, columns, path)
 
     def done(self, entry: JournalEntry) -> None:
         if entry.path is not None:
@@ -79,7 +81,8 @@ class InsertJournal:
         for path in sorted(self._directory.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime):
             block = path.read_bytes()
             try:
-                rows = call_block.decode(block)
+                columns = call_block.read(block)
+                rows = call_block.rows(columns)
             except Exception as exc:
                 kept = path.with_suffix(".unreadable")
                 path.rename(kept)
@@ -92,7 +95,7 @@ class InsertJournal:
                     kept.name,
                 )
                 continue
-            entries.append(JournalEntry(path.stem, block, rows, path))
+            entries.append(JournalEntry(path.stem, block, rows, columns, path))
         for partial in self._directory.glob("*.partial"):  # never inserted: its events are redelivered
             partial.unlink(missing_ok=True)
         return entries

@@ -46,6 +46,14 @@ class FlushResult:
     outcomes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCalls:
+    """Calls a flush stored in ``llm_calls``: as rows, and as the Arrow columns that were inserted."""
+
+    rows: list[tuple[Any, ...]]
+    columns: pa.Table
+
+
 class ClickHouseSink:
     """Writes priced calls to ``llm_calls`` and rejections to ``rejected_events``.
 
@@ -72,7 +80,7 @@ class ClickHouseSink:
         self._rejected: list[Rejection] = []
         self._outcomes: list[tuple[Any, ...]] = []
         self._alerts: list[tuple[Any, ...]] = []
-        self._stored: list[tuple[Any, ...]] = []
+        self._stored: list[JournalEntry] = []
         self._lock = threading.Lock()
 
     @property
@@ -126,15 +134,18 @@ class ClickHouseSink:
             self._alerts = []
             return result
 
-    def take_stored(self) -> list[tuple[Any, ...]]:
-        """The ``llm_calls`` rows stored since the last call (duplicates left out): what the detectors see.
+    def take_stored(self) -> StoredCalls:
+        """The calls stored since the last call (duplicates left out), rows and columns: what the detectors see.
 
         Kept apart from :meth:`flush`: any agent's flush writes every buffered row, so another
         agent's flush may store the calls the ingest agent added; they wait here for it.
         """
         with self._lock:
             stored, self._stored = self._stored, []
-            return stored
+        return StoredCalls(
+            [row for entry in stored for row in entry.rows],
+            pa.concat_tables([entry.columns for entry in stored]) if stored else call_block.table([]),
+        )
 
     def read(self, query: Callable[[Client, str], T]) -> T:
         """Run ``query(client, database)`` on the sink's connection (the detectors' warm-up reads this way)."""
@@ -163,7 +174,7 @@ class ClickHouseSink:
             for entry in self._journal.leftovers():
                 logger.warning("completing a batch of %d calls interrupted by the previous run", len(entry.rows))
                 self._insert_calls(client, entry)
-                stored.extend(entry.rows)
+                stored.append(entry)
             self._recovered = True
         calls = self._calls
         inserted = duplicates = 0
@@ -179,7 +190,7 @@ class ClickHouseSink:
             entry, duplicates = self._in_flight
             self._insert_calls(client, entry)
             inserted = len(entry.rows)
-            stored.extend(entry.rows)
+            stored.append(entry)
             self._in_flight = None
         if self._rejected:
             client.insert(

@@ -21,7 +21,7 @@ from faust.types import TP, EventT, StreamT
 from schemas.alert import Alert
 from sinks.batch import CallRows, Rejection, alert_row
 from sinks.exceptions import ClickHouseTransientError
-from sinks.sink import ClickHouseSink, FlushResult
+from sinks.sink import ClickHouseSink, FlushResult, StoredCalls
 from streams.backoff import Backoff
 from streams.batching import RecordChunk
 from streams.budget_agent import partition_of
@@ -79,16 +79,16 @@ def register_ingest(
             await finishing  # one batch judged at a time, in order
         finishing = asyncio.create_task(finish(batch, result, stored))
 
-    async def finish(batch: list[EventT[RecordChunk]], result: IngestResult, stored: list[tuple[Any, ...]]) -> None:
+    async def finish(batch: list[EventT[RecordChunk]], result: IngestResult, stored: StoredCalls) -> None:
         if spends is not None and spends.budgets:
-            routed = spends.budgets.spends_of(stored, time.time())
+            routed = spends.budgets.spends_of(stored.rows, time.time())
             await send_until_acked(spends.topic, [
                 (s.scope.encode(), s.encode(), None, partition_of(s.scope, spends.partitions)) for s in routed
             ])  # fmt: skip
         raised = unpriced.check(result.unpriced_calls)
         if detectors is not None:
             # in a thread: the event loop goes on fetching, and the next batch's flush is not held up
-            raised += await asyncio.to_thread(detectors.observe, stored, _lagging(app, read))
+            raised += await asyncio.to_thread(detectors.observe, stored.columns, _lagging(app, read))
         await raise_alerts(raised)
         for event in batch:
             event.ack()

@@ -1,10 +1,12 @@
-"""Reading stored call rows (tuples in ``LLM_CALL_COLUMNS`` order) without building objects per call."""
+"""Stored calls as the detectors read them: Arrow columns counted per minute, and rows (budgets)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from operator import itemgetter
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sinks.batch import LLM_CALL_COLUMNS
 
@@ -20,43 +22,65 @@ def column(name: str) -> int:
 
 EVENT_ID = column("event_id")
 TS = column("ts")
-PROVIDER = column("provider")
-MODEL = column("model")
-KIND = column("kind")
-TOOL_NAME = column("tool_name")
-FEATURE = column("feature")
-PROMPT_VERSION = column("prompt_version")
-AGENT_ID = column("agent_id")
-SESSION_ID = column("session_id")
-TENANT_ID = column("tenant_id")
 DATA_MODE = column("data_mode")
-PROMPT_HASH = column("prompt_hash")
-INPUT_TOKENS = column("input_tokens")
-OUTPUT_TOKENS = column("output_tokens")
-LATENCY_MS = column("latency_ms")
-TTFT_MS = column("ttft_ms")
-STATUS = column("status")
-ATTEMPT = column("attempt")
 COST_USD = column("cost_usd")
 SOURCE_PARTITION = column("source_partition")
 
+MINUTE = "minute"
+"""The column :func:`in_time_order` adds: the call's event-time minute (epoch minutes)."""
+AT = "at"
+"""The column :func:`in_time_order` adds: the call's ``ts`` in epoch seconds."""
 
-def minute_slices(rows: Iterable[Row]) -> Iterator[tuple[list[Row], list[float]]]:
-    """The calls in time order, one event-time minute at a time, each with its ``ts`` in epoch seconds.
+Aggregation = tuple[str | list[str], str]
+"""A pyarrow group-by aggregation: (column, function), ``([], "count_all")`` for a count."""
 
-    What every detector's ``observe`` takes: ``ts`` is read once per call, and a detector counts
-    a minute's calls into its minute without working the minute out per call.
+
+def in_time_order(calls: pa.Table) -> pa.Table:
+    """Stored calls (``llm_calls`` columns) sorted by ``ts``, with :data:`AT` and :data:`MINUTE` added.
+
+    What every detector's ``prepare`` reads. The detectors count a batch with Arrow kernels (sorts and
+    group-bys in C, which release the GIL) and go through the results in Python, not the calls.
     """
-    stamped = sorted(((row[TS].timestamp(), row) for row in rows), key=itemgetter(0))
-    start = 0
-    for i in range(1, len(stamped) + 1):
-        if i < len(stamped) and stamped[i][0] // 60 == stamped[start][0] // 60:
-            continue
-        part = stamped[start:i]
-        yield [row for _, row in part], [at for at, _ in part]
-        start = i
+    ms = pc.cast(calls.column("ts"), pa.int64())
+    order = pc.sort_indices(ms)  # stable: calls of the same millisecond keep their order
+    ms = ms.take(order)
+    return (
+        calls.take(order)
+        .append_column(AT, pc.divide(pc.cast(ms, pa.float64()), 1000.0))
+        .append_column(MINUTE, pc.divide(ms, 60_000))  # integer division; ts are after 1970
+    )
 
 
-def minute_of(stamps: Sequence[float]) -> int:
-    """The event-time minute (epoch minutes) of a slice of :func:`minute_slices`."""
-    return int(stamps[0] // 60)
+def minutes(calls: pa.Table) -> list[int]:
+    """The event-time minutes of calls made by :func:`in_time_order`, in order."""
+    return cast(list[int], pc.unique(calls.column(MINUTE)).to_pylist())
+
+
+def per_minute(calls: pa.Table, keys: Sequence[str], aggregations: Sequence[Aggregation]) -> dict[int, list[Row]]:
+    """Per event-time minute, one tuple per combination of ``keys`` among ``calls`` (see :func:`in_time_order`).
+
+    A tuple holds the keys' values, then the ``aggregations`` in the order given. ``first`` and ``min``
+    follow time order: the group-by runs in one thread, in the calls' order.
+    """
+    if calls.num_rows == 0:
+        return {}
+    grouped = calls.group_by([MINUTE, *keys], use_threads=False).aggregate(list(aggregations))
+    names = [*keys, *(f"{column}_{function}" if column else function for column, function in aggregations)]
+    return _by_minute(grouped.column(MINUTE).to_pylist(), [grouped.column(name).to_pylist() for name in names])
+
+
+def rows_per_minute(calls: pa.Table, columns: Sequence[str]) -> dict[int, list[Row]]:
+    """Per event-time minute, the values of ``columns`` of each call, in time order (see :func:`in_time_order`)."""
+    if calls.num_rows == 0:
+        return {}
+    return _by_minute(calls.column(MINUTE).to_pylist(), [calls.column(name).to_pylist() for name in columns])
+
+
+def _by_minute(minute_of: list[int], columns: list[list[Any]]) -> dict[int, list[Row]]:
+    found: dict[int, list[Row]] = {}
+    for minute, row in zip(minute_of, zip(*columns, strict=True), strict=True):
+        rows = found.get(minute)
+        if rows is None:
+            rows = found[minute] = []
+        rows.append(row)
+    return found

@@ -1,6 +1,6 @@
 """All stream detectors behind one interface: feed the calls as stored, collect the alerts they raise.
 
-Detectors run on event time. :meth:`Detectors.observe` takes the calls of a batch in time order and
+Detectors run on event time. :meth:`Detectors.observe` takes the calls of a batch, puts them in time order and
 checks the detectors after each minute of event time (whole minutes of the clock), so seven days of
 history replayed in a few seconds raise the alerts live traffic would have raised, at the times
 they would have fired.
@@ -9,7 +9,10 @@ they would have fired.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import pyarrow as pa
 
 from schemas.alert import Alert, AlertKind
 from schemas.config import DetectorsConfig
@@ -29,6 +32,14 @@ STREAM_KINDS: tuple[AlertKind, ...] = (
 IDLE_PARTITION_SECONDS = 30.0
 
 
+class _Observer(Protocol):
+    """A detector as :class:`Detectors` feeds it: a batch counted at once, then taken a minute at a time."""
+
+    def prepare(self, calls: pa.Table) -> Mapping[int, Any]: ...
+
+    def observe(self, minute: int, counts: Any) -> None: ...
+
+
 class Detectors:
     def __init__(self, config: DetectorsConfig) -> None:
         self.config = config
@@ -46,31 +57,40 @@ class Detectors:
         self._partitions: dict[tuple[str, int], tuple[float, float]] = {}
         """Per (data mode, partition): the latest event time it delivered, and when (wall clock)."""
 
-    def observe(self, rows: Sequence[c.Row], lagging: frozenset[int] = frozenset()) -> list[Alert]:
-        """Feed stored calls (rows of ``llm_calls``); returns the alerts raised, oldest first.
+    def observe(self, calls: pa.Table, lagging: frozenset[int] = frozenset()) -> list[Alert]:
+        """Feed stored calls (``llm_calls`` columns, ``sinks.call_block``); returns the alerts raised, oldest first.
 
         ``lagging``: source partitions with records not read yet; they hold the clock back however
         long they have been quiet (a starved partition is not an idle one).
         """
         self._lagging = lagging
         alerts: list[Alert] = []
-        for minute_rows, stamps in c.minute_slices(rows):
-            self._recent(minute_rows, stamps)
-            self.spend.observe(minute_rows, stamps)
-            self.prompts.observe(minute_rows, stamps)
+        for _ in self._minutes(calls, (self.spend, self.prompts)):
             alerts.extend(self.check())
         return alerts
 
-    def observe_recent(self, rows: Sequence[c.Row]) -> None:
+    def observe_recent(self, calls: pa.Table) -> None:
         """Feed stored calls to the short-window detectors only (sessions, latency, errors): warm-up."""
-        for minute_rows, stamps in c.minute_slices(rows):
-            self._recent(minute_rows, stamps)
+        for _ in self._minutes(calls, ()):
+            pass
 
-    def _recent(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
-        self._advance(rows, stamps)
-        self.loops.observe(rows, stamps)
-        self.latency.observe(rows, stamps)
-        self.errors.observe(rows, stamps)
+    def _minutes(self, calls: pa.Table, more: tuple[_Observer, ...]) -> Iterator[int]:
+        """Feed the calls a minute of event time at a time, to the short-window detectors and ``more``.
+
+        Yields each minute once the detectors have it. Each detector counts the whole batch first
+        (``prepare``, Arrow kernels), then takes its counts minute by minute.
+        """
+        ordered = c.in_time_order(calls)
+        observers: list[_Observer] = [self.loops, self.latency, self.errors, *more]
+        prepared = [(observer.observe, observer.prepare(ordered)) for observer in observers]
+        latest = c.per_minute(ordered, ["data_mode", "source_partition"], [(c.AT, "max")])
+        for minute in c.minutes(ordered):
+            self._advance(latest[minute])
+            for observe, counts in prepared:
+                found = counts.get(minute)
+                if found:
+                    observe(minute, found)
+            yield minute
 
     def check(self) -> list[Alert]:
         """Evaluate what changed (and every open incident) at the current event time of each data mode."""
@@ -85,23 +105,22 @@ class Detectors:
         alerts.sort(key=lambda a: a.ts)
         return alerts
 
-    def _advance(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
+    def _advance(self, latest: list[c.Row]) -> None:
         """Move the clocks: per data mode, the least of the partitions' latest event times.
 
-        Partitions are read at different paces (a replay may have one hours ahead of another); a
-        clock that followed the fastest would judge the others' calls as long past. A partition
-        that delivered nothing for ``IDLE_PARTITION_SECONDS`` stops holding the clock back, unless it
-        is lagging (records waiting to be read).
+        ``latest``: (data mode, partition, latest event time) of one minute's calls. Partitions are
+        read at different paces (a replay may have one hours ahead of another); a clock that followed
+        the fastest would judge the others' calls as long past. A partition that delivered nothing for
+        ``IDLE_PARTITION_SECONDS`` stops holding the clock back, unless it is lagging (records waiting
+        to be read).
         """
-        latest: dict[tuple[str, int], float] = {}
-        for row, at in zip(rows, stamps, strict=True):  # in time order: the last one is the latest
-            latest[(row[c.DATA_MODE], row[c.SOURCE_PARTITION])] = at
         wall = time.monotonic()
         partitions = self._partitions
-        for key, at in latest.items():
+        for mode, partition, at in latest:
+            key = (mode, partition)
             before = partitions.get(key)
             partitions[key] = (at if before is None or at > before[0] else before[0], wall)
-        for mode in {mode for mode, _ in latest}:
+        for mode in {mode for mode, _, _ in latest}:
             active = [
                 at
                 for (m, partition), (at, seen) in partitions.items()

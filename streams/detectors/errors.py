@@ -8,7 +8,9 @@ usually fails 4% of the time do not page anyone, and 10 in 20 do.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.config import ErrorRateConfig
 from sinks.clickhouse import sql_string
@@ -17,7 +19,7 @@ from streams.detectors.findings import RELAXED, Finding, severity_of, until
 from streams.detectors.windows import MinuteWindows, WindowKey
 
 _DIMENSIONS = ("provider", "model", "feature")
-_FAILED = frozenset({"error", "timeout", "rate_limited"})
+_FAILED = pa.array(["error", "timeout", "rate_limited"])
 _Z = 3.29
 
 
@@ -38,24 +40,23 @@ class ErrorRateDetector:
         # per minute: calls, failures, retries
         self._windows: MinuteWindows[list[int]] = MinuteWindows(config.window_minutes, lambda: [0, 0, 0])
 
-    def observe(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
-        """Count calls of one event-time minute (see ``calls.minute_slices``) into their windows."""
-        if not self._config.enabled or not rows:
-            return
-        # counted per (data mode, provider, model, feature) first: a minute of traffic has few of them
-        counts: dict[tuple[str, str, str, str], list[int]] = {}
-        for row in rows:
-            if row[c.KIND] != "llm":
-                continue
-            key = (row[c.DATA_MODE], row[c.PROVIDER], row[c.MODEL], row[c.FEATURE])
-            count = counts.get(key)
-            if count is None:
-                count = counts[key] = [0, 0, 0]
-            count[0] += 1
-            count[1] += row[c.STATUS] in _FAILED
-            count[2] += row[c.ATTEMPT] > 1
-        minute = c.minute_of(stamps)
-        for (data_mode, *names), (calls, failures, retries) in counts.items():
+    def prepare(self, calls: pa.Table) -> dict[int, list[c.Row]]:
+        """Per minute of calls (``calls.in_time_order``): model calls, failures and retries.
+
+        One tuple per (data mode, provider, model, feature).
+        """
+        if not self._config.enabled:
+            return {}
+        llm = calls.filter(pc.equal(calls.column("kind"), "llm"))
+        llm = llm.append_column("failed", pc.cast(pc.is_in(llm.column("status"), value_set=_FAILED), pa.int64()))
+        llm = llm.append_column("retried", pc.cast(pc.greater(llm.column("attempt"), 1), pa.int64()))
+        return c.per_minute(
+            llm, ["data_mode", *_DIMENSIONS], [([], "count_all"), ("failed", "sum"), ("retried", "sum")]
+        )
+
+    def observe(self, minute: int, counts: list[c.Row]) -> None:
+        """Count one event-time minute's calls (from :meth:`prepare`) into their windows."""
+        for data_mode, *names, calls, failures, retries in counts:
             for dim, name in zip(_DIMENSIONS, names, strict=True):
                 cell = self._windows.cell((data_mode, dim, name), minute)
                 cell[0] += calls

@@ -9,7 +9,9 @@ few hundred integers and its p95 is known within 5%.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.config import LatencyConfig
 from sinks.clickhouse import sql_string
@@ -46,39 +48,34 @@ class LatencyDetector:
             config.window_minutes, lambda: {"latency": {}, "ttft": {}}
         )
 
-    def observe(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
-        """Count calls of one event-time minute (see ``calls.minute_slices``) into their windows."""
-        if not self._config.enabled or not rows:
-            return
-        # counted per (data mode, feature, model) first: a minute of traffic has few of them
-        counts: dict[tuple[str, str, str], tuple[Histogram, Histogram]] = {}
-        log = math.log
-        for row in rows:
-            if row[c.KIND] != "llm" or row[c.STATUS] != "success":
-                continue  # a failed call's latency is a client timeout or an early error: error_rate has them
-            key = (row[c.DATA_MODE], row[c.FEATURE], row[c.MODEL])
-            histograms = counts.get(key)
-            if histograms is None:
-                histograms = counts[key] = ({}, {})
-            # the bucket of each time (see Histogram), written out twice: this loop runs once per call
-            ms = row[c.LATENCY_MS]
-            if ms is not None:
-                b = int(log(ms) / _LOG_GROWTH) if ms >= 1 else 0
-                histogram = histograms[0]
-                histogram[b] = histogram.get(b, 0) + 1
-            ms = row[c.TTFT_MS]
-            if ms is not None:
-                b = int(log(ms) / _LOG_GROWTH) if ms >= 1 else 0
-                histogram = histograms[1]
-                histogram[b] = histogram.get(b, 0) + 1
-        minute = c.minute_of(stamps)
-        for (data_mode, feature, model), (latency, ttft) in counts.items():
+    def prepare(self, calls: pa.Table) -> dict[int, list[c.Row]]:
+        """Per minute of calls (``calls.in_time_order``): (metric, data mode, feature, model, bucket, calls).
+
+        Successful model calls only: a failed call's latency is a client timeout or an early error
+        (``error_rate`` has them).
+        """
+        if not self._config.enabled:
+            return {}
+        ok = calls.filter(pc.and_(pc.equal(calls.column("kind"), "llm"), pc.equal(calls.column("status"), "success")))
+        found: dict[int, list[c.Row]] = {}
+        for metric, column in zip(_METRICS, ("latency_ms", "ttft_ms"), strict=True):
+            timed = ok.filter(pc.is_valid(ok.column(column)))
+            # the bucket of each time (see Histogram); times under 1 ms share bucket 0
+            ms = pc.max_element_wise(pc.cast(timed.column(column), pa.float64()), 1.0)
+            buckets = pc.cast(pc.floor(pc.divide(pc.ln(ms), _LOG_GROWTH)), pa.int64())
+            counted = timed.select([c.MINUTE, "data_mode", "feature", "model"]).append_column("bucket", buckets)
+            for minute, groups in c.per_minute(
+                counted, ["data_mode", "feature", "model", "bucket"], [([], "count_all")]
+            ).items():
+                found.setdefault(minute, []).extend((metric, *group) for group in groups)
+        return found
+
+    def observe(self, minute: int, counts: list[c.Row]) -> None:
+        """Count one event-time minute's calls (from :meth:`prepare`) into their windows."""
+        for metric, data_mode, feature, model, bucket, calls in counts:
             for key in ((data_mode, "feature", feature), (data_mode, "model", model)):
-                cell = self._windows.cell(key, minute)
-                for metric, histogram in zip(_METRICS, (latency, ttft), strict=True):
-                    into = cell[metric]
-                    for b, n in histogram.items():
-                        into[b] = into.get(b, 0) + n
+                histogram = self._windows.cell(key, minute)[metric]
+                histogram[bucket] = histogram.get(bucket, 0) + calls
 
     def check(self, now_of: dict[str, float]) -> list[Finding]:
         findings = []

@@ -8,8 +8,10 @@ session has been quiet for ``session_idle_minutes``; then it resolves with what 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Sequence
 from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.alert import Severity
 from schemas.config import LoopConfig
@@ -35,6 +37,18 @@ class _Session:
     cost: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Minute:
+    """One event-time minute of calls with a session, as :meth:`LoopDetector.prepare` counted them."""
+
+    sessions: list[c.Row]
+    """(data mode, session, first agent, first feature, first and last ts, calls, tool calls, tokens, cost)"""
+    tools: list[c.Row]
+    """(data mode, session, tool name) of each tool call, in time order."""
+    prompts: list[c.Row]
+    """(data mode, session, prompt hash) of each call with a prompt hash."""
+
+
 class LoopDetector:
     def __init__(self, config: LoopConfig) -> None:
         self._config = config
@@ -42,39 +56,54 @@ class LoopDetector:
         self._due: Watchlist[tuple[str, str]] = Watchlist()
         self._swept: dict[str, int] = {}
 
-    def observe(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
-        """Count calls of one event-time minute (see ``calls.minute_slices``) into their sessions."""
+    def prepare(self, calls: pa.Table) -> dict[int, _Minute]:
+        """Per minute of calls (``calls.in_time_order``): its sessions' counts, tool calls and prompt hashes."""
         if not self._config.enabled:
-            return
-        window = self._config.tool_window
+            return {}
+        calls = calls.filter(pc.not_equal(calls.column("session_id"), ""))
+        session = ["data_mode", "session_id"]
+        calls = calls.append_column(
+            "tokens", pc.add(calls.column("input_tokens"), calls.column("output_tokens"))
+        ).append_column("tool", pc.cast(pc.equal(calls.column("kind"), "tool"), pa.int64()))
+        sessions = c.per_minute(calls, session, [
+            ("agent_id", "first"), ("feature", "first"), (c.AT, "min"), (c.AT, "max"),
+            ([], "count_all"), ("tool", "sum"), ("tokens", "sum"), ("cost_usd", "sum"),
+        ])  # fmt: skip
+        tools = c.rows_per_minute(calls.filter(pc.equal(calls.column("kind"), "tool")), [*session, "tool_name"])
+        prompts = c.rows_per_minute(
+            calls.filter(pc.not_equal(calls.column("prompt_hash"), "")), [*session, "prompt_hash"]
+        )
+        return {
+            minute: _Minute(groups, tools.get(minute, []), prompts.get(minute, []))
+            for minute, groups in sessions.items()
+        }
+
+    def observe(self, minute: int, calls: _Minute) -> None:
+        """Count one event-time minute's calls (from :meth:`prepare`) into their sessions."""
         sessions = self._sessions
-        touched: set[tuple[str, str]] = set()
-        for row, at in zip(rows, stamps, strict=True):
-            session_id = row[c.SESSION_ID]
-            if not session_id:
-                continue
-            key = (row[c.DATA_MODE], session_id)
+        for data_mode, session_id, agent, feature, first, last, count, tool_calls, tokens, cost in calls.sessions:
+            key = (data_mode, session_id)
             session = sessions.get(key)
             if session is None:
-                session = sessions[key] = _Session(row[c.AGENT_ID], row[c.FEATURE], at, at)
-            elif at > session.last:
-                session.last = at
-            session.calls += 1
-            session.tokens += row[c.INPUT_TOKENS] + row[c.OUTPUT_TOKENS]
-            session.cost += row[c.COST_USD] or 0.0
-            if row[c.KIND] == "tool":
-                session.tool_calls += 1
-                if session.tools is None:
-                    session.tools = deque(maxlen=window)
-                session.tools.append(row[c.TOOL_NAME])
-            prompt_hash = row[c.PROMPT_HASH]
-            if prompt_hash:
-                if session.prompts is None:
-                    session.prompts = Counter()
-                session.prompts[prompt_hash] += 1
-            touched.add(key)
-        for key in touched:
+                session = sessions[key] = _Session(agent, feature, first, last)
+            elif last > session.last:
+                session.last = last
+            session.calls += count
+            session.tool_calls += tool_calls
+            session.tokens += tokens
+            session.cost += cost or 0.0
             self._due.touch(key)
+        window = self._config.tool_window
+        for data_mode, session_id, tool_name in calls.tools:  # in time order
+            session = sessions[(data_mode, session_id)]
+            if session.tools is None:
+                session.tools = deque(maxlen=window)
+            session.tools.append(tool_name)
+        for data_mode, session_id, prompt_hash in calls.prompts:
+            session = sessions[(data_mode, session_id)]
+            if session.prompts is None:
+                session.prompts = Counter()
+            session.prompts[prompt_hash] += 1
 
     def check(self, now_of: dict[str, float]) -> list[Finding]:
         findings = []

@@ -7,8 +7,10 @@ have ``min_calls`` model calls. A flagged version that a newer one replaces is r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.config import PromptRegressionConfig
 from sinks.clickhouse import sql_string
@@ -41,15 +43,27 @@ class PromptRegressionDetector:
         self._flagged[(data_mode, feature)] = version
         self._due.touch((data_mode, feature))
 
-    def observe(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
-        """Count calls of one event-time minute (see ``calls.minute_slices``) into their versions."""
+    def prepare(self, calls: pa.Table) -> dict[int, list[c.Row]]:
+        """Per minute of calls (``calls.in_time_order``): per version, its first ts, model calls, cost and tokens.
+
+        Tool calls add their cost, as in the rollups the warm-up reads.
+        """
         if not self._config.enabled:
-            return
-        for row, at in zip(rows, stamps, strict=True):
-            version = row[c.PROMPT_VERSION]
-            if version:  # tool calls add their cost, as in the rollups the warm-up reads
-                self.add(row[c.DATA_MODE], row[c.FEATURE], version, at, row[c.KIND] == "llm",
-                         row[c.COST_USD] or 0.0, row[c.INPUT_TOKENS] + row[c.OUTPUT_TOKENS])  # fmt: skip
+            return {}
+        versioned = calls.filter(pc.not_equal(calls.column("prompt_version"), ""))
+        versioned = versioned.append_column(
+            "llm", pc.cast(pc.equal(versioned.column("kind"), "llm"), pa.int64())
+        ).append_column("tokens", pc.add(versioned.column("input_tokens"), versioned.column("output_tokens")))
+        return c.per_minute(
+            versioned,
+            ["data_mode", "feature", "prompt_version"],
+            [(c.AT, "min"), ("llm", "sum"), ("cost_usd", "sum"), ("tokens", "sum")],
+        )
+
+    def observe(self, minute: int, counts: list[c.Row]) -> None:
+        """Count one event-time minute's calls (from :meth:`prepare`) into their versions."""
+        for data_mode, feature, version, first, calls, cost, tokens in counts:
+            self.add(data_mode, feature, version, first, calls, cost or 0.0, tokens)
 
     def add(self, data_mode: str, feature: str, version: str, at: float, calls: int, cost: float, tokens: int) -> None:
         """Count calls of one version (also used to warm up from ``rollup_day``)."""

@@ -7,10 +7,11 @@ that data mode (warm-up from the rollups included), so nothing fires on an empty
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from operator import itemgetter
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.alert import Severity
 from schemas.config import HourlyBurnConfig, SpendSpikeConfig, TenantConcentrationConfig, UnattributedConfig
@@ -23,9 +24,8 @@ HOUR = 3600
 DAY_HOURS = 24
 WEEK_HOURS = 7 * DAY_HOURS
 _KEEP_HOURS = WEEK_HOURS + DAY_HOURS + 1
-SPEND_COLUMNS = {"feature": c.FEATURE, "model": c.MODEL, "provider": c.PROVIDER, "agent_id": c.AGENT_ID,
-                 "tenant_id": c.TENANT_ID, "team": c.column("team"), "user_id": c.column("user_id"),
-                 "environment": c.column("environment")}  # fmt: skip
+SPEND_DIMENSIONS = ("feature", "model", "provider", "agent_id", "tenant_id", "team", "user_id", "environment")
+"""The dimensions spend is kept by (each an ``llm_calls`` column), besides ``all``."""
 UNATTRIBUTED = "unattributed"
 
 
@@ -134,34 +134,30 @@ class SpendDetectors:
             dims.add("feature")
         if concentration.enabled:
             dims.add("tenant_id")
-        self._columns = [(dim, SPEND_COLUMNS[dim]) for dim in sorted(dims)]
+        self._dimensions = sorted(dims)
         self._modes: dict[str, _Mode] = {}
         self._concentrated: dict[str, str] = {}
         """Per data mode, the tenant whose concentration incident is open."""
 
-    def observe(self, rows: Sequence[c.Row], stamps: Sequence[float]) -> None:
-        """Add the spend of calls of one event-time minute (see ``calls.minute_slices``)."""
-        if not rows:
-            return
-        # summed per combination of keys first, then per key: a minute of traffic repeats combinations
-        columns = self._columns
-        combination = itemgetter(c.DATA_MODE, *(index for _, index in columns))
-        per_combination: dict[tuple[str, ...], float] = {}
-        for row in rows:
-            cost = row[c.COST_USD]
-            if cost:
-                keys = combination(row)
-                per_combination[keys] = per_combination.get(keys, 0.0) + cost
+    def prepare(self, calls: pa.Table) -> dict[int, list[c.Row]]:
+        """Per minute of calls (``calls.in_time_order``): the spend per data mode and combination of keys."""
+        spent = calls.filter(pc.greater(calls.column("cost_usd"), 0.0))  # a null cost is left out too
+        return c.per_minute(spent, ["data_mode", *self._dimensions], [("cost_usd", "sum")])
+
+    def observe(self, minute: int, spend: list[c.Row]) -> None:
+        """Add one event-time minute's spend (from :meth:`prepare`), per key of each dimension."""
+        # a minute of traffic repeats combinations of keys: they are summed first, then per key
         sums: dict[tuple[str, str, str], float] = {}
         get = sums.get
-        for (data_mode, *keys), cost in per_combination.items():
+        dimensions = self._dimensions
+        for data_mode, *keys, cost in spend:
             cell = (data_mode, "all", "all")
             sums[cell] = get(cell, 0.0) + cost
-            for (dim, _), key in zip(columns, keys, strict=True):
+            for dim, key in zip(dimensions, keys, strict=True):
                 if key:
                     cell = (data_mode, dim, key)
                     sums[cell] = get(cell, 0.0) + cost
-        at = c.minute_of(stamps) * 60.0
+        at = minute * 60.0
         for (data_mode, dimension, name), usd in sums.items():
             self.add(data_mode, dimension, name, at, usd, minute=True)
 

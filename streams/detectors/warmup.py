@@ -17,10 +17,11 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from schemas.alert import DAY_WINDOW
+from sinks import call_block
 from sinks.batch import LLM_CALL_COLUMNS
 from sinks.clickhouse import utc
 from streams.detectors.engine import STREAM_KINDS, Detectors
-from streams.detectors.spend import SPEND_COLUMNS
+from streams.detectors.spend import SPEND_DIMENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
     marks = client.query(f"SELECT data_mode, max(ts) FROM {db}.llm_calls GROUP BY data_mode").result_rows
     if not marks:
         return WarmUp(0, 0, 0, 0)
-    dims = ", ".join(f"'{d}'" for d in ("all", *SPEND_COLUMNS))
+    dims = ", ".join(f"'{d}'" for d in ("all", *SPEND_DIMENSIONS))
     spend_rows = 0
     for data_mode, latest in marks:
         hour = utc(latest).replace(minute=0, second=0, microsecond=0)
@@ -78,7 +79,7 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
         f"ORDER BY ts DESC LIMIT {RECENT_CALLS_LIMIT}"
     ).result_rows
     rows = [_aware(row) for row in reversed(recent)]  # the newest calls, oldest first
-    detectors.observe_recent(rows)
+    detectors.observe_recent(call_block.table(rows))
     for data_mode, latest in marks:
         at = utc(latest).timestamp()
         detectors.now_of[data_mode] = max(detectors.now_of.get(data_mode, 0.0), at)

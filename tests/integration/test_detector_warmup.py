@@ -8,6 +8,7 @@ from clickhouse_connect.driver.client import Client
 from producers.demo_incidents import LOOP_SESSION, SPIKE_FEATURE, DemoIncidents
 from schemas.alert import DAY_WINDOW, Alert, alert_id_for
 from schemas.config import DetectorsConfig
+from sinks import call_block
 from sinks.batch import CallRows, alert_row
 from sinks.clickhouse import connect
 from sinks.migrations import migrate
@@ -47,8 +48,8 @@ def test_a_restarted_worker_catches_the_spike_from_its_warmed_baseline(
 
     assert summary.spend_rows > 1000 and summary.prompt_versions >= 5 and summary.recent_calls > 0
     assert summary.open_incidents == 0  # neither of the other alerts is restored as an incident
-    caught = [a for a in warmed.observe(after) if a.status == "firing"]
-    missed = [a for a in cold.observe(after) if a.status == "firing"]
+    caught = [a for a in warmed.observe(call_block.table(after)) if a.status == "firing"]
+    missed = [a for a in cold.observe(call_block.table(after)) if a.status == "firing"]
     assert ("hourly_burn", SPIKE_FEATURE) in {(a.kind, a.key) for a in caught}
     assert ("spend_spike", SPIKE_FEATURE) in {(a.kind, a.key) for a in caught}
     # without the warm-up: less than two days seen, so no spend baseline and no spend alert at all

@@ -145,9 +145,10 @@ def test_calls_written_by_another_agents_flush_still_reach_the_detectors(
 
     stored = sink.take_stored()
 
-    assert sorted(row[0] for row in stored) == ["a", "b"]
-    assert sink.take_stored() == []
+    assert sorted(row[0] for row in stored.rows) == ["a", "b"]
+    assert stored.columns.column("event_id").to_pylist() == [row[0] for row in stored.rows]
+    assert sink.take_stored().rows == []
     sink.add(rows("a", "b", "c"), [])  # redelivered with one more
     sink.flush()
-    assert [row[0] for row in sink.take_stored()] == ["c"]
+    assert [row[0] for row in sink.take_stored().rows] == ["c"]
     assert totals(ch, database)["llm_calls"] == 3

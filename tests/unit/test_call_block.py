@@ -31,7 +31,7 @@ TWO_CALLS = (
 def test_a_block_gives_back_the_rows_it_was_made_of() -> None:
     rows = rows_of(*TWO_CALLS)
 
-    decoded = call_block.decode(call_block.encode(call_block.table(rows)))
+    decoded = call_block.rows(call_block.read(call_block.encode(call_block.table(rows))))
 
     assert decoded == rows
     first = dict(zip(LLM_CALL_COLUMNS, decoded[0], strict=True))
@@ -46,13 +46,13 @@ def test_time_keeps_milliseconds_as_llm_calls_does() -> None:
     row = list(rows_of(TWO_CALLS[0])[0])
     row[LLM_CALL_COLUMNS.index("ts")] = at
 
-    (decoded,) = call_block.decode(call_block.encode(call_block.table([tuple(row)])))
+    (decoded,) = call_block.rows(call_block.read(call_block.encode(call_block.table([tuple(row)]))))
 
     assert decoded[LLM_CALL_COLUMNS.index("ts")] == datetime(2026, 3, 1, 17, 0, 0, 123_000, tzinfo=UTC)
 
 
 def test_an_empty_batch_is_a_valid_block() -> None:
-    assert call_block.decode(call_block.encode(call_block.table([]))) == []
+    assert call_block.rows(call_block.read(call_block.encode(call_block.table([])))) == []
 
 
 def test_the_journal_replays_what_it_recorded_and_forgets_what_was_confirmed(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
+import pyarrow as pa
 import pytest
 
 from producers.demo import DemoTraffic
@@ -19,6 +20,7 @@ from producers.demo_incidents import (
 from schemas.alert import Alert
 from schemas.call_event import CallEvent
 from schemas.config import DetectorsConfig, LatencyConfig, LoopConfig
+from sinks import call_block
 from streams.detectors import calls as c
 from streams.detectors import engine
 from streams.detectors.engine import Detectors
@@ -31,7 +33,7 @@ def demo_alerts(with_incidents: bool) -> tuple[Alert, ...]:
     detectors = Detectors(DetectorsConfig())
     alerts: list[Alert] = []
     for batch in demo_calls(DemoIncidents.before(NOW) if with_incidents else None):
-        alerts.extend(detectors.observe(priced(batch).calls.rows))
+        alerts.extend(detectors.observe(priced(batch).calls.columns))
     return tuple(alerts)
 
 
@@ -89,7 +91,7 @@ def test_the_controls_stay_quiet_when_the_history_starts_before_a_weekend() -> N
     detectors = Detectors(DetectorsConfig())
     alerts: list[Alert] = []
     for batch in demo_calls(DemoIncidents.before(friday), now=friday):
-        alerts.extend(detectors.observe(priced(batch).calls.rows))
+        alerts.extend(detectors.observe(priced(batch).calls.columns))
     raised = firing(tuple(alerts))
     quiet = {"support.ticket_reply", "eng.code_review", "claude-haiku-4-5"}
     assert not {r for r in raised if r[2] in quiet or (r[0] == "loop_detected" and r[2] != LOOP_SESSION)}
@@ -110,7 +112,7 @@ def test_a_replay_in_other_batches_raises_the_same_alerts() -> None:
     again = Detectors(DetectorsConfig())
     replayed: list[Alert] = []
     for batch in demo_calls(DemoIncidents.before(NOW), size=1700):
-        replayed.extend(again.observe(priced(batch).calls.rows))
+        replayed.extend(again.observe(priced(batch).calls.columns))
     assert [a.alert_id for a in replayed] == [a.alert_id for a in demo_alerts(True)]
 
 
@@ -125,7 +127,7 @@ def test_loop_caps_and_thresholds_come_from_the_config() -> None:
     start = datetime(2026, 1, 5, 12, tzinfo=UTC)
     tools = ["search", "fetch", "search", "fetch", "summarize"] * 4  # varied tools, 20 tool calls
     calls = [session_call(n, tool, start + timedelta(seconds=n)) for n, tool in enumerate(tools)]
-    rows = priced(calls).calls.rows
+    rows = priced(calls).calls.columns
 
     strict = Detectors(DetectorsConfig(loop_detected=LoopConfig(max_tool_calls=15)))
     lenient = Detectors(DetectorsConfig(loop_detected=LoopConfig(max_tool_calls=50)))
@@ -147,7 +149,7 @@ def test_the_demos_ordinary_sessions_stay_under_the_loop_caps_with_any_seed(seed
     )
     # three quarters of the default token cap, so a session near the cap fails here first
     detectors = Detectors(DetectorsConfig(loop_detected=LoopConfig(max_tokens=15_000)))
-    raised = [a for a in detectors.observe(priced(calls).calls.rows) if a.kind == "loop_detected"]
+    raised = [a for a in detectors.observe(priced(calls).calls.columns) if a.kind == "loop_detected"]
     assert not raised, raised[0].message
 
 
@@ -160,12 +162,12 @@ def test_latency_needs_enough_calls_and_counts_successful_calls_only() -> None:
         for n in range(24)
     ]  # fmt: skip
     config = DetectorsConfig(latency_p95=LatencyConfig(min_calls=12))
-    raised = [a for a in Detectors(config).observe(priced(slow).calls.rows) if a.kind == "latency_p95"]
+    raised = [a for a in Detectors(config).observe(priced(slow).calls.columns) if a.kind == "latency_p95"]
     assert {(a.dimension, a.key, a.severity) for a in raised} == {
         ("model", "m", "critical"),
         ("feature", "f", "critical"),
     }
-    too_few = Detectors(config).observe(priced(slow[:20]).calls.rows)  # 10 successful calls
+    too_few = Detectors(config).observe(priced(slow[:20]).calls.columns)  # 10 successful calls
     assert [a for a in too_few if a.kind == "latency_p95"] == []
 
 
@@ -191,7 +193,7 @@ def test_a_regressed_prompt_version_replaced_by_a_newer_one_is_resolved() -> Non
     raised = [
         (a.key, a.status)
         for batch in [version("v1", 1000, 0), version("v2", 3000, 2), version("v3", 1000, 4)]
-        for a in detectors.observe(priced(batch).calls.rows)
+        for a in detectors.observe(priced(batch).calls.columns)
         if a.kind == "prompt_version_regression"
     ]
 
@@ -202,11 +204,13 @@ def test_a_quiet_partition_with_records_still_to_read_holds_the_clock_back(monke
     monkeypatch.setattr(engine, "IDLE_PARTITION_SECONDS", 0.05)
     start = datetime(2026, 1, 5, 12, tzinfo=UTC)
 
-    def rows_of(partition: int, at: datetime) -> list[tuple[object, ...]]:
+    def rows_of(partition: int, at: datetime) -> pa.Table:
         event = CallEvent.model_validate({"event_id": f"p{partition}-{at:%H%M}", "ts": at, "provider": "openai",
                                           "model": "gpt-4o", "feature": "f", "input_tokens": 10})  # fmt: skip
         rows = priced([event]).calls.rows
-        return [(*row[: c.SOURCE_PARTITION], partition, *row[c.SOURCE_PARTITION + 1 :]) for row in rows]
+        return call_block.table(
+            [(*row[: c.SOURCE_PARTITION], partition, *row[c.SOURCE_PARTITION + 1 :]) for row in rows]
+        )
 
     def clock(lagging: frozenset[int]) -> float:
         detectors = Detectors(DetectorsConfig())
