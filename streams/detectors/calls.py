@@ -30,13 +30,15 @@ MINUTE = "minute"
 """The column :func:`in_time_order` adds: the call's event-time minute (epoch minutes)."""
 AT = "at"
 """The column :func:`in_time_order` adds: the call's ``ts`` in epoch seconds."""
+TOKENS = "tokens"
+"""The column :func:`in_time_order` adds: the call's input and output tokens."""
 
 Aggregation = tuple[str | list[str], str]
 """A pyarrow group-by aggregation: (column, function), ``([], "count_all")`` for a count."""
 
 
 def in_time_order(calls: pa.Table) -> pa.Table:
-    """Stored calls (``llm_calls`` columns) sorted by ``ts``, with :data:`AT` and :data:`MINUTE` added.
+    """Stored calls (``llm_calls`` columns) sorted by ``ts``, with :data:`AT`, :data:`MINUTE` and :data:`TOKENS` added.
 
     What every detector's ``prepare`` reads. The detectors count a batch with Arrow kernels (sorts and
     group-bys in C, which release the GIL) and go through the results in Python, not the calls.
@@ -44,10 +46,11 @@ def in_time_order(calls: pa.Table) -> pa.Table:
     ms = pc.cast(calls.column("ts"), pa.int64())
     order = pc.sort_indices(ms)  # stable: calls of the same millisecond keep their order
     ms = ms.take(order)
+    ordered = calls.take(order)
     return (
-        calls.take(order)
-        .append_column(AT, pc.divide(pc.cast(ms, pa.float64()), 1000.0))
+        ordered.append_column(AT, pc.divide(pc.cast(ms, pa.float64()), 1000.0))
         .append_column(MINUTE, pc.divide(ms, 60_000))  # integer division; ts are after 1970
+        .append_column(TOKENS, pc.add(ordered.column("input_tokens"), ordered.column("output_tokens")))
     )
 
 

@@ -48,8 +48,8 @@ class ErrorRateDetector:
         if not self._config.enabled:
             return {}
         llm = calls.filter(pc.equal(calls.column("kind"), "llm"))
-        llm = llm.append_column("failed", pc.cast(pc.is_in(llm.column("status"), value_set=_FAILED), pa.int64()))
-        llm = llm.append_column("retried", pc.cast(pc.greater(llm.column("attempt"), 1), pa.int64()))
+        llm = llm.append_column("failed", pc.is_in(llm.column("status"), value_set=_FAILED))
+        llm = llm.append_column("retried", pc.greater(llm.column("attempt"), 1))  # a sum of booleans counts them
         return c.per_minute(
             llm, ["data_mode", *_DIMENSIONS], [([], "count_all"), ("failed", "sum"), ("retried", "sum")]
         )

@@ -61,15 +61,13 @@ class LoopDetector:
         if not self._config.enabled:
             return {}
         calls = calls.filter(pc.not_equal(calls.column("session_id"), ""))
+        calls = calls.append_column("tool", pc.equal(calls.column("kind"), "tool"))  # a sum of booleans counts them
         session = ["data_mode", "session_id"]
-        calls = calls.append_column(
-            "tokens", pc.add(calls.column("input_tokens"), calls.column("output_tokens"))
-        ).append_column("tool", pc.cast(pc.equal(calls.column("kind"), "tool"), pa.int64()))
         sessions = c.per_minute(calls, session, [
             ("agent_id", "first"), ("feature", "first"), (c.AT, "min"), (c.AT, "max"),
-            ([], "count_all"), ("tool", "sum"), ("tokens", "sum"), ("cost_usd", "sum"),
+            ([], "count_all"), ("tool", "sum"), (c.TOKENS, "sum"), ("cost_usd", "sum"),
         ])  # fmt: skip
-        tools = c.rows_per_minute(calls.filter(pc.equal(calls.column("kind"), "tool")), [*session, "tool_name"])
+        tools = c.rows_per_minute(calls.filter(calls.column("tool")), [*session, "tool_name"])
         prompts = c.rows_per_minute(
             calls.filter(pc.not_equal(calls.column("prompt_hash"), "")), [*session, "prompt_hash"]
         )

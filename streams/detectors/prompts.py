@@ -51,13 +51,12 @@ class PromptRegressionDetector:
         if not self._config.enabled:
             return {}
         versioned = calls.filter(pc.not_equal(calls.column("prompt_version"), ""))
-        versioned = versioned.append_column(
-            "llm", pc.cast(pc.equal(versioned.column("kind"), "llm"), pa.int64())
-        ).append_column("tokens", pc.add(versioned.column("input_tokens"), versioned.column("output_tokens")))
+        # model calls, counted by the sum of a boolean column
+        versioned = versioned.append_column("llm", pc.equal(versioned.column("kind"), "llm"))
         return c.per_minute(
             versioned,
             ["data_mode", "feature", "prompt_version"],
-            [(c.AT, "min"), ("llm", "sum"), ("cost_usd", "sum"), ("tokens", "sum")],
+            [(c.AT, "min"), ("llm", "sum"), ("cost_usd", "sum"), (c.TOKENS, "sum")],
         )
 
     def observe(self, minute: int, counts: list[c.Row]) -> None:
