@@ -2,7 +2,7 @@
 
 Acknowledgement discipline: Faust commits the offsets of acknowledged events on a timer, and an
 agent that raises acknowledges what it was handling. So the ingest agent takes events without
-acknowledging them (``noack_take``), never lets an exception escape, and acknowledges a batch only
+acknowledging them (``streams.batching.take_chunks``), never lets an exception escape, and acknowledges a batch only
 after ClickHouse confirmed it and the dead-letter topic has the rejected ones.
 """
 
@@ -23,7 +23,7 @@ from sinks.batch import CallRows, Rejection, alert_row
 from sinks.exceptions import ClickHouseTransientError
 from sinks.sink import ClickHouseSink, FlushResult, StoredCalls
 from streams.backoff import Backoff
-from streams.batching import RecordChunk
+from streams.batching import RecordChunk, lagging, take_chunks
 from streams.budget_agent import partition_of
 from streams.budgets import Budgets
 from streams.detectors.engine import Detectors
@@ -88,7 +88,7 @@ def register_ingest(
         raised = unpriced.check(result.unpriced_calls)
         if detectors is not None:
             # in a thread: the event loop goes on fetching, and the next batch's flush is not held up
-            raised += await asyncio.to_thread(detectors.observe, stored.columns, _lagging(app, read))
+            raised += await asyncio.to_thread(detectors.observe, stored.columns, lagging(app.consumer, read))
         await raise_alerts(raised)
         for event in batch:
             event.ack()
@@ -100,9 +100,7 @@ def register_ingest(
             await _warm_up(detectors, sink)
             await raise_alerts(detectors.check())
         try:
-            # noack_take (faust-streaming) yields events, not values, and never acknowledges them itself.
-            async for events in stream.noack_take(max_chunks, within=batch_seconds):  # type: ignore[attr-defined]
-                batch: list[EventT[RecordChunk]] = list(events)
+            async for batch in take_chunks(stream, max_chunks, batch_seconds):
                 for event in batch:
                     chunk = cast(RecordChunk, event.value)
                     read[TP(chunk.topic, chunk.partition)] = chunk.offsets[-1]
@@ -118,19 +116,6 @@ def register_ingest(
                     task.cancel()
 
     return ingest
-
-
-def _lagging(app: faust.App, read: dict[TP, int]) -> frozenset[int]:
-    """The partitions with records the agent has not read yet: they hold the detectors' clock back."""
-    lagging = set()
-    for tp, offset in read.items():
-        try:
-            end = app.consumer.highwater(tp)
-        except Exception:  # not assigned any more, or not fetched yet: nothing known to wait for
-            continue
-        if end is not None and offset + 1 < end:
-            lagging.add(tp.partition)
-    return frozenset(lagging)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +152,7 @@ def register_outcomes(
 
     @app.agent(outcomes, name="outcomes")
     async def store_outcomes(stream: StreamT[RecordChunk]) -> None:
-        async for events in stream.noack_take(max_chunks, within=batch_seconds):  # type: ignore[attr-defined]
-            batch: list[EventT[RecordChunk]] = list(events)
+        async for batch in take_chunks(stream, max_chunks, batch_seconds):
             result = ingestor.process(_raw_events(batch))
             await _publish_dead_letters(dlq, result.rejected)
             sink.add(CallRows(), result.rejected, result.rows)

@@ -65,6 +65,21 @@ def test_events_from_the_sdk_and_an_independent_client_land_priced_and_counted_o
     assert up.wait_for("SELECT sum(calls) FROM rollup_minute WHERE dimension = 'tenant_id'", 100) == 100
 
 
+def test_the_end_of_a_burst_is_stored_at_once_not_after_batch_seconds(
+    start_up: Callable[..., UpProcess], broker: str
+) -> None:
+    # Batches of 200 events, cut after a minute when not full: a burst of 1,050 fills five, and the
+    # 50 or so left over are stored once the worker has read everything, not a minute later.
+    up = start_up(SPENDSTREAM_BATCH_SIZE="200", SPENDSTREAM_BATCH_SECONDS="60")
+    emitter = Emitter(broker, topic=topic_of(up, "llm.calls"))
+    for _ in range(1_050):
+        emitter.emit(CallEvent.model_validate(call()))
+    assert emitter.close().delivered == 1_050
+
+    assert up.wait_for("SELECT count() FROM llm_calls", 1_050, timeout=40) == 1_050
+    assert up.wait_for("SELECT sum(calls) FROM rollup_minute WHERE dimension = 'all'", 1_050, timeout=5) == 1_050
+
+
 def test_bad_input_is_kept_with_a_reason_and_the_pipeline_keeps_going(
     start_up: Callable[..., UpProcess], broker: str
 ) -> None:
