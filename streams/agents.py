@@ -2,8 +2,9 @@
 
 Acknowledgement discipline: Faust commits the offsets of acknowledged events on a timer, and an
 agent that raises acknowledges what it was handling. So the ingest agent takes events without
-acknowledging them (``streams.batching.take_chunks``), never lets an exception escape, and acknowledges a batch only
-after ClickHouse confirmed it and the dead-letter topic has the rejected ones.
+acknowledging them (``streams.batching.take_chunks``), never lets an exception escape, and
+acknowledges a batch only after ClickHouse confirmed it and the dead-letter topic has the rejected
+ones.
 """
 
 from __future__ import annotations

@@ -231,10 +231,10 @@ async def take_chunks(
                 raise RuntimeError("a take buffer found no current event")
             buffer.append(event)
             last_offsets[TP(value.topic, value.partition)] = value.offsets[-1]
-            if len(buffer) >= max_chunks:
+            if len(buffer) >= max_chunks:  # never more than max_chunks at once: wait for the batch's turn
                 full.set()
                 consumed.clear()
-                await stream.wait(consumed)  # type: ignore[arg-type]  # mode types it as its own Event; never more than max_chunks at once
+                await stream.wait(consumed)  # type: ignore[arg-type]  # mode annotates its own Event type
             elif after_full and not lagging(stream.app.consumer, last_offsets):
                 full.set()
         except asyncio.CancelledError:
