@@ -68,8 +68,8 @@ def test_events_from_the_sdk_and_an_independent_client_land_priced_and_counted_o
 def test_the_end_of_a_burst_is_stored_at_once_not_after_batch_seconds(
     start_up: Callable[..., UpProcess], broker: str
 ) -> None:
-    # Batches of 200 events, cut after a minute when not full: a burst of 1,050 fills five, and the
-    # 50 or so left over are stored once the worker has read everything, not a minute later.
+    # Batches of at most 200 events, cut after a minute when not full: a burst of 1,050 fills several,
+    # and what is left over is stored once the worker has read everything, not a minute later.
     up = start_up(SPENDSTREAM_BATCH_SIZE="200", SPENDSTREAM_BATCH_SECONDS="60")
     emitter = Emitter(broker, topic=topic_of(up, "llm.calls"))
     for _ in range(1_050):
