@@ -14,6 +14,7 @@ Calls whose cost the caller stated are left alone.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import date
@@ -60,7 +61,7 @@ def reprice(
     if model is not None:
         where += " AND model = %(model)s"
         parameters["model"] = model
-    examined, changes, delta, newly_priced = 0, [], 0.0, 0
+    examined, changes, cost_deltas, newly_priced = 0, [], [], 0
     with client.query_row_block_stream(
         f"SELECT {', '.join(_READ_COLUMNS)} FROM {db}.llm_calls FINAL WHERE {where}", parameters=parameters
     ) as blocks:
@@ -71,9 +72,10 @@ def reprice(
                 if change is not None:
                     changes.append(change)
                     old_cost = row[8] or 0.0
-                    delta += (change[1] or 0.0) - old_cost
+                    cost_deltas.append((change[1] or 0.0) - old_cost)
                     newly_priced += change[2] == 1 and row[9] == 0
-    result = RepriceResult(examined, len(changes), delta, newly_priced)
+    # summed exactly: the rows come in no fixed order, and a dry run must say what the run will do
+    result = RepriceResult(examined, len(changes), math.fsum(cost_deltas), newly_priced)
     if dry_run or not changes:
         return result
 
