@@ -243,8 +243,10 @@ class ClickHouseSink:
     def _new_positions(self, client: Client, calls: CallRows) -> list[int]:
         """Positions of the first occurrence of each event_id not yet stored in ``llm_calls``.
 
-        The ids travel as one string literal split on the server: ClickHouse parses it far faster
-        than a list of 10,000 literals, and the client sends it unprocessed (``raw_query``).
+        The stored ids are looked up in ``call_ids``, which a view fills from ``llm_calls`` ordered
+        by hour: the lookup reads the hours the batch spans, not its whole day. The ids travel as one
+        string literal split on the server: ClickHouse parses it far faster than a list of 10,000
+        literals, and the client sends it unprocessed (``raw_query``).
         """
         ids = calls.event_ids()
         unique = list(set(ids))
@@ -252,7 +254,7 @@ class ClickHouseSink:
         lo = int((min(stamps) - _TS_MARGIN).timestamp() * 1000)
         hi = int((max(stamps) + _TS_MARGIN).timestamp() * 1000)
         query = (
-            f"SELECT event_id FROM `{self._database}`.llm_calls "
+            f"SELECT event_id FROM `{self._database}`.call_ids "
             f"PREWHERE event_id IN (SELECT arrayJoin(splitByChar('\\x1F', {_id_list_literal(unique)}))) "
             f"WHERE ts BETWEEN fromUnixTimestamp64Milli({lo}) AND fromUnixTimestamp64Milli({hi})"
         )

@@ -11,7 +11,7 @@ from schemas.outcome_event import OutcomeEvent
 from sinks.batch import CallRows, outcome_row
 from sinks.clickhouse import connect
 from sinks.exceptions import ClickHouseTransientError
-from sinks.migrations import migrate
+from sinks.migrations import discover, migrate
 from sinks.sink import ClickHouseSink
 
 pytestmark = pytest.mark.integration
@@ -57,6 +57,31 @@ def test_a_redelivered_event_is_counted_once_in_the_table_and_every_rollup(
     result = sink.flush()
     assert (result.inserted, result.duplicates) == (1, 2)
     assert totals(ch, database) == {"llm_calls": 4, "minute": 4, "hour": 4, "day_cost": 2.0, "trace": 4}
+
+
+def test_calls_stored_before_the_upgrade_to_call_ids_are_still_recognised(
+    chdb_dsn: str, ch: Client, database: str, tmp_path: Path
+) -> None:
+    before = tmp_path / "sql"
+    before.mkdir()
+    for migration in discover():
+        if migration.version < 13:  # 0013 adds call_ids, where the duplicate check looks
+            (before / migration.name).write_text(migration.text)
+    migrate(ch, database, before)
+    ch.command(
+        f"INSERT INTO {database}.llm_calls (event_id, ts, provider, model, kind, feature, data_mode, priced) VALUES "
+        f"('a', toDateTime64('{NOW:%Y-%m-%d %H:%M:%S}', 3, 'UTC'), 'openai', 'gpt-4o', 'llm', 'f', 'real', 1), "
+        f"('b', toDateTime64('{NOW - timedelta(minutes=1):%Y-%m-%d %H:%M:%S}', 3, 'UTC'), 'openai', 'gpt-4o', 'llm', "
+        "'f', 'real', 1)"
+    )
+    migrate(ch, database)  # call_ids is filled from the calls already stored
+
+    sink = ClickHouseSink(lambda: connect(chdb_dsn), database)
+    sink.add(rows("a", "b", "c"), [])  # a and b delivered again after the upgrade
+    result = sink.flush()
+    assert (result.inserted, result.duplicates) == (1, 2)
+    assert ch.query(f"SELECT count() FROM {database}.llm_calls FINAL").result_rows[0][0] == 3
+    assert ch.query(f"SELECT sum(calls) FROM {database}.rollup_minute WHERE dimension = 'all'").result_rows[0][0] == 3
 
 
 def test_a_full_batch_redelivered_is_recognised_whole(sink: ClickHouseSink, ch: Client, database: str) -> None:
