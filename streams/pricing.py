@@ -136,6 +136,9 @@ class Pricer:
         return None if sheet is None else sheet.for_input(input_tokens)
 
     def _lookup(self, provider: str, model: str, day: date) -> _PriceSheet | None:
+        # Names are looked up as the event model stores them: stripped. The ingestor prices a padded
+        # name before the model strips it (see streams.ingest), and must not warn for it.
+        provider, model = provider.strip(), model.strip()
         override = self._overrides.get((provider.lower(), model.lower()))
         if override is not None:
             return override

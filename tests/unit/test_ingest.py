@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import logging
+
 import orjson
+import pytest
 
 from sinks.batch import LLM_CALL_COLUMNS
 from streams.ingest import Ingestor, IngestResult, RawEvent
@@ -59,3 +62,13 @@ def test_a_batch_processed_in_parts_combines_into_the_whole() -> None:
     assert combined.calls.columns is not None and combined.calls.columns.equals(whole.calls.columns)
     assert [r.offset for r in combined.rejected] == [7]
     assert combined.unpriced_calls == whole.unpriced_calls and sum(whole.unpriced_calls.values()) == 10
+
+
+def test_a_padded_model_name_is_priced_as_the_stripped_one_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    ingestor = Ingestor(Pricer(), "llm.calls")
+    with caplog.at_level(logging.WARNING):
+        result = ingestor.process([RawEvent(raw(model=" gpt-4o ", provider="openai ", input_tokens=1_000_000), 0, 1)])
+    [row] = [dict(zip(LLM_CALL_COLUMNS, values, strict=True)) for values in result.calls.rows]
+    assert (row["provider"], row["model"], row["cost_usd"], row["priced"]) == ("openai", "gpt-4o", 2.5, 1)
+    assert result.unpriced_calls == {}
+    assert "no price known" not in caplog.text
