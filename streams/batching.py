@@ -8,7 +8,8 @@ chunk before its last are registered as a gap, so Faust commits past them only o
 message (carrying the last offset) is acknowledged.
 
 It also asks the broker to hold a fetch for new records at most :data:`FETCH_MAX_WAIT_MS`, not
-Faust's 1.5 s (see :class:`PromptFetchThread`).
+Faust's 1.5 s (see :class:`PromptFetchThread`). Agents take the chunks in batches with
+:func:`take_chunks`, which leaves acknowledging them to the agent.
 """
 
 from __future__ import annotations
@@ -240,7 +241,11 @@ async def take_chunks(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            stream.log.exception("Error adding to take buffer: %r", exc)
+            stream.log.exception(
+                "a batch could not take a chunk of %s partition %d (%r): the stream stops; its events were "
+                "not acknowledged, so Kafka delivers them again to the agent that reads them next",
+                value.topic, value.partition, exc,
+            )  # fmt: skip
             await stream.crash(exc)
         return value
 
