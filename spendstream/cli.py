@@ -76,19 +76,48 @@ def worker(log_level: str) -> None:
 
 
 @main.command()
-def migrate() -> None:
+@click.option(
+    "--print-reader-policy",
+    is_flag=True,
+    help="print the SQL of the read-only settings profile and role for a ClickHouse server, and exit",
+)
+@click.option(
+    "--apply-reader-policy",
+    is_flag=True,
+    help="after migrating, create that profile and role on the ClickHouse server (grant it to your readers)",
+)
+def migrate(print_reader_policy: bool, apply_reader_policy: bool) -> None:
     """Apply the sql/ migrations to the ClickHouse server or the embedded engine."""
     from sinks.migrations import migrate as run_migrations
     from spendstream.clickhouse_target import client_for_command
+    from spendstream.sql_policy import server_policy_sql
 
     settings = _settings()
+    policy = server_policy_sql(settings.database, settings.query_limits(), settings.sql_max_concurrent_queries)
+    if print_reader_policy:
+        click.echo(";\n".join(policy) + ";")
+        click.echo("-- then, for each reader: GRANT spendstream_reader TO name;")
+        click.echo("--                        ALTER USER name DEFAULT ROLE spendstream_reader;")
+        return
+    if apply_reader_policy and settings.embedded_clickhouse:
+        raise click.ClickException(
+            "the embedded engine has no users or roles: its SQL endpoint enforces the same policy itself "
+            "(see the README's security section); --apply-reader-policy is for SPENDSTREAM_CLICKHOUSE_URL"
+        )
     try:
         client = client_for_command(settings)
         applied = run_migrations(client, settings.database, on_applied=lambda m: click.echo(f"applied {m.name}"))
+        if apply_reader_policy:
+            for statement in policy:
+                client.command(statement)
+            click.echo("created the settings profile and role spendstream_reader: GRANT it to your readers")
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:
-        raise click.ClickException(f"cannot reach ClickHouse ({exc}): check SPENDSTREAM_CLICKHOUSE_URL") from exc
+        raise click.ClickException(
+            f"ClickHouse refused or could not be reached ({str(exc).splitlines()[0] if str(exc) else exc!r}): check "
+            "SPENDSTREAM_CLICKHOUSE_URL; --apply-reader-policy needs a user with ACCESS MANAGEMENT"
+        ) from exc
     click.echo(f"{len(applied)} migration(s) applied to {settings.database}" if applied else "up to date")
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.config import SpendstreamConfig, load_config
+from spendstream.sql_policy import QueryLimits
 
 
 class Settings(BaseSettings):
@@ -45,7 +46,23 @@ class Settings(BaseSettings):
     sql_port: int = Field(default=8123, ge=0, le=65535)
     """Port of the embedded SQL endpoint (ClickHouse's HTTP interface shape)."""
     sql_writable: bool = False
-    """Let anonymous clients of the embedded SQL endpoint write (default: read-only)."""
+    """Let anonymous clients of the embedded SQL endpoint insert into spendstream's tables (default: read-only)."""
+    sql_max_execution_time_s: int = Field(default=30, ge=1, le=86_400)
+    """Seconds one query of an endpoint client (not ``admin``) may run."""
+    sql_max_memory_bytes: int = Field(default=2 * 1024**3, ge=16 * 1024**2)
+    """Memory one query of an endpoint client may take."""
+    sql_max_rows_to_read: int = Field(default=2_000_000_000, ge=1)
+    """Rows one query of an endpoint client may read."""
+    sql_max_result_rows: int = Field(default=5_000_000, ge=1)
+    sql_max_result_bytes: int = Field(default=256 * 1024**2, ge=1024)
+    sql_max_threads: int = Field(default=2, ge=1, le=256)
+    """Threads one query of an endpoint client may use (ingestion keeps the rest)."""
+    sql_max_concurrent_queries: int = Field(default=2, ge=1, le=256)
+    """Queries of endpoint clients running at once; the next waits up to the request timeout, then gets 503."""
+    sql_max_body_bytes: int = Field(default=64 * 1024**2, ge=1024)
+    """The largest request body the endpoint takes, before and after decompression."""
+    sql_request_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """How long a request may take to arrive, and an idle kept-alive connection stays open."""
 
     slack_bot_token: SecretStr | None = None
     """A Slack bot token with ``chat:write``: alerts go to the channels of the config's routes."""
@@ -76,6 +93,17 @@ class Settings(BaseSettings):
     @property
     def chdb_path(self) -> Path:
         return (self.home / "chdb").resolve()
+
+    def query_limits(self) -> QueryLimits:
+        """The limits of every query of an endpoint client who is not ``admin`` (and of the server-mode profile)."""
+        return QueryLimits(
+            max_execution_time_s=self.sql_max_execution_time_s,
+            max_memory_bytes=self.sql_max_memory_bytes,
+            max_rows_to_read=self.sql_max_rows_to_read,
+            max_result_rows=self.sql_max_result_rows,
+            max_result_bytes=self.sql_max_result_bytes,
+            max_threads=self.sql_max_threads,
+        )
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + name

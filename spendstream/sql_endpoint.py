@@ -2,31 +2,43 @@
 
 chDB allows one process per data path, so the ``up`` process owns the engine and serves SQL to
 everyone else here: ``curl 'http://127.0.0.1:8123/?query=SELECT 1'``, ``spendstream sql`` and
-clickhouse-connect's own HTTP client. Anonymous requests are read-only (``readonly=2``: settings may
-change, data may not) unless ``SPENDSTREAM_SQL_WRITABLE`` is set; the user ``admin`` with the token
-from ``SPENDSTREAM_HOME/sql-admin-token`` may write (``spendstream migrate`` and ``reprice`` use it).
+clickhouse-connect's own HTTP client. The user ``admin`` with the token from
+``SPENDSTREAM_HOME/sql-admin-token`` may do anything (``spendstream migrate`` and ``reprice`` use it).
+Everyone else is sandboxed (``spendstream.sql_policy``): a query is parsed by the engine and checked
+against allow-lists before it runs, it runs in an engine session locked with ``readonly = 1`` and
+the :class:`~spendstream.sql_policy.QueryLimits`, it is cancelled when its client goes away, and at
+most ``max_concurrent_queries`` run at once. Bodies are bounded before and after decompression, and
+a request that does not arrive within ``request_timeout_s`` is dropped.
 """
 
 from __future__ import annotations
 
 import base64
-import gzip
+import binascii
 import hmac
 import json
 import logging
 import re
 import secrets
+import select
+import socket
 import threading
+import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from clickhouse_connect.driver.client import Client
 
 from sinks.clickhouse import error_code, sql_string
+from spendstream.exceptions import QueryRefused
+from spendstream.sql_policy import QueryLimits, check_statement, client_settings
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +57,26 @@ _INSERT_WITH_DATA = re.compile(
 )
 _RESULT_STATEMENT = re.compile(r"^\s*(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN)\b", re.IGNORECASE)
 _HAS_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.IGNORECASE)
-_HTTP_STATUS = {60: 404, 81: 404, 62: 400, 47: 400, 115: 400, 164: 403, 497: 403, 516: 401}
+_HTTP_STATUS = {
+    60: 404, 81: 404, 62: 400, 47: 400, 115: 400, 164: 403, 497: 403, 516: 401, 202: 503, 159: 408, 394: 408,
+    241: 507, 158: 413, 396: 413,
+}  # fmt: skip
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MARKER = "spendstream-request:"
+"""Leads a sandboxed query's text (a comment), so that the query can be found and killed when its client goes."""
+_WATCH_SECONDS = 0.2
+_IDLE_SESSIONS_PER_KIND = 4
+_SESSION_KINDS = 32
+
+
+class _Refusal(Exception):
+    """A request answered with an error before any SQL runs: HTTP status, ClickHouse code, message."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
 
 
 def load_or_create_token(home: Path) -> str:
@@ -61,19 +91,49 @@ def load_or_create_token(home: Path) -> str:
     return token
 
 
-def _decompress(body: bytes, encoding: str) -> bytes:
-    encoding = encoding.lower()
+def _too_large(limit: int) -> _Refusal:
+    return _Refusal(
+        413,
+        396,
+        f"Code: 396. DB::Exception: the request body is over {limit:,} bytes (after decompression): split it, "
+        "or raise SPENDSTREAM_SQL_MAX_BODY_BYTES. (TOO_LARGE_REQUEST)",
+    )
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` decoded from its ``Content-Encoding``, refused once it grows past ``limit`` bytes.
+
+    Raises:
+        _Refusal: an unknown encoding, a corrupt body, or one that expands past ``limit``.
+    """
+    encoding = encoding.lower().strip()
     if encoding in ("", "identity"):
         return body
-    if encoding == "gzip":
-        return gzip.decompress(body)
-    if encoding == "deflate":
-        return zlib.decompress(body)
-    if encoding == "lz4":
-        import lz4.frame
+    try:
+        if encoding in ("gzip", "deflate"):
+            # wbits 47: a zlib or a gzip header, whichever the body has
+            inflater = zlib.decompressobj(47)
+            out = inflater.decompress(body, limit + 1)
+            if len(out) > limit or inflater.unconsumed_tail:
+                raise _too_large(limit)
+            return out
+        if encoding == "lz4":
+            import lz4.frame
 
-        return bytes(lz4.frame.decompress(body))
-    raise ValueError(f"unsupported Content-Encoding {encoding!r}: send gzip, deflate, lz4 or none")
+            lz4_reader = lz4.frame.LZ4FrameDecompressor()
+            data = bytes(lz4_reader.decompress(body, max_length=limit + 1))
+            if len(data) > limit or not lz4_reader.eof:
+                raise _too_large(limit)
+            return data
+    except (zlib.error, RuntimeError, EOFError) as exc:
+        message = f"Code: 36. DB::Exception: cannot decompress the {encoding} body ({exc}). (BAD_ARGUMENTS)"
+        raise _Refusal(400, 36, message) from None
+    raise _Refusal(
+        400,
+        36,
+        f"Code: 36. DB::Exception: unsupported Content-Encoding {encoding!r}: send gzip, deflate, lz4 or none. "
+        "(BAD_ARGUMENTS)",
+    )
 
 
 def _setting_name(name: str) -> str:
@@ -90,15 +150,133 @@ def _unescape(value: str) -> str:
     return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "0": "\0"}.get(m.group(1), m.group(1)), value)
 
 
+class _Sessions:
+    """Engine sessions kept for reuse, by what they were set up with (a session's ``readonly = 1`` is for good).
+
+    A dashboard sends the same settings with every query, so it finds a session set up for them.
+    """
+
+    def __init__(self, factory: Callable[[], Client]) -> None:
+        self._factory = factory
+        self._idle: OrderedDict[tuple[str, ...], list[Client]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def session(self, setup: tuple[str, ...]) -> Iterator[Client]:
+        """A session on which the SQL statements ``setup`` have run; back to the pool after use."""
+        with self._lock:
+            idle = self._idle.get(setup)
+            client = idle.pop() if idle else None
+        if client is None:
+            client = self._factory()
+            try:
+                for statement in setup:
+                    client.command(statement)
+            except Exception:
+                client.close()
+                raise
+        try:
+            yield client
+        except BaseException:
+            client.close()  # its state is unknown after a failure half way
+            raise
+        self._give_back(setup, client)
+
+    def _give_back(self, setup: tuple[str, ...], client: Client) -> None:
+        evicted: list[Client] = []
+        with self._lock:
+            idle = self._idle.setdefault(setup, [])
+            self._idle.move_to_end(setup)
+            if len(idle) < _IDLE_SESSIONS_PER_KIND:
+                idle.append(client)
+            else:
+                evicted.append(client)
+            while len(self._idle) > _SESSION_KINDS:
+                evicted.extend(self._idle.popitem(last=False)[1])
+        for extra in evicted:
+            extra.close()
+
+    def close(self) -> None:
+        with self._lock:
+            sessions = [client for idle in self._idle.values() for client in idle]
+            self._idle.clear()
+        for client in sessions:
+            client.close()
+
+
+class _Watcher:
+    """Cancels a sandboxed query whose client closed its connection (ClickHouse's
+    ``cancel_http_readonly_queries_on_client_close``): polls the sockets of running queries."""
+
+    def __init__(self, killer: Callable[[str], None]) -> None:
+        self._kill = killer
+        self._running: dict[str, socket.socket] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sql-endpoint-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @contextmanager
+    def watching(self, marker: str, connection: socket.socket) -> Iterator[None]:
+        with self._lock:
+            self._running[marker] = connection
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running.pop(marker, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(_WATCH_SECONDS):
+            with self._lock:
+                running = dict(self._running)
+            if not running:
+                continue
+            by_socket = {sock: marker for marker, sock in running.items()}
+            try:
+                readable, _, _ = select.select(list(by_socket), [], [], 0)
+            except (OSError, ValueError):  # a socket closed meanwhile: look again next round
+                continue
+            for sock in readable:
+                if _closed(sock):
+                    marker = by_socket[sock]
+                    with self._lock:
+                        still_running = self._running.pop(marker, None) is not None
+                    if still_running:
+                        logger.info("sql endpoint: client left, cancelling its query %s", marker)
+                        self._kill(marker)
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 class SqlEndpoint:
     """An HTTP server in a background thread that runs SQL through clickhouse-connect clients.
 
     Args:
-        client_factory: makes a client on the engine; one is made per serving thread.
+        client_factory: makes a client (an engine session) on the engine.
         host, port: where to listen (port 0 picks a free one).
-        database: the default database of requests that name none.
-        admin_token: the password of the user ``admin``, who may write.
-        writable: whether anonymous requests may write too.
+        database: spendstream's database: the default of every request, the only one non-admins read.
+        admin_token: the password of the user ``admin``, who may do anything.
+        writable: whether anonymous requests may also insert into ``database``'s tables.
+        limits: what one query of a client who is not ``admin`` may take.
+        max_concurrent_queries: queries of non-admins running at once; the next waits up to
+            ``request_timeout_s``, then is refused with 503.
+        max_body_bytes: the largest request body, before and after decompression.
+        request_timeout_s: how long a request may take to arrive (headers and body).
+        max_connections: open connections at once; more are refused with 503.
     """
 
     def __init__(
@@ -109,6 +287,11 @@ class SqlEndpoint:
         database: str,
         admin_token: str,
         writable: bool = False,
+        limits: QueryLimits | None = None,
+        max_concurrent_queries: int = 2,
+        max_body_bytes: int = 64 * 1024**2,
+        request_timeout_s: float = 30.0,
+        max_connections: int = 64,
     ) -> None:
         self._client_factory = client_factory
         self._host = host
@@ -116,8 +299,16 @@ class SqlEndpoint:
         self.database = database
         self._admin_token = admin_token
         self.writable = writable
-        self._local = threading.local()
-        self._server: ThreadingHTTPServer | None = None
+        self.limits = limits or QueryLimits()
+        self.max_body_bytes = max_body_bytes
+        self.request_timeout_s = request_timeout_s
+        self._max_connections = max_connections
+        self._query_slots = threading.BoundedSemaphore(max_concurrent_queries)
+        self._sessions = _Sessions(client_factory)
+        self._killer: Client | None = None
+        self._killer_lock = threading.Lock()
+        self._watcher = _Watcher(self._kill)
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -133,60 +324,116 @@ class SqlEndpoint:
 
         class Handler(_Handler):
             owner = endpoint
+            timeout = endpoint.request_timeout_s
 
-        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
+        self._server = _Server((self._host, self._port), Handler, self._max_connections)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="sql-endpoint", daemon=True)
         self._thread.start()
+        self._watcher.start()
 
     def stop(self) -> None:
+        self._watcher.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        self._sessions.close()
 
-    def client(self, write: bool) -> Client:
-        """This thread's client; a reader's engine session is read-only for good (``readonly`` cannot be unset)."""
-        name = "writer" if write else "reader"
-        client: Client | None = getattr(self._local, name, None)
-        if client is None:
-            client = self._client_factory()
-            if not write:
-                client.command("SET readonly = 2")
-            setattr(self._local, name, client)
-        return client
-
-    def session(self, write: bool, settings: dict[str, str]) -> Client:
-        """This thread's client, its engine session holding exactly ``settings`` beyond its defaults.
-
-        A request's settings stay SET on the thread's session, and a setting the next request does
-        not send is put back to its default: a dashboard that sends the same settings with every
-        query pays for them once. (clickhouse-connect's chDB client applies per-query settings with
-        a read of system.settings and a SET and a restore each: about 8 ms per query.)
-        """
-        client = self.client(write)
-        key = "writer_settings" if write else "reader_settings"
-        applied: dict[str, str] | None = getattr(self._local, key, None)
-        if applied is None:
-            applied = {}
-            setattr(self._local, key, applied)
-        for name in [name for name in applied if name not in settings]:
-            client.command(f"SET {_setting_name(name)} = DEFAULT")
-            del applied[name]
-        for name, value in settings.items():
-            if applied.get(name) != value:
-                client.command(f"SET {_setting_name(name)} = {sql_string(value)}")  # converted to its type
-                applied[name] = value
-        return client
-
-    def may_write(self, user: str | None, password: str | None) -> bool:
-        if user == ADMIN_USER:
-            return hmac.compare_digest((password or "").encode(), self._admin_token.encode())
-        return self.writable
+    def is_admin(self, user: str | None, password: str | None) -> bool:
+        return user == ADMIN_USER and hmac.compare_digest((password or "").encode(), self._admin_token.encode())
 
     def authenticate(self, user: str | None, password: str | None) -> bool:
         """Anyone may read; the user ``admin`` must bring the right token."""
-        return user != ADMIN_USER or self.may_write(user, password)
+        return user != ADMIN_USER or self.is_admin(user, password)
+
+    @contextmanager
+    def query_slot(self) -> Iterator[None]:
+        """One of the slots for queries of non-admins, waiting up to ``request_timeout_s`` for it."""
+        if not self._query_slots.acquire(timeout=self.request_timeout_s):
+            raise _Refusal(
+                503,
+                202,
+                "Code: 202. DB::Exception: too many queries are running on this endpoint: try again shortly, "
+                "or raise SPENDSTREAM_SQL_MAX_CONCURRENT_QUERIES. (TOO_MANY_SIMULTANEOUS_QUERIES)",
+            )
+        try:
+            yield
+        finally:
+            self._query_slots.release()
+
+    def session(self, admin: bool, settings: dict[str, str]) -> Any:
+        """A pooled engine session set up for a request: ``admin``'s with the settings asked for; anyone
+        else's with the limits, the settings allowed (``client_settings``) and, unless anonymous
+        writes are on, ``readonly = 1``, which no later statement can undo."""
+        statements = [f"SET {_setting_name(name)} = {sql_string(value)}" for name, value in sorted(settings.items())]
+        if not admin:
+            limits = {**self.limits.settings(), **settings}
+            statements = [f"SET {name} = {sql_string(value)}" for name, value in sorted(limits.items())]
+            if not self.writable:
+                statements.append("SET readonly = 1")
+        return self._sessions.session(tuple(statements))
+
+    def inspect(self, sql: str, parameters: dict[str, str] | None) -> None:
+        """Parse ``sql`` with the engine and refuse it unless it stays in the sandbox.
+
+        Raises:
+            QueryRefused: several statements, or a statement the policy refuses.
+            Exception: the engine's syntax error, as ClickHouse reports it.
+        """
+        setup = (
+            f"SET max_query_size = {2 * self.limits.max_query_bytes + 65536}",
+            "SET max_execution_time = 10",
+            "SET readonly = 1",
+        )
+        with self._sessions.session(setup) as client:
+            # formatQuery parses exactly one statement: chDB would run every statement of "a; b"
+            client.raw_query(f"SELECT formatQuerySingleLine({sql_string(sql)})", use_database=False)
+            ast = client.raw_query(f"EXPLAIN AST {sql}", parameters=parameters, use_database=False)
+        check_statement(ast.decode(errors="replace"), self.database, may_insert=self.writable)
+
+    def watching(self, marker: str, connection: socket.socket) -> Any:
+        return self._watcher.watching(marker, connection)
+
+    def _kill(self, marker: str) -> None:
+        """Cancel the queries whose text holds ``marker`` (split in two, so that this KILL does not match itself)."""
+        head, tail = marker[: len(_MARKER)], marker[len(_MARKER) :]
+        try:
+            with self._killer_lock:
+                if self._killer is None:
+                    self._killer = self._client_factory()
+                self._killer.command(
+                    f"KILL QUERY WHERE position(query, concat({sql_string(head)}, {sql_string(tail)})) > 0 ASYNC"
+                )
+        except Exception as exc:  # the query ends by its own time limit then
+            logger.warning("sql endpoint: could not cancel the query of a client that left (%s)", exc)
+
+
+class _Server(ThreadingHTTPServer):
+    """A threading HTTP server that refuses connections past ``max_connections`` with 503."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        super().__init__(address, handler)
+        self._connections = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._connections.acquire(blocking=False):
+            body = b"Code: 202. DB::Exception: too many connections to this endpoint: try again shortly.\n"
+            with suppress(OSError):
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connections.release()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -204,33 +451,85 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(b"")
 
     def do_POST(self) -> None:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body = self._read_chunked()
-        else:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
         try:
-            body = _decompress(body, self.headers.get("Content-Encoding", ""))
-        except Exception as exc:
-            self._reply(400, f"Code: 36. DB::Exception: {exc}. (BAD_ARGUMENTS)\n".encode(), code=36)
+            body = self._read_body()
+            body = decompress(body, self.headers.get("Content-Encoding", ""), self.owner.max_body_bytes)
+        except _Refusal as refusal:
+            self.close_connection = True  # what is left of the body would be read as the next request
+            self._reply(refusal.status, (refusal.message + "\n").encode(), refusal.code)
+            return
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True
+            logger.info("sql endpoint: a body did not arrive within %s s; dropped", self.owner.request_timeout_s)
             return
         self._serve(body)
 
-    def _read_chunked(self) -> bytes:
+    def _read_body(self) -> bytes:
+        """The request body, within ``max_body_bytes`` and ``request_timeout_s`` in all (not per read)."""
+        limit = self.owner.max_body_bytes
+        deadline = time.monotonic() + self.owner.request_timeout_s
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts: list[bytes] = []
+            size_so_far = 0
+            while True:
+                line = self._read_line(deadline)
+                try:
+                    size = int(line.split(b";")[0].strip() or b"0", 16)
+                except ValueError:
+                    message = "Code: 36. DB::Exception: a malformed chunk size. (BAD_ARGUMENTS)"
+                    raise _Refusal(400, 36, message) from None
+                if size == 0:
+                    while self._read_line(deadline) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                size_so_far += size
+                if size_so_far > limit:
+                    raise _too_large(limit)
+                parts.append(self._read_exactly(size, deadline))
+                self._read_line(deadline)  # the CRLF after each chunk
+        raw_length = self.headers.get("Content-Length") or "0"
+        if not raw_length.isdigit():
+            message = f"Code: 36. DB::Exception: Content-Length {raw_length!r} is not a number. (BAD_ARGUMENTS)"
+            raise _Refusal(400, 36, message)
+        length = int(raw_length)
+        if length > limit:
+            raise _too_large(limit)
+        return self._read_exactly(length, deadline)
+
+    def _remaining(self, deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request body too slow")
+        self.connection.settimeout(left)
+        return left
+
+    def _read_exactly(self, size: int, deadline: float) -> bytes:
         parts: list[bytes] = []
-        while True:
-            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(parts)
-            parts.append(self.rfile.read(size))
-            self.rfile.readline()  # the CRLF after each chunk
+        while size > 0:
+            self._remaining(deadline)
+            part = self.rfile.read1(min(size, 1 << 20))
+            if not part:
+                raise ConnectionError("the client closed the connection before its body was complete")
+            parts.append(part)
+            size -= len(part)
+        return b"".join(parts)
+
+    def _read_line(self, deadline: float) -> bytes:
+        self._remaining(deadline)
+        return self.rfile.readline(1024)
 
     def _credentials(self, params: dict[str, str]) -> tuple[str | None, str | None]:
         auth = self.headers.get("Authorization", "")
         if auth.startswith("Basic "):
-            user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            try:
+                user, _, password = base64.b64decode(auth[6:], validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                raise _Refusal(
+                    400,
+                    194,
+                    "Code: 194. DB::Exception: the Authorization header is not valid Basic credentials "
+                    "(base64 of user:password). (REQUIRED_PASSWORD)",
+                ) from None
             return user, password
         header_user: str | None = self.headers.get("X-ClickHouse-User")
         header_key: str | None = self.headers.get("X-ClickHouse-Key")
@@ -246,40 +545,34 @@ class _Handler(BaseHTTPRequestHandler):
         if not query and not body:
             self._reply(200, b"Ok.\n")
             return
-        user, password = self._credentials(params)
-        owner = self.owner
-        if not owner.authenticate(user, password):
-            self._reply(401, b"Code: 516. DB::Exception: admin: Authentication failed. (AUTHENTICATION_FAILED)\n", 516)
-            return
-        settings = {k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")}
-        writer = owner.may_write(user, password)
         query_id = params.get("query_id") or str(uuid.uuid4())
-        if not query and body[:6].upper() == b"INSERT":
-            # clickhouse-connect may send "INSERT INTO t (cols) FORMAT Native\n" and the data in one body
-            head, _, rest = body.partition(b"\n")
-            if _INSERT_WITH_DATA.match(head.decode(errors="replace")):
-                query, body = head.decode(), rest
         try:
-            client = owner.session(writer, settings)
-            client.database = params.get("database") or owner.database
-            insert = _INSERT_WITH_DATA.match(query) if query and body else None
-            if insert is not None:
-                if not writer:
-                    raise PermissionError("Code: 164. DB::Exception: Cannot execute query in readonly mode. (READONLY)")
-                columns = (
-                    [c.strip(" `") for c in insert.group("columns").split(",")] if insert.group("columns") else None
-                )
-                client.raw_insert(insert.group("table"), columns, body, fmt=insert.group("fmt"))
-                result, fmt = b"", "TabSeparated"
+            user, password = self._credentials(params)
+            owner = self.owner
+            if not owner.authenticate(user, password):
+                message = "Code: 516. DB::Exception: admin: Authentication failed. (AUTHENTICATION_FAILED)"
+                raise _Refusal(401, 516, message)
+            admin = owner.is_admin(user, password)
+            settings = {k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")}
+            database = params.get("database") or owner.database
+            if not admin:
+                settings = client_settings(settings, owner.limits)
+                if database != owner.database:
+                    raise QueryRefused(
+                        f"the database {database} is not readable here", f"leave it out, or ask for {owner.database}"
+                    )
+            if admin:
+                result, fmt = self._run(admin, params, settings, database, query, body, query_id)
             else:
-                sql = f"{query}\n{body.decode()}" if query and body else (query or body.decode())
-                fmt = params.get("default_format", "TabSeparated")
-                explicit = _HAS_FORMAT.search(sql)
-                wants_rows = _RESULT_STATEMENT.match(sql) is not None and explicit is None
-                parameters = {k[6:]: _unescape(v) for k, v in params.items() if k.startswith("param_")} or None
-                result = client.raw_query(sql, parameters=parameters, fmt=fmt if wants_rows else None)
-                if explicit is not None:
-                    fmt = explicit.group().split()[1].rstrip(";")
+                with owner.query_slot():
+                    result, fmt = self._run(admin, params, settings, database, query, body, query_id)
+        except _Refusal as refusal:
+            self._reply(refusal.status, (refusal.message + "\n").encode(), refusal.code, query_id)
+            return
+        except QueryRefused as exc:
+            name = "READONLY" if exc.code == 164 else "ACCESS_DENIED"
+            self._reply(403, f"Code: {exc.code}. DB::Exception: {exc}. ({name})\n".encode(), exc.code, query_id)
+            return
         except Exception as exc:
             code = error_code(exc) or 1002
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -289,22 +582,81 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._reply(200, result, None, query_id, fmt)
 
+    def _run(
+        self,
+        admin: bool,
+        params: dict[str, str],
+        settings: dict[str, str],
+        database: str,
+        query: str,
+        body: bytes,
+        query_id: str,
+    ) -> tuple[bytes, str]:
+        """Run one request's SQL; returns the result and its format."""
+        owner = self.owner
+        if not query and body[:6].upper() == b"INSERT":
+            # clickhouse-connect may send "INSERT INTO t (cols) FORMAT Native\n" and the data in one body
+            head, _, rest = body.partition(b"\n")
+            if _INSERT_WITH_DATA.match(head.decode(errors="replace")):
+                query, body = head.decode(), rest
+        insert = _INSERT_WITH_DATA.match(query) if query and body else None
+        parameters = {k[6:]: _unescape(v) for k, v in params.items() if k.startswith("param_")} or None
+        if insert is not None:
+            if not admin and not owner.writable:
+                raise QueryRefused(
+                    "Cannot execute query in readonly mode: INSERT is not allowed for you",
+                    "write through Kafka (the topic llm.calls), or as admin",
+                    code=164,
+                )
+            if not admin:
+                owner.inspect(query, None)
+            with owner.session(admin, settings) as client:
+                client.database = database
+                columns = (
+                    [c.strip(" `") for c in insert.group("columns").split(",")] if insert.group("columns") else None
+                )
+                client.raw_insert(insert.group("table"), columns, body, fmt=insert.group("fmt"))
+            return b"", "TabSeparated"
+        text = body.decode(errors="replace")
+        sql = f"{query}\n{text}" if query and text else (query or text)
+        fmt = params.get("default_format", "TabSeparated")
+        explicit = _HAS_FORMAT.search(sql)
+        wants_rows = _RESULT_STATEMENT.match(sql) is not None and explicit is None
+        if explicit is not None:
+            fmt = explicit.group().split()[1].rstrip(";")
+        with owner.session(admin, settings) as client:
+            client.database = database
+            if admin:
+                return client.raw_query(sql, parameters=parameters, fmt=fmt if wants_rows else None), fmt
+            owner.inspect(sql, parameters)
+            marker = f"{_MARKER}{query_id}-{uuid.uuid4().hex}"
+            with owner.watching(marker, self.connection):
+                sandboxed = f"/* {marker} */ {sql}"
+                result = client.raw_query(sandboxed, parameters=parameters, fmt=fmt if wants_rows else None)
+            return result, fmt
+
     def _reply(
         self, status: int, body: bytes, code: int | None = None, query_id: str = "", fmt: str = "TabSeparated"
     ) -> None:
-        self.send_response(status)
-        self.send_header(
-            "Content-Type",
-            "text/plain; charset=UTF-8" if code or fmt != "Native" else "application/octet-stream",
-        )
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-ClickHouse-Server-Display-Name", "spendstream")
-        self.send_header("X-ClickHouse-Timezone", "UTC")
-        if query_id:
-            self.send_header("X-ClickHouse-Query-Id", query_id)
-            self.send_header("X-ClickHouse-Format", fmt)
-            self.send_header("X-ClickHouse-Summary", json.dumps({"read_rows": "0", "written_rows": "0"}))
-        if code is not None:
-            self.send_header("X-ClickHouse-Exception-Code", str(code))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.connection.settimeout(self.owner.request_timeout_s)
+            self.send_response(status)
+            self.send_header(
+                "Content-Type",
+                "text/plain; charset=UTF-8" if code or fmt != "Native" else "application/octet-stream",
+            )
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-ClickHouse-Server-Display-Name", "spendstream")
+            self.send_header("X-ClickHouse-Timezone", "UTC")
+            if query_id:
+                self.send_header("X-ClickHouse-Query-Id", query_id)
+                self.send_header("X-ClickHouse-Format", fmt)
+                self.send_header("X-ClickHouse-Summary", json.dumps({"read_rows": "0", "written_rows": "0"}))
+            if code is not None:
+                self.send_header("X-ClickHouse-Exception-Code", str(code))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:  # the client left: nothing to answer
+            self.close_connection = True

@@ -141,9 +141,13 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
                 settings.database,
                 load_or_create_token(settings.home),
                 writable=settings.sql_writable,
+                limits=settings.query_limits(),
+                max_concurrent_queries=settings.sql_max_concurrent_queries,
+                max_body_bytes=settings.sql_max_body_bytes,
+                request_timeout_s=settings.sql_request_timeout_s,
             )
             endpoint.start()
-            say(f"SQL: {endpoint.url}/?query=SELECT+count()+FROM+llm_calls  (ClickHouse HTTP interface, read-only)")
+            say(f"SQL: {endpoint.url}/?query=SELECT+count()+FROM+llm_calls  (ClickHouse HTTP interface, sandboxed)")
         threading.Thread(target=alerter.run, args=(alerter_stop,), name="alerter", daemon=True).start()
         say(f"alerter: {alerter.describe()}")
         say("worker: pricing calls into ClickHouse; Ctrl-C stops everything")

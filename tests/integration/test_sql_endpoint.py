@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import http.client
 import subprocess
 import urllib.parse
@@ -90,9 +91,13 @@ def test_a_requests_settings_apply_to_it_alone_on_a_kept_alive_connection(endpoi
     assert ask("max_block_size=1234") == (200, "1234")
     assert ask("max_block_size=1234") == (200, "1234")
     assert ask("") == default  # the next request on the same connection is back to the default
-    status, body = ask("no_such_setting=1")
-    assert status == 400 and "no_such_setting" in body
+    status, body = ask("no_such_setting=1")  # not on the allow-list of anonymous clients
+    assert status == 403 and "no_such_setting" in body
     status, body = ask(urllib.parse.urlencode({"max block size": "1"}))
-    assert status == 400 and "UNKNOWN_SETTING" in body
+    assert status == 403 and "max block size" in body
     assert ask("max_block_size=77") == (200, "77")
+    admin = base64.b64encode(f"{ADMIN_USER}:s3cret".encode()).decode()
+    connection.request("POST", "/?no_such_setting=1", body=b"SELECT 1", headers={"Authorization": f"Basic {admin}"})
+    response = connection.getresponse()
+    assert (response.status, b"UNKNOWN_SETTING" in response.read()) == (400, True)
     connection.close()

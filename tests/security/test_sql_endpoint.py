@@ -1,0 +1,396 @@
+"""The SQL endpoint as an attacker on 127.0.0.1 sees it: no token, hostile queries and hostile requests."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import zlib
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pytest
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from sinks.clickhouse import connect, sql_string
+from sinks.migrations import migrate
+from spendstream.sql_endpoint import ADMIN_USER, SqlEndpoint
+from spendstream.sql_policy import QueryLimits
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-admin-token"
+
+
+@pytest.fixture
+def make_endpoint(chdb_dsn: str, ch: Client, database: str) -> Iterator[Callable[..., SqlEndpoint]]:
+    migrate(ch, database)
+    ch.command(
+        f"INSERT INTO {database}.llm_calls (event_id, ts, provider, model, kind, feature, data_mode, cost_usd, priced) "
+        "VALUES ('a', now64(3), 'openai', 'gpt-4o', 'llm', 'f1', 'real', 1.25, 1)"
+    )
+    started: list[SqlEndpoint] = []
+
+    def factory(**options: Any) -> SqlEndpoint:
+        server = SqlEndpoint(lambda: connect(chdb_dsn), "127.0.0.1", 0, database, admin_token=TOKEN, **options)
+        server.start()
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def endpoint(make_endpoint: Callable[..., SqlEndpoint]) -> SqlEndpoint:
+    return make_endpoint()
+
+
+def post(
+    endpoint: SqlEndpoint, sql: str | bytes, params: str = "", headers: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=timeout)
+    try:
+        body = sql.encode() if isinstance(sql, str) else sql
+        connection.request("POST", f"/?{params}", body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{ADMIN_USER}:{TOKEN}".encode()).decode()}
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "sql-admin-token"
+    path.write_text("TOKEN-CANARY-7f3a")
+    return path
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "SELECT * FROM file('{path}', 'LineAsString')",
+        "SELECT file('{path}')",
+        "SELECT FILE('{path}') AS x",
+        "SELECT arrayMap(p -> file(p), ['{path}'])",
+        "SELECT * FROM (SELECT 1) WHERE 1 IN (SELECT length(file('{path}')))",
+        "WITH (SELECT file('{path}')) AS t SELECT t",
+        "SELECT * FROM merge('system', '^processes$')",
+        "SELECT 1; SELECT file('{path}')",
+    ],
+)
+def test_no_query_reads_a_file_of_the_host(endpoint: SqlEndpoint, secret_file: Path, template: str) -> None:
+    status, body = post(endpoint, template.format(path=secret_file))
+    assert status in (400, 403), body
+    assert "TOKEN-CANARY" not in body
+
+
+def test_the_process_environment_and_etc_passwd_stay_unread(endpoint: SqlEndpoint) -> None:
+    for path in ("/proc/self/environ", "/etc/passwd"):
+        for sql in (f"SELECT * FROM file('{path}', 'RawBLOB')", f"SELECT file('{path}')"):
+            status, body = post(endpoint, sql)
+            assert status == 403 and "root:" not in body and "PATH=" not in body, (sql, body)
+
+
+def test_no_query_writes_a_file(endpoint: SqlEndpoint, tmp_path: Path) -> None:
+    target = tmp_path / "written.txt"
+    for sql in (
+        f"SELECT 1 INTO OUTFILE '{target}'",
+        f"SELECT 1 INTO OUTFILE '{target}' APPEND",
+        f"SELECT 1 INTO OUTFILE '{target}' TRUNCATE FORMAT CSV",
+        f"INSERT INTO FUNCTION file('{target}', 'CSV', 'a UInt8') SELECT 1",
+    ):
+        status, body = post(endpoint, sql)
+        assert status == 403, (sql, body)
+    assert not target.exists()
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self) -> None:
+        _Recorder.hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "6")
+        self.end_headers()
+        self.wfile.write(b"inner\n")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_no_query_reaches_the_network(endpoint: SqlEndpoint) -> None:
+    listener = HTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    port = listener.server_address[1]
+    _Recorder.hits = []
+    try:
+        for sql in (
+            f"SELECT * FROM url('http://127.0.0.1:{port}/x', 'LineAsString')",
+            f"SELECT * FROM remote('127.0.0.1:{port}', system.one)",
+            f"SELECT * FROM s3('http://127.0.0.1:{port}/bucket/key.csv', 'CSV')",
+            f"SELECT * FROM mysql('127.0.0.1:{port}', 'db', 't', 'u', 'p')",
+            f"SELECT * FROM postgresql('127.0.0.1:{port}', 'db', 't', 'u', 'p')",
+            f"SELECT * FROM hdfs('hdfs://127.0.0.1:{port}/f', 'TSV', 'a String')",
+            f"SELECT * FROM urlCluster('c', 'http://127.0.0.1:{port}/x', 'LineAsString')",
+        ):
+            status, body = post(endpoint, sql)
+            assert status == 403 and "inner" not in body, (sql, body)
+        time.sleep(0.3)
+        assert _Recorder.hits == []
+    finally:
+        listener.shutdown()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "KILL QUERY WHERE 1",
+        "SYSTEM STOP MERGES",
+        "SYSTEM DROP DNS CACHE",
+        "SET max_query_size = 100000000",
+        "SELECT 1 SETTINGS max_execution_time = 3600",
+        "SHOW PROCESSLIST",
+        "SELECT query FROM system.processes",
+        "SELECT * FROM system.query_log",
+        "SELECT * FROM system.server_settings",
+        "SELECT * FROM default.some_table",
+        "USE system",
+        "CREATE TABLE x (a UInt8) ENGINE = Memory",
+        "DROP TABLE llm_calls",
+        "SELECT dictGet('d', 'a', 1)",
+        "SELECT hasColumnInTable('system', 'processes', 'query')",
+        "SELECT 1; SYSTEM STOP MERGES",
+    ],
+)
+def test_administration_and_other_tables_are_refused(endpoint: SqlEndpoint, sql: str) -> None:
+    status, body = post(endpoint, sql)
+    assert status in (403, 400), (sql, status, body)
+    assert "DB::Exception" in body
+
+
+def test_kill_and_system_are_refused_and_do_nothing(endpoint: SqlEndpoint) -> None:
+    status, _ = post(endpoint, "SYSTEM STOP MERGES")
+    assert status == 403
+    status, body = post(endpoint, "KILL QUERY WHERE 1")
+    assert status == 403 and "readonly" in body
+
+
+def test_reads_of_its_own_tables_and_catalogue_still_work(endpoint: SqlEndpoint, database: str) -> None:
+    assert post(endpoint, "SELECT feature, cost_usd FROM llm_calls") == (200, "f1\t1.25\n")
+    assert post(endpoint, f"SELECT count() FROM {database}.llm_calls") == (200, "1\n")
+    status, body = post(endpoint, f"SELECT name FROM system.tables WHERE database = '{database}' AND name = 'llm_calls'")
+    assert (status, body) == (200, "llm_calls\n")
+    assert post(endpoint, "SELECT count() > 0 FROM system.columns WHERE table = 'llm_calls'")[0] == 200
+    assert post(endpoint, "SHOW TABLES")[0] == 200
+    assert post(endpoint, "DESCRIBE TABLE llm_calls")[0] == 200
+    assert post(endpoint, "EXISTS TABLE llm_calls") == (200, "1\n")
+    assert post(endpoint, "WITH x AS (SELECT 2 AS v) SELECT v FROM x") == (200, "2\n")
+    assert post(endpoint, "SELECT sum(number) FROM numbers(10)") == (200, "45\n")
+    assert post(endpoint, "SELECT 'INTO OUTFILE file(x)' AS s") == (200, "INTO OUTFILE file(x)\n")
+    assert post(endpoint, "SELECT {v:String} FORMAT TSVRaw", params="param_v=it%27s") == (200, "it's\n")
+    status, body = post(endpoint, "SELECT 1", params="database=system")
+    assert status == 403 and "system" in body
+
+
+def test_clickhouse_connect_sees_the_refusal_as_a_database_error(endpoint: SqlEndpoint, database: str) -> None:
+    reader = clickhouse_connect.get_client(host="127.0.0.1", port=endpoint.port, database=database)
+    assert reader.query("SELECT count() FROM llm_calls").result_rows == [(1,)]
+    with pytest.raises(DatabaseError, match="file"):
+        reader.query("SELECT file('/etc/passwd')")
+    with pytest.raises(Exception, match="max_execution_time"):  # the client sees the session is read-only
+        reader.query("SELECT 1", settings={"max_execution_time": 100_000})
+
+
+def test_every_query_runs_under_the_limits_and_a_client_cannot_raise_them(
+    make_endpoint: Callable[..., SqlEndpoint],
+) -> None:
+    limits = QueryLimits(max_execution_time_s=7, max_memory_bytes=300_000_000, max_rows_to_read=50_000_000)
+    endpoint = make_endpoint(limits=limits)
+    status, body = post(endpoint, "SELECT getSetting('max_execution_time'), getSetting('max_memory_usage')")
+    assert (status, body) == (200, "7\t300000000\n")
+    assert post(endpoint, "SELECT getSetting('readonly')") == (200, "1\n")
+    started = time.monotonic()
+    status, body = post(endpoint, "SELECT count() FROM numbers(1e12)")
+    assert status == 413 and "TOO_MANY_ROWS" in body, body
+    assert time.monotonic() - started < 5
+    status, body = post(endpoint, "SELECT length(groupArray(number)) FROM numbers(4e7)")
+    assert status == 507 and "MEMORY_LIMIT_EXCEEDED" in body, body
+    for raised in ("max_execution_time=3600", "max_memory_usage=0", "max_rows_to_read=0", "max_query_size=1000000000"):
+        status, body = post(endpoint, "SELECT 1", params=raised)
+        assert status == 403 and raised.split("=")[0] in body, (raised, body)
+    assert post(endpoint, "SELECT getSetting('max_execution_time')", params="max_execution_time=3") == (200, "3\n")
+    assert post(endpoint, "SELECT getSetting('max_execution_time')", params="") == (200, "7\n")
+
+
+def test_the_admin_is_not_sandboxed(endpoint: SqlEndpoint, database: str) -> None:
+    assert post(endpoint, "SELECT getSetting('readonly')", headers=admin_headers()) == (200, "0\n")
+    status, body = post(endpoint, "SELECT count() FROM system.processes", headers=admin_headers())
+    assert status == 200, body
+
+
+def test_a_query_is_cancelled_when_its_client_goes(make_endpoint: Callable[..., SqlEndpoint], ch: Client) -> None:
+    endpoint = make_endpoint(limits=QueryLimits(max_execution_time_s=120, max_rows_to_read=10**13))
+    sock = socket.create_connection(("127.0.0.1", endpoint.port))
+    query = urllib.parse.quote("SELECT count() FROM numbers(1e12) WHERE number % 7 = 3")
+    sock.sendall(f"GET /?query={query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    running = "SELECT count() FROM system.processes WHERE query LIKE '%numbers(1e12)%' AND query NOT LIKE '%system.%'"
+    deadline = time.monotonic() + 10
+    while ch.command(running) == 0:
+        assert time.monotonic() < deadline, "the query never started"
+        time.sleep(0.1)
+    sock.close()
+    deadline = time.monotonic() + 5
+    while ch.command(running) != 0:
+        assert time.monotonic() < deadline, "the query ran on after its client left"
+        time.sleep(0.1)
+
+
+def test_a_compressed_body_is_bounded_after_decompression(endpoint: SqlEndpoint) -> None:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    zeros = bytes(1 << 20)
+    bomb = b"".join(compressor.compress(zeros) for _ in range(1024)) + compressor.flush()  # 1 GiB inflated
+    assert len(bomb) < 2 << 20
+    rss_before = _peak_rss_bytes()
+    started = time.monotonic()
+    status, body = post(endpoint, bomb, headers={"Content-Encoding": "gzip"})
+    assert status == 413 and "SPENDSTREAM_SQL_MAX_BODY_BYTES" in body
+    assert time.monotonic() - started < 5
+    assert _peak_rss_bytes() - rss_before < 200 << 20  # never inflated to 1 GiB
+    assert post(endpoint, gzip.compress(b"SELECT 3"), headers={"Content-Encoding": "gzip"}) == (200, "3\n")
+    status, body = post(endpoint, b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    assert status == 400 and "decompress" in body
+
+
+def test_a_body_over_the_limit_is_refused_unread(make_endpoint: Callable[..., SqlEndpoint]) -> None:
+    endpoint = make_endpoint(max_body_bytes=1000)
+    status, body = post(endpoint, "SELECT '" + "x" * 2000 + "'")
+    assert status == 413 and "1,000 bytes" in body
+    assert post(endpoint, "SELECT 'small'") == (200, "small\n")
+
+
+def _peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/self/status")
+
+
+def test_a_half_sent_request_is_dropped(make_endpoint: Callable[..., SqlEndpoint]) -> None:
+    endpoint = make_endpoint(request_timeout_s=1.0)
+    for head in (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nSELECT",  # body never completes
+        b"POST / HTTP/1.1\r\nHost: x\r\n",  # headers never complete
+    ):
+        sock = socket.create_connection(("127.0.0.1", endpoint.port))
+        sock.settimeout(10)
+        sock.sendall(head)
+        started = time.monotonic()
+        while sock.recv(65536):  # an answer, if any, then the close
+            pass
+        assert time.monotonic() - started < 5
+        sock.close()
+    assert post(endpoint, "SELECT 1") == (200, "1\n")
+
+
+def test_a_malformed_basic_auth_header_gets_an_answer(endpoint: SqlEndpoint) -> None:
+    for value in ("Basic !!!not-base64!!!", "Basic " + base64.b64encode(b"\xff\xfe:x").decode()):
+        status, body = post(endpoint, "SELECT 1", headers={"Authorization": value})
+        assert status == 400 and "Authorization" in body
+    status, body = post(endpoint, "SELECT 1", headers={"Authorization": "Basic " + base64.b64encode(b"admin:no").decode()})
+    assert status == 401
+
+
+def test_concurrent_queries_are_capped(make_endpoint: Callable[..., SqlEndpoint]) -> None:
+    endpoint = make_endpoint(max_concurrent_queries=1, request_timeout_s=1.0)
+    results: list[tuple[int, str]] = []
+    slow = threading.Thread(target=lambda: results.append(post(endpoint, "SELECT sleep(2.5)")))
+    slow.start()
+    time.sleep(0.5)
+    status, body = post(endpoint, "SELECT 1")
+    slow.join()
+    assert status == 503 and "TOO_MANY_SIMULTANEOUS_QUERIES" in body
+    assert results == [(200, "0\n")]
+    assert post(endpoint, "SELECT 1") == (200, "1\n")
+
+
+def test_connections_are_capped(make_endpoint: Callable[..., SqlEndpoint]) -> None:
+    endpoint = make_endpoint(max_connections=3, request_timeout_s=5.0)
+    idle = [socket.create_connection(("127.0.0.1", endpoint.port)) for _ in range(3)]
+    time.sleep(0.3)
+    status, body = post(endpoint, "SELECT 1")
+    assert status == 503 and "connections" in body
+    for sock in idle:
+        sock.close()
+    time.sleep(0.3)
+    assert post(endpoint, "SELECT 1") == (200, "1\n")
+
+
+def test_anonymous_writes_when_switched_on_stay_in_the_sandbox(
+    make_endpoint: Callable[..., SqlEndpoint], database: str, tmp_path: Path
+) -> None:
+    endpoint = make_endpoint(writable=True)
+    status, body = post(endpoint, "INSERT INTO outcomes (event_id, ts, outcome) VALUES ('o1', now64(3), 'won')")
+    assert status == 200, body
+    target = tmp_path / "w.csv"
+    status, body = post(endpoint, f"INSERT INTO FUNCTION file('{target}', 'CSV', 'a UInt8') SELECT 1")
+    assert status == 403 and not target.exists()
+    status, body = post(endpoint, "INSERT INTO system.one SELECT 1")
+    assert status == 403
+    status, body = post(endpoint, "SELECT file('/etc/passwd')")
+    assert status == 403
+
+
+def test_the_server_policy_parses_and_holds_the_limits(ch: Client, tmp_path: Path) -> None:
+    env = {**os.environ, "SPENDSTREAM_HOME": str(tmp_path), "SPENDSTREAM_SQL_MAX_EXECUTION_TIME_S": "12"}
+    printed = subprocess.run(
+        [sys.executable, "-m", "spendstream.cli", "migrate", "--print-reader-policy"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    statements = [s.strip() for s in printed.split(";") if s.strip() and not s.strip().startswith("--")]
+    assert len(statements) == 3
+    for statement in statements:  # the engine's own parser accepts each (chDB refuses to run them: no users)
+        formatted = ch.command(f"SELECT formatQuerySingleLine({sql_string(statement)})")
+        assert isinstance(formatted, str) and formatted.split()[0] in ("CREATE", "GRANT")
+    assert "max_execution_time = 12 MAX 12" in statements[0] and "GRANT SELECT ON spendstream.*" in statements[2]
+    refused = subprocess.run(
+        [sys.executable, "-m", "spendstream.cli", "migrate", "--apply-reader-policy"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0 and "SQL endpoint enforces" in refused.stderr
+
+
+def test_spendstream_up_serves_the_sandbox_with_its_settings(start_up: Callable[..., Any]) -> None:
+    up = start_up(SPENDSTREAM_SQL_MAX_EXECUTION_TIME_S="9")
+    token_path = up.home / "sql-admin-token"
+    reader = up.client()
+    with pytest.raises(DatabaseError) as refused:
+        reader.query(f"SELECT * FROM file('{token_path}', 'LineAsString')")
+    assert token_path.read_text().strip() not in str(refused.value)
+    with pytest.raises(DatabaseError):
+        reader.query("SELECT * FROM file('/proc/self/environ', 'RawBLOB')")
+    assert reader.query("SELECT getSetting('max_execution_time'), getSetting('readonly')").result_rows == [(9, 1)]
+    assert up.scalar("SELECT count() FROM llm_calls") == 0
