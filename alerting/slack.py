@@ -11,6 +11,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
+from alerting.mrkdwn import code, escape, safe_blocks
 from schemas.alert import Alert
 from schemas.config import AlertsConfig
 from schemas.exceptions import ConfigError
@@ -47,7 +48,7 @@ def blocks_for(alert: Alert) -> list[dict[str, Any]]:
             "text": {
                 "type": "mrkdwn",
                 "text": f"{mark(alert)} *{alert.kind}*{' resolved' if alert.status == 'resolved' else ''} "
-                f"{alert.dimension} `{alert.key}`",
+                f"{alert.dimension} {code(alert.key)}",
             },
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": alert.message[:2900]}},
@@ -62,7 +63,7 @@ def blocks_for(alert: Alert) -> list[dict[str, Any]]:
 def group_blocks(alerts: list[Alert]) -> list[dict[str, Any]]:
     """One message for several alerts of one kind raised together: a line each, then the first's detail."""
     first = alerts[0]
-    lines = [f"{mark(a)} {a.dimension} `{a.key}`: {a.message.split('. ')[0][:200]}" for a in alerts[:GROUP_LINES]]
+    lines = [f"{mark(a)} {a.dimension} {code(a.key)}: {a.message.split('. ')[0][:200]}" for a in alerts[:GROUP_LINES]]
     if len(alerts) > GROUP_LINES:
         lines.append(f"... and {len(alerts) - GROUP_LINES} more (`spendstream alerts`)")
     return [
@@ -96,6 +97,10 @@ class Poster:
     def post_blocks(
         self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
     ) -> str:
+        """Post ``text`` (the notification) and ``blocks``, made Slack-safe (``alerting.mrkdwn``); returns its ts."""
+        return self._send(channel, escape(text), safe_blocks(blocks) if blocks else None, thread_ts)
+
+    def _send(self, channel: str, text: str, blocks: list[dict[str, Any]] | None, thread_ts: str | None) -> str:
         raise NotImplementedError
 
 
@@ -107,11 +112,16 @@ class SlackPoster(Poster):
             token=token, base_url=base_url if base_url.endswith("/") else base_url + "/", timeout=timeout
         )
 
-    def post_blocks(
-        self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
-    ) -> str:
+    def _send(self, channel: str, text: str, blocks: list[dict[str, Any]] | None, thread_ts: str | None) -> str:
         try:
-            answer = self._client.chat_postMessage(channel=channel, text=text, blocks=blocks, thread_ts=thread_ts)
+            answer = self._client.chat_postMessage(
+                channel=channel,
+                text=text,
+                blocks=blocks,
+                thread_ts=thread_ts,
+                unfurl_links=False,
+                unfurl_media=False,
+            )
             return str(answer.get("ts") or "")
         except SlackApiError as exc:
             status = exc.response.status_code
@@ -155,14 +165,12 @@ class WebhookPoster(Poster):
     def __init__(self, url: str, timeout: int = 10) -> None:
         self._client = WebhookClient(url, timeout=timeout)
 
-    def post_blocks(
-        self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
-    ) -> str:
+    def _send(self, channel: str, text: str, blocks: list[dict[str, Any]] | None, thread_ts: str | None) -> str:
         if thread_ts is not None:
             text = f"Update: {text}"
             blocks = [{"type": "context", "elements": [{"type": "mrkdwn", "text": "*Update*"}]}, *(blocks or [])]
         try:
-            answer = self._client.send(text=text, blocks=blocks)
+            answer = self._client.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
         except OSError as exc:  # connection refused, timeout, DNS
             raise SlackDeliveryError(f"cannot reach Slack's webhook for {channel} ({exc})", transient=True) from exc
         if answer.status_code == 200:
