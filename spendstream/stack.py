@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 from clickhouse_connect.driver.client import Client
@@ -107,11 +110,91 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def run_worker(app: faust.App, loglevel: str = "WARN") -> None:
+class Worker(faust.Worker):
+    """Faust's worker, stopped in order and without its idle seconds.
+
+    ``before_stop`` (if given) runs on the first SIGTERM or SIGINT before the worker stops: ``up``
+    drains its broker there. A second signal stops the worker at once.
+    """
+
+    def __init__(
+        self, app: faust.App, *, before_stop: Callable[[], Awaitable[None]] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self._before_stop = before_stop
+        self._stopping = False
+
+    def install_signal_handlers(self) -> None:
+        if self._before_stop is None:
+            super().install_signal_handlers()
+            return
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(stop, self._on_stop_signal, stop)
+
+    def _on_stop_signal(self, stop: signal.Signals) -> None:
+        if self._stopping or self._before_stop is None:
+            self._schedule_shutdown(stop)
+            return
+        self._stopping = True
+        before_stop = self._before_stop
+
+        async def then_stop() -> None:
+            try:
+                await before_stop()
+            except Exception:
+                logger.exception("stopping in order failed; stopping anyway")
+            self._schedule_shutdown(stop)
+
+        self.add_future(then_stop())
+
+    async def _sentinel_task(self) -> None:
+        # mode waits a whole second here before closing the loop, after every service has stopped.
+        await asyncio.sleep(0.05)
+
+
+def run_worker(
+    app: faust.App, loglevel: str = "WARN", before_stop: Callable[[], Awaitable[None]] | None = None
+) -> None:
     tune_garbage_collector()
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = Worker(app, before_stop=before_stop, loglevel=loglevel, quiet=True)
     with contextlib.suppress(SystemExit):  # the worker exits the process when stopped; let callers clean up
         worker.execute_from_commandline()
+
+
+# How long a stopping `up` gives its worker to store and commit what the broker acknowledged before
+# it saves the rest to disk (they are produced again at the next start).
+DRAIN_SECONDS = 1.0
+
+
+def _drain_in_order(app: faust.App, broker: EmbeddedBroker) -> Callable[[], Awaitable[None]]:
+    """Hold new events at the gate, let the worker commit (nudged every 50 ms), then save what it has not."""
+
+    async def drain() -> None:
+        loop = asyncio.get_running_loop()
+        draining = loop.run_in_executor(None, broker.drain, DRAIN_SECONDS)
+        while not draining.done():
+            with contextlib.suppress(Exception):
+                await app.consumer.commit()
+            await asyncio.wait({draining}, timeout=0.05)
+        saved = draining.result()
+        if saved:
+            logger.warning("saved %d events the worker had not stored yet; they are stored at the next start", saved)
+
+    return drain
+
+
+def _open_on_assignment(app: faust.App, broker: EmbeddedBroker) -> None:
+    """Let new events into the broker once the worker reads its topics (so a stop can drain them)."""
+    opened = False
+
+    async def on_assigned(_: Any, *args: Any, signal: Any, **__: Any) -> None:
+        assigned = args[0] if args else None
+        nonlocal opened
+        if not opened and assigned:
+            opened = True
+            await asyncio.get_running_loop().run_in_executor(None, broker.open)
+
+    app.on_partitions_assigned.connect(on_assigned, weak=False)
 
 
 def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -> None:
@@ -123,13 +206,25 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
             f"something already listens on {settings.sql_host}:{settings.sql_port}",
             "another `spendstream up` may be running: stop it, or set SPENDSTREAM_SQL_PORT",
         )
-    broker = EmbeddedBroker(settings.broker_port, settings.home / "broker.log") if settings.embedded_kafka else None
+    broker = (
+        EmbeddedBroker(
+            settings.broker_port,
+            settings.home / "broker.log",
+            held_topics=(settings.topic(topics.CALLS), settings.topic(topics.OUTCOMES)),
+            group=settings.topic("spendstream"),
+            tail_dir=settings.home / "broker-tail",
+        )
+        if settings.embedded_kafka
+        else None
+    )
     endpoint: SqlEndpoint | None = None
     alerter_stop = threading.Event()
     try:
         if broker is not None:
             broker.start()
         ensure_topics(settings.bootstrap, settings.partitions, settings.kafka_security(), settings.topic_prefix)
+        if broker is not None and (replayed := broker.replay_tail()):
+            say(f"Kafka: {replayed} events saved when the broker last stopped are in it again")
         say(f"Kafka: {settings.bootstrap} (topic {settings.topic(topics.CALLS)})")
         dsn = engine_dsn(settings)
         migrate(connect(dsn), settings.database)
@@ -151,7 +246,10 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
         threading.Thread(target=alerter.run, args=(alerter_stop,), name="alerter", daemon=True).start()
         say(f"alerter: {alerter.describe()}")
         say("worker: pricing calls into ClickHouse; Ctrl-C stops everything")
-        run_worker(build_app(settings, settings.bootstrap, config), loglevel)
+        app = build_app(settings, settings.bootstrap, config)
+        if broker is not None:
+            _open_on_assignment(app, broker)
+        run_worker(app, loglevel, before_stop=_drain_in_order(app, broker) if broker is not None else None)
     finally:
         alerter_stop.set()
         if endpoint is not None:
