@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 AlertKind = Literal[
-    "spend_spike", "hourly_burn", "latency_p95", "loop_detected", "budget_threshold", "error_rate",
+    "spend_spike", "hourly_burn", "latency_p95", "loop_detected", "session_budget", "budget_threshold", "error_rate",
     "unpriced_model", "unattributed_spend", "prompt_version_regression", "tenant_concentration",
 ]  # fmt: skip
 Severity = Literal["info", "warning", "critical"]

@@ -147,18 +147,65 @@ class LatencyConfig(_Detector):
 
 
 class LoopConfig(_Detector):
-    """One session looking like a runaway agent."""
+    """One session (or, for calls without ``session_id``, one trace) repeating itself: a loop is
+    repetition, not size (sizes are ``session_budget``'s)."""
 
-    tool_window: Annotated[int, Field(ge=2, le=100)] = 5
+    tool_window: Annotated[int, Field(ge=2, le=100)] = 15
     same_tool_share: Share = 0.8
-    """More than this share of the last ``tool_window`` tool calls being one tool is a loop."""
+    """More than this share of the last ``tool_window`` tool calls being one tool is a loop ...
+    (one tool says nothing of its arguments: a healthy coding agent reads nine files in a row)"""
+    min_run: Annotated[int, Field(ge=1, le=100)] = 8
+    """... when the last ``min_run`` tool calls are that tool, one after the other."""
     prompt_repeats: Annotated[int, Field(ge=2)] = 3
-    """The same ``prompt_hash`` sent this many times in a session is a loop."""
-    max_tool_calls: Calls = 15
-    max_tokens: Calls = 20_000
-    max_cost_usd: Annotated[float, Field(gt=0)] = 0.5
+    """The same ``prompt_hash`` sent this many times in a session is a loop (retries, ``attempt`` > 1, aside)."""
     session_idle_minutes: Annotated[float, Field(gt=0, le=1440)] = 30
-    """A session quiet for this long is over: its incident resolves and its state is dropped."""
+    """A session quiet for this long is over: its incidents resolve and its state is dropped."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _caps_moved(cls, data: object) -> object:
+        caps = ("max_tool_calls", "max_tokens", "max_cost_usd")
+        moved = sorted(k for k in caps if isinstance(data, dict) and k in data)
+        if moved:
+            raise ValueError(
+                f"{', '.join(moved)} moved: session caps are set per feature or agent under "
+                "detectors.session_budget.caps (see the README)"
+            )
+        return data
+
+
+class SessionCap(BaseModel):
+    """Caps a team set for the sessions of one feature or one agent (at least one cap)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feature: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    agent_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    max_tokens: Calls | None = None
+    max_tool_calls: Calls | None = None
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+    max_minutes: Annotated[float, Field(gt=0)] | None = None
+    """Wall clock from the session's first call to its latest."""
+
+    @model_validator(mode="after")
+    def _one_owner_and_a_cap(self) -> SessionCap:
+        if (self.feature is None) == (self.agent_id is None):
+            raise ValueError("name exactly one of feature or agent_id")
+        if all(cap is None for cap in (self.max_tokens, self.max_tool_calls, self.max_cost_usd, self.max_minutes)):
+            raise ValueError("set at least one of max_tokens, max_tool_calls, max_cost_usd, max_minutes")
+        return self
+
+
+class SessionBudgetConfig(_Detector):
+    """A session passing the caps its team configured, or far outside its feature's own recent sessions."""
+
+    caps: list[SessionCap] = Field(default_factory=list)
+    outlier_factor: Factor = 4.0
+    """Without caps, a session pages when its tokens, tool calls or cost pass this many times the
+    99th percentile of its feature's sessions of the last ``history_days`` ..."""
+    min_history_sessions: Annotated[int, Field(ge=10)] = 100
+    """... once that feature has this many finished sessions (a new feature's first sessions never page)."""
+    history_days: Annotated[float, Field(gt=0, le=30)] = 7.0
 
 
 class ErrorRateConfig(_Detector):
@@ -218,6 +265,7 @@ class DetectorsConfig(BaseModel):
     hourly_burn: HourlyBurnConfig = Field(default_factory=HourlyBurnConfig)
     latency_p95: LatencyConfig = Field(default_factory=LatencyConfig)
     loop_detected: LoopConfig = Field(default_factory=LoopConfig)
+    session_budget: SessionBudgetConfig = Field(default_factory=SessionBudgetConfig)
     error_rate: ErrorRateConfig = Field(default_factory=ErrorRateConfig)
     unattributed_spend: UnattributedConfig = Field(default_factory=UnattributedConfig)
     prompt_version_regression: PromptRegressionConfig = Field(default_factory=PromptRegressionConfig)

@@ -20,13 +20,13 @@ from streams.detectors import calls as c
 from streams.detectors.errors import ErrorRateDetector
 from streams.detectors.findings import Finding, Incidents
 from streams.detectors.latency import LatencyDetector
-from streams.detectors.loops import LoopDetector
 from streams.detectors.prompts import PromptRegressionDetector
+from streams.detectors.sessions import SessionDetector
 from streams.detectors.spend import SpendDetectors
 
 STREAM_KINDS: tuple[AlertKind, ...] = (
-    "spend_spike", "hourly_burn", "latency_p95", "loop_detected", "error_rate", "unattributed_spend",
-    "prompt_version_regression", "tenant_concentration",
+    "spend_spike", "hourly_burn", "latency_p95", "loop_detected", "session_budget", "error_rate",
+    "unattributed_spend", "prompt_version_regression", "tenant_concentration",
 )  # fmt: skip
 """The kinds of alert these detectors raise: their open incidents are the ones a warm-up restores."""
 IDLE_PARTITION_SECONDS = 30.0
@@ -48,7 +48,7 @@ class Detectors:
         )
         self.latency = LatencyDetector(config.latency_p95)
         self.errors = ErrorRateDetector(config.error_rate)
-        self.loops = LoopDetector(config.loop_detected)
+        self.sessions = SessionDetector(config.loop_detected, config.session_budget)
         self.prompts = PromptRegressionDetector(config.prompt_version_regression)
         self.incidents = Incidents(config.repeat_hours * 3600)
         self.now_of: dict[str, float] = {}
@@ -81,7 +81,7 @@ class Detectors:
         (``prepare``, Arrow kernels), then takes its counts minute by minute.
         """
         ordered = c.in_time_order(calls)
-        observers: list[_Observer] = [self.loops, self.latency, self.errors, *more]
+        observers: list[_Observer] = [self.sessions, self.latency, self.errors, *more]
         prepared = [(observer.observe, observer.prepare(ordered)) for observer in observers]
         latest = c.per_minute(ordered, ["data_mode", "source_partition"], [(c.AT, "max")])
         for minute in c.minutes(ordered):
@@ -99,7 +99,7 @@ class Detectors:
             findings.extend(self.spend.check(data_mode, now))
         findings.extend(self.latency.check(self.now_of))
         findings.extend(self.errors.check(self.now_of))
-        findings.extend(self.loops.check(self.now_of))
+        findings.extend(self.sessions.check(self.now_of))
         findings.extend(self.prompts.check(self.now_of))
         alerts = [alert for f in findings if (alert := self.incidents.update(f)) is not None]
         alerts.sort(key=lambda a: a.ts)

@@ -21,6 +21,7 @@ from sinks import call_block
 from sinks.batch import LLM_CALL_COLUMNS
 from sinks.clickhouse import utc
 from streams.detectors.engine import STREAM_KINDS, Detectors
+from streams.detectors.sessions import HISTORY_LIMIT
 from streams.detectors.spend import SPEND_DIMENSIONS
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class WarmUp:
     prompt_versions: int
     recent_calls: int
     open_incidents: int
+    finished_sessions: int = 0
 
 
 def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
@@ -73,6 +75,7 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
         if calls:
             detectors.prompts.add(data_mode, feature, version, _epoch(first), int(calls), float(usd), int(tokens))
     window = max(detectors.config.loop_detected.session_idle_minutes, 60.0)
+    sessions = _session_history(detectors, client, db, window) if detectors.config.session_budget.enabled else 0
     recent = client.query(
         f"SELECT {', '.join(LLM_CALL_COLUMNS)} FROM {db}.llm_calls "
         f"WHERE ts > (SELECT max(ts) FROM {db}.llm_calls) - INTERVAL {int(window)} MINUTE "
@@ -96,9 +99,26 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
         if kind == "prompt_version_regression":
             feature, _, version = key.rpartition("@")
             detectors.prompts.flag(data_mode, feature, version)
-    summary = WarmUp(spend_rows, len(versions), len(rows), len(open_incidents))
+    summary = WarmUp(spend_rows, len(versions), len(rows), len(open_incidents), sessions)
     logger.info("detectors warmed up from ClickHouse: %s", summary)
     return summary
+
+
+def _session_history(detectors: Detectors, client: Client, db: str, window_minutes: float) -> int:
+    """Each feature's finished sessions of the last ``history_days`` (the latest ``HISTORY_LIMIT``), for
+    ``session_budget``'s percentiles; sessions of the recent calls that ``observe_recent`` replays are left to it."""
+    days = detectors.config.session_budget.history_days
+    finished = client.query(
+        "SELECT data_mode, argMin(feature, ts) AS first_feature, max(ts) AS last, "
+        "sum(input_tokens + output_tokens), countIf(kind = 'tool'), sum(ifNull(cost_usd, 0)) "
+        f"FROM {db}.llm_calls WHERE ts > (SELECT max(ts) FROM {db}.llm_calls) - INTERVAL {int(days * 86_400)} SECOND "
+        "AND (session_id != '' OR trace_id != '') GROUP BY data_mode, if(session_id != '', session_id, trace_id) "
+        f"HAVING last < (SELECT max(ts) FROM {db}.llm_calls) - INTERVAL {int(window_minutes)} MINUTE "
+        f"ORDER BY last DESC LIMIT {HISTORY_LIMIT} BY data_mode, first_feature"
+    ).result_rows
+    for data_mode, feature, last, tokens, tool_calls, cost in reversed(finished):  # oldest first
+        detectors.sessions.add_history(data_mode, feature, _epoch(last), (float(tokens), float(tool_calls), cost))
+    return len(finished)
 
 
 def _epoch(value: datetime) -> float:

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import clickhouse_connect
 import pytest
@@ -59,7 +59,11 @@ def endpoint(make_endpoint: Callable[..., SqlEndpoint]) -> SqlEndpoint:
 
 
 def post(
-    endpoint: SqlEndpoint, sql: str | bytes, params: str = "", headers: dict[str, str] | None = None, timeout: float = 60
+    endpoint: SqlEndpoint,
+    sql: str | bytes,
+    params: str = "",
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
 ) -> tuple[int, str]:
     connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=timeout)
     try:
@@ -122,7 +126,7 @@ def test_no_query_writes_a_file(endpoint: SqlEndpoint, tmp_path: Path) -> None:
 
 
 class _Recorder(BaseHTTPRequestHandler):
-    hits: list[str] = []
+    hits: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         _Recorder.hits.append(self.path)
@@ -195,7 +199,8 @@ def test_kill_and_system_are_refused_and_do_nothing(endpoint: SqlEndpoint) -> No
 def test_reads_of_its_own_tables_and_catalogue_still_work(endpoint: SqlEndpoint, database: str) -> None:
     assert post(endpoint, "SELECT feature, cost_usd FROM llm_calls") == (200, "f1\t1.25\n")
     assert post(endpoint, f"SELECT count() FROM {database}.llm_calls") == (200, "1\n")
-    status, body = post(endpoint, f"SELECT name FROM system.tables WHERE database = '{database}' AND name = 'llm_calls'")
+    tables = f"SELECT name FROM system.tables WHERE database = '{database}' AND name = 'llm_calls'"
+    status, body = post(endpoint, tables)
     assert (status, body) == (200, "llm_calls\n")
     assert post(endpoint, "SELECT count() > 0 FROM system.columns WHERE table = 'llm_calls'")[0] == 200
     assert post(endpoint, "SHOW TABLES")[0] == 200
@@ -313,7 +318,8 @@ def test_a_malformed_basic_auth_header_gets_an_answer(endpoint: SqlEndpoint) -> 
     for value in ("Basic !!!not-base64!!!", "Basic " + base64.b64encode(b"\xff\xfe:x").decode()):
         status, body = post(endpoint, "SELECT 1", headers={"Authorization": value})
         assert status == 400 and "Authorization" in body
-    status, body = post(endpoint, "SELECT 1", headers={"Authorization": "Basic " + base64.b64encode(b"admin:no").decode()})
+    wrong = "Basic " + base64.b64encode(b"admin:no").decode()
+    status, body = post(endpoint, "SELECT 1", headers={"Authorization": wrong})
     assert status == 401
 
 

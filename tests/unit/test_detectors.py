@@ -19,7 +19,7 @@ from producers.demo_incidents import (
 )
 from schemas.alert import Alert
 from schemas.call_event import CallEvent
-from schemas.config import DetectorsConfig, LatencyConfig, LoopConfig
+from schemas.config import DetectorsConfig, LatencyConfig, SessionBudgetConfig, SessionCap
 from sinks import call_block
 from streams.detectors import calls as c
 from streams.detectors import engine
@@ -51,7 +51,8 @@ def test_each_staged_incident_raises_its_alert_at_the_time_it_happened() -> None
 
     loop = first("loop_detected", "session_id", LOOP_SESSION)
     assert loop.ts - incidents.loop_start < timedelta(minutes=2)
-    assert "order_status" in loop.message and "same prompt" in loop.message
+    assert "same prompt" in loop.message and loop.severity == "critical"
+    assert any("order_status" in a.message for a in alerts if a.key == LOOP_SESSION and a.status == "firing")
     slow = first("latency_p95", "model", SLOW_MODEL)
     assert timedelta(0) <= slow.ts - incidents.slow_window[0] < timedelta(minutes=3)
     assert slow.severity == "critical" and slow.value > 30_000
@@ -123,33 +124,39 @@ def session_call(n: int, tool: str, at: datetime, **extra: object) -> CallEvent:
     )  # fmt: skip
 
 
-def test_loop_caps_and_thresholds_come_from_the_config() -> None:
+def test_session_caps_come_from_the_config_per_feature_or_agent() -> None:
     start = datetime(2026, 1, 5, 12, tzinfo=UTC)
     tools = ["search", "fetch", "search", "fetch", "summarize"] * 4  # varied tools, 20 tool calls
     calls = [session_call(n, tool, start + timedelta(seconds=n)) for n, tool in enumerate(tools)]
     rows = priced(calls).calls.columns
 
-    strict = Detectors(DetectorsConfig(loop_detected=LoopConfig(max_tool_calls=15)))
-    lenient = Detectors(DetectorsConfig(loop_detected=LoopConfig(max_tool_calls=50)))
+    capped = Detectors(
+        DetectorsConfig(session_budget=SessionBudgetConfig(caps=[SessionCap(feature="f", max_tool_calls=15)]))
+    )
+    other = Detectors(
+        DetectorsConfig(session_budget=SessionBudgetConfig(caps=[SessionCap(agent_id="b", max_tool_calls=15)]))
+    )
 
-    raised = strict.observe(rows)
-    assert [(a.kind, a.key) for a in raised] == [("loop_detected", "s-1")]
-    assert "20 tool calls (cap 15)" in raised[0].message  # checked once per minute of event time
-    assert lenient.observe(rows) == []
+    raised = capped.observe(rows)
+    assert [(a.kind, a.key) for a in raised] == [("session_budget", "s-1")]
+    assert "20 tool calls (the cap of feature f is 15 tool calls)" in raised[0].message
+    assert other.observe(rows) == []  # caps of another agent; varied tools are no loop
+    assert Detectors(DetectorsConfig()).observe(rows) == []  # no caps set, no history: nothing to compare with
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_demos_ordinary_sessions_stay_under_the_loop_caps_with_any_seed(seed: int) -> None:
-    """A support session resends its history each turn; however the dice fall, it must not page as a loop."""
+def test_the_demos_ordinary_sessions_never_page_with_any_seed(seed: int) -> None:
+    """A support session resends its history each turn; however the dice fall, it is no loop and no outlier."""
     start = datetime(2026, 11, 17, 8, tzinfo=UTC)  # a Tuesday's busiest twelve hours
     traffic = DemoTraffic(seed=seed)
     calls = sorted(
         (call for request in traffic.requests_between(start, start + timedelta(hours=12)) for call in request.calls),
         key=lambda call: call.ts,
     )
-    # three quarters of the default token cap, so a session near the cap fails here first
-    detectors = Detectors(DetectorsConfig(loop_detected=LoopConfig(max_tokens=15_000)))
-    raised = [a for a in detectors.observe(priced(calls).calls.columns) if a.kind == "loop_detected"]
+    detectors = Detectors(DetectorsConfig(session_budget=SessionBudgetConfig(min_history_sessions=10)))
+    raised = [
+        a for a in detectors.observe(priced(calls).calls.columns) if a.kind in ("loop_detected", "session_budget")
+    ]
     assert not raised, raised[0].message
 
 

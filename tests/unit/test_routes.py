@@ -65,6 +65,9 @@ DETECTORS = "detectors:\n  "
         (DETECTORS + "latency_p95: {warning_ms: 20000, critical_ms: 10000}", "detectors", "must not be below"),
         (DETECTORS + "hourly_burn: {dimensions: [colour]}", "detectors.hourly_burn.dimensions.0", "Input should be"),
         (DETECTORS + "error_rate: {thresold: 0.2}", "detectors.error_rate.thresold", "unknown field"),
+        (DETECTORS + "loop_detected: {max_tokens: 20000}", "detectors.loop_detected", "session_budget.caps"),
+        (DETECTORS + "session_budget: {caps: [{max_tokens: 5}]}", "detectors.session_budget.caps.0", "agent_id"),
+        (DETECTORS + "session_budget: {caps: [{feature: f}]}", "detectors.session_budget.caps.0", "at least one"),
     ],
 )  # fmt: skip
 def test_a_bad_route_or_threshold_is_refused_with_the_file_field_and_reason(
@@ -77,8 +80,15 @@ def test_a_bad_route_or_threshold_is_refused_with_the_file_field_and_reason(
 
 
 def test_thresholds_are_read_from_the_config(tmp_path: Path) -> None:
-    path = write(tmp_path, "detectors:\n  loop_detected: {max_tool_calls: 40}\nalerts:\n  group_wait_seconds: 2\n")
+    path = write(
+        tmp_path,
+        "detectors:\n  loop_detected: {min_run: 4}\n  session_budget: {caps: [{agent_id: coder, max_tool_calls: 40}]}\n"
+        "alerts:\n  group_wait_seconds: 2\n",
+    )
     config = load_config(path)
-    assert config.detectors.loop_detected.max_tool_calls == 40
-    assert config.detectors.loop_detected.max_tokens == 20_000  # the rest keeps its default
+    assert config.detectors.loop_detected.min_run == 4
+    assert config.detectors.loop_detected.tool_window == 15  # the rest keeps its default
+    assert [(c.agent_id, c.max_tool_calls, c.max_tokens) for c in config.detectors.session_budget.caps] == [
+        ("coder", 40, None)
+    ]
     assert config.alerts.group_wait_seconds == 2
