@@ -67,6 +67,7 @@ _MARKER = "spendstream-request:"
 _WATCH_SECONDS = 0.2
 _IDLE_SESSIONS_PER_KIND = 4
 _SESSION_KINDS = 32
+_INSPECTED_QUERIES = 2048
 
 
 class _Refusal(Exception):
@@ -305,6 +306,9 @@ class SqlEndpoint:
         self._max_connections = max_connections
         self._query_slots = threading.BoundedSemaphore(max_concurrent_queries)
         self._sessions = _Sessions(client_factory)
+        self._inspected: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], None] = OrderedDict()
+        """Queries (text and parameters) that passed :meth:`inspect`, the latest last."""
+        self._inspected_lock = threading.Lock()
         self._killer: Client | None = None
         self._killer_lock = threading.Lock()
         self._watcher = _Watcher(self._kill)
@@ -386,11 +390,20 @@ class SqlEndpoint:
             "SET max_execution_time = 10",
             "SET readonly = 1",
         )
+        key = (sql, tuple(sorted((parameters or {}).items())))
+        with self._inspected_lock:
+            if key in self._inspected:
+                self._inspected.move_to_end(key)
+                return
         with self._sessions.session(setup) as client:
             # formatQuery parses exactly one statement: chDB would run every statement of "a; b"
             client.raw_query(f"SELECT formatQuerySingleLine({sql_string(sql)})", use_database=False)
             ast = client.raw_query(f"EXPLAIN AST {sql}", parameters=parameters, use_database=False)
         check_statement(ast.decode(errors="replace"), self.database, may_insert=self.writable)
+        with self._inspected_lock:  # dashboards send the same queries again and again: parse each once
+            self._inspected[key] = None
+            while len(self._inspected) > _INSPECTED_QUERIES:
+                self._inspected.popitem(last=False)
 
     def watching(self, marker: str, connection: socket.socket) -> Any:
         return self._watcher.watching(marker, connection)

@@ -400,3 +400,11 @@ def test_spendstream_up_serves_the_sandbox_with_its_settings(start_up: Callable[
         reader.query("SELECT * FROM file('/proc/self/environ', 'RawBLOB')")
     assert reader.query("SELECT getSetting('max_execution_time'), getSetting('readonly')").result_rows == [(9, 1)]
     assert up.scalar("SELECT count() FROM llm_calls") == 0
+
+
+def test_a_query_allowed_once_is_checked_again_with_other_parameters(endpoint: SqlEndpoint) -> None:
+    sql = "SELECT count() FROM {t:Identifier}"
+    assert post(endpoint, sql, params="param_t=llm_calls") == (200, "1\n")
+    assert post(endpoint, sql, params="param_t=llm_calls") == (200, "1\n")  # the second time from the cache
+    status, body = post(endpoint, sql, params="param_t=system.processes")
+    assert status == 403 and "system.processes" in body
