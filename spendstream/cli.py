@@ -301,24 +301,51 @@ def alerter(log_level: str) -> None:
 
 @main.group(invoke_without_command=True)
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--raw", is_flag=True, help="every alert row (each escalation, reminder and resolution) instead of incidents"
+)
 @click.pass_context
-def alerts(ctx: click.Context, limit: int) -> None:
-    """List recent alerts: kind, severity, what, delivery state (subcommand: test-slack)."""
+def alerts(ctx: click.Context, limit: int, raw: bool) -> None:
+    """List recent incidents: what, since when, how many updates, firing or resolved, and delivery.
+
+    An incident is one condition of one key from the alert that opened it to the one that resolved
+    it (subcommand: test-slack).
+    """
     if ctx.invoked_subcommand is not None:
         return
     from spendstream.clickhouse_target import client_for_command
 
     settings = _settings()
+    query = (
+        "SELECT ts, kind, severity, dimension, key, round(value, 4) AS value, status, delivery_state, channel, "
+        f"delivery_error FROM alerts FINAL ORDER BY ts DESC, alert_id LIMIT {limit}"
+        if raw
+        else INCIDENTS_QUERY.format(limit=limit)
+    )
     try:
         client = client_for_command(settings, database=settings.database)
-        output = client.raw_query(
-            "SELECT ts, kind, severity, dimension, key, round(value, 4) AS value, delivery_state, channel, "
-            f"delivery_error FROM alerts FINAL ORDER BY ts DESC, alert_id LIMIT {limit}",
-            fmt="PrettyCompactMonoBlock",
-        )
+        output = client.raw_query(query, fmt="PrettyCompactMonoBlock")
     except Exception as exc:
         raise _read_failed(exc) from exc
     click.echo(output.decode(errors="replace"), nl=False)
+
+
+INCIDENTS_QUERY = """
+SELECT min(ts) AS opened, max(ts) AS latest, any(kind) AS kind,
+       multiIf(has(groupArray(severity), 'critical'), 'critical', has(groupArray(severity), 'warning'), 'warning',
+               'info') AS worst, any(dimension) AS dimension, any(key) AS key, argMax(status, ts) AS state,
+       count() AS alerts, round(argMax(value, ts), 4) AS value, argMax(delivery_state, ts) AS delivery,
+       argMax(channel, ts) AS channel
+FROM (
+    SELECT *, sum(status = 'resolved') OVER (
+        PARTITION BY dedup_key ORDER BY ts, alert_id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+    ) AS incident  -- the resolutions before this alert: each one closed an incident of this key
+    FROM alerts FINAL
+)
+GROUP BY dedup_key, incident
+ORDER BY latest DESC, opened DESC
+LIMIT {limit}
+"""
 
 
 @alerts.command(name="test-slack")
