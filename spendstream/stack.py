@@ -59,6 +59,7 @@ def build_app(settings: Settings, bootstrap: str, config: SpendstreamConfig) -> 
         alerts_topic=settings.topic(topics.ALERTS),
         budgets_topic=settings.topic(topics.BUDGETS),
         budget_spend_topic=settings.topic(topics.BUDGET_SPEND),
+        user_id_key=settings.user_id_key.get_secret_value().encode() if settings.user_id_key is not None else None,
     )
     return create_app(
         stream_config,
@@ -187,7 +188,7 @@ def _open_on_assignment(app: faust.App, broker: EmbeddedBroker) -> None:
     """Let new events into the broker once the worker reads its topics (so a stop can drain them)."""
     opened = False
 
-    async def on_assigned(_: Any, *args: Any, signal: Any, **__: Any) -> None:
+    async def on_assigned(_: Any, /, *args: Any, signal: Any, **__: Any) -> None:
         assigned = args[0] if args else None
         nonlocal opened
         if not opened and assigned:

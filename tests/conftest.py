@@ -151,3 +151,32 @@ def slack() -> Iterator[SlackStandIn]:
     standin = SlackStandIn()
     yield standin
     standin.close()
+
+
+class EmbeddedUpProcess(UpProcess):
+    """A ``spendstream up`` with its own embedded broker (no ``SPENDSTREAM_KAFKA_BOOTSTRAP``) on ``broker_port``."""
+
+    def __init__(self, home: Path, broker_port: int, extra_env: dict[str, str]) -> None:
+        super().__init__(home, "", extra_env)
+        del self.env["SPENDSTREAM_KAFKA_BOOTSTRAP"]
+        self.broker_port = broker_port
+        self.env["SPENDSTREAM_BROKER_PORT"] = str(broker_port)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+
+@pytest.fixture
+def start_embedded_up(tmp_path: Path) -> Iterator[Callable[..., EmbeddedUpProcess]]:
+    """Start ``spendstream up`` processes with their own broker; a restart passes the same home and broker port."""
+    started: list[EmbeddedUpProcess] = []
+
+    def factory(home: Path | None = None, broker_port: int | None = None, **extra_env: str) -> EmbeddedUpProcess:
+        proc = EmbeddedUpProcess(home or tmp_path / "home", broker_port or free_port(), extra_env).start()
+        started.append(proc)
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.stop()
