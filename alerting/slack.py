@@ -1,20 +1,32 @@
-"""Posting alerts to Slack with slack-sdk, in Block Kit: a bot token (``chat.postMessage``) or an incoming webhook."""
+"""Posting alerts to Slack with slack-sdk, in Block Kit: a bot token (``chat.postMessage``) or an incoming webhook.
+
+slack-sdk's own retries are off: a request it sends again after a lost answer posts the message
+twice. The alerter retries, and with a bot token it first looks in the channel for the message.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web import SlackResponse
 from slack_sdk.webhook import WebhookClient
 
 from alerting.mrkdwn import code, escape, safe_blocks
 from schemas.alert import Alert
 from schemas.config import AlertsConfig
 from schemas.exceptions import ConfigError
+
+EVENT_TYPE = "spendstream_alert"
+"""The ``event_type`` of the metadata an alert message carries (its ``event_payload`` holds the ``attempt_id``)."""
+HISTORY_PAGES = 10
+"""How many pages of 200 messages are read looking for a message whose answer was lost."""
 
 SEVERITY_MARK = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
 RESOLVED_MARK = ":white_check_mark:"
@@ -26,13 +38,27 @@ def mark(alert: Alert) -> str:
 
 
 class SlackDeliveryError(Exception):
-    """A message Slack did not take. ``transient``: try again later (``retry_after`` seconds at least)."""
+    """A message Slack did not take. ``transient``: try again later (``retry_after`` seconds at least).
 
-    def __init__(self, reason: str, *, transient: bool, retry_after: float = 0.0) -> None:
+    ``maybe_posted``: no answer came after the request was sent (a timeout, a dropped connection), so
+    Slack may have posted the message all the same.
+    """
+
+    def __init__(self, reason: str, *, transient: bool, retry_after: float = 0.0, maybe_posted: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.transient = transient
         self.retry_after = retry_after
+        self.maybe_posted = maybe_posted
+
+
+def _unanswered(exc: OSError, what: str) -> SlackDeliveryError:
+    """A request that got no answer: it may have reached Slack unless the connection was never made."""
+    cause = exc.reason if isinstance(exc, URLError) else exc
+    sent = not isinstance(cause, ConnectionRefusedError | socket.gaierror)
+    return SlackDeliveryError(
+        f"{'no answer from' if sent else 'cannot reach'} {what} ({exc})", transient=True, maybe_posted=sent
+    )
 
 
 def blocks_for(alert: Alert) -> list[dict[str, Any]]:
@@ -89,30 +115,72 @@ def text_of(alerts: list[Alert]) -> str:
 class Poster:
     """Something that posts to a Slack channel."""
 
-    def post(self, channel: str, alerts: list[Alert], thread_ts: str | None = None) -> str:
-        """Post ``alerts`` (of one kind) as one message, or as a reply in ``thread_ts``; returns its ts."""
+    can_check = False
+    """Whether :meth:`find` can look in the channel for a message whose answer was lost."""
+
+    def post(
+        self, channel: str, alerts: list[Alert], thread_ts: str | None = None, attempt_id: str | None = None
+    ) -> str:
+        """Post ``alerts`` (of one kind) as one message, or as a reply in ``thread_ts``; returns its ts.
+
+        ``attempt_id`` goes in the message's metadata, for :meth:`find`.
+        """
         blocks = blocks_for(alerts[0]) if len(alerts) == 1 else group_blocks(alerts)
-        return self.post_blocks(channel, text_of(alerts), blocks, thread_ts)
+        return self.post_blocks(channel, text_of(alerts), blocks, thread_ts, attempt_id)
 
     def post_blocks(
-        self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
+        self,
+        channel: str,
+        text: str,
+        blocks: list[dict[str, Any]] | None = None,
+        thread_ts: str | None = None,
+        attempt_id: str | None = None,
     ) -> str:
         """Post ``text`` (the notification) and ``blocks``, made Slack-safe (``alerting.mrkdwn``); returns its ts."""
-        return self._send(channel, escape(text), safe_blocks(blocks) if blocks else None, thread_ts)
+        return self._send(channel, escape(text), safe_blocks(blocks) if blocks else None, thread_ts, attempt_id)
 
-    def _send(self, channel: str, text: str, blocks: list[dict[str, Any]] | None, thread_ts: str | None) -> str:
+    def find(self, channel: str, attempt_id: str, thread_ts: str | None, since: float) -> str | None:
+        """The ts of the message posted with ``attempt_id`` since ``since`` (epoch seconds), or None."""
+        return None
+
+    def _send(
+        self,
+        channel: str,
+        text: str,
+        blocks: list[dict[str, Any]] | None,
+        thread_ts: str | None,
+        attempt_id: str | None,
+    ) -> str:
         raise NotImplementedError
 
 
 class SlackPoster(Poster):
-    """Posts with a bot token; ``base_url`` points elsewhere than slack.com (Enterprise Grid, tests)."""
+    """Posts with a bot token; ``base_url`` points elsewhere than slack.com (Enterprise Grid, tests).
+
+    To check a message whose answer was lost, the bot reads the channel: it needs the
+    ``channels:read`` and ``channels:history`` scopes (``groups:`` for private channels).
+    """
+
+    can_check = True
 
     def __init__(self, token: str, base_url: str = "https://slack.com/api/", timeout: int = 10) -> None:
         self._client = WebClient(
-            token=token, base_url=base_url if base_url.endswith("/") else base_url + "/", timeout=timeout
+            token=token,
+            base_url=base_url if base_url.endswith("/") else base_url + "/",
+            timeout=timeout,
+            retry_handlers=[],
         )
+        self._channel_ids: dict[str, str] = {}
 
-    def _send(self, channel: str, text: str, blocks: list[dict[str, Any]] | None, thread_ts: str | None) -> str:
+    def _send(
+        self,
+        channel: str,
+        text: str,
+        blocks: list[dict[str, Any]] | None,
+        thread_ts: str | None,
+        attempt_id: str | None,
+    ) -> str:
+        metadata = {"event_type": EVENT_TYPE, "event_payload": {"attempt_id": attempt_id}} if attempt_id else None
         try:
             answer = self._client.chat_postMessage(
                 channel=channel,
@@ -121,27 +189,93 @@ class SlackPoster(Poster):
                 thread_ts=thread_ts,
                 unfurl_links=False,
                 unfurl_media=False,
+                metadata=metadata,
             )
-            return str(answer.get("ts") or "")
         except SlackApiError as exc:
-            status = exc.response.status_code
-            error = exc.response.get("error", "") if isinstance(exc.response.data, dict) else ""
-            if status == 429:
-                retry_after = float(exc.response.headers.get("Retry-After", exc.response.headers.get("retry-after", 1)))
-                raise SlackDeliveryError("rate limited by Slack", transient=True, retry_after=retry_after) from exc
-            if status >= 500:
-                raise SlackDeliveryError(f"Slack answered {status}", transient=True) from exc
-            hint = {
+            raise _refused(exc, channel, "chat.postMessage", {
                 "channel_not_found": "invite the bot to the channel, or fix the route's channel",
                 "not_in_channel": "invite the bot to the channel",
-                "invalid_auth": "check SPENDSTREAM_SLACK_BOT_TOKEN",
-                "not_authed": "set SPENDSTREAM_SLACK_BOT_TOKEN",
-            }.get(error, "see https://api.slack.com/methods/chat.postMessage#errors")
-            raise SlackDeliveryError(
-                f"Slack refused the message to {channel} ({error or status}): {hint}", transient=False
-            ) from exc
+            }) from exc  # fmt: skip
         except OSError as exc:  # connection refused, timeout, DNS
-            raise SlackDeliveryError(f"cannot reach Slack ({exc})", transient=True) from exc
+            raise _unanswered(exc, "Slack") from exc
+        if answer.get("channel"):
+            self._channel_ids[channel] = str(answer["channel"])
+        return str(answer.get("ts") or "")
+
+    def find(self, channel: str, attempt_id: str, thread_ts: str | None, since: float) -> str | None:
+        """The ts of the message posted with ``attempt_id``: in ``conversations.history`` (or the thread's
+        ``conversations.replies``) from ``since`` on, by its metadata; None when it is not there.
+
+        Raises:
+            SlackDeliveryError: Slack did not answer (transient), or the bot may not read the channel.
+        """
+        hints = {
+            "missing_scope": "give the bot channels:history and channels:read (groups: for private channels)",
+            "not_in_channel": "invite the bot to the channel",
+        }
+        try:
+            channel_id = self._channel_id(channel)
+            cursor = None
+            for _ in range(HISTORY_PAGES):
+                args: dict[str, Any] = {
+                    "channel": channel_id, "oldest": f"{since:.6f}", "include_all_metadata": True, "limit": 200,
+                    "cursor": cursor,
+                }  # fmt: skip
+                answer: SlackResponse = (
+                    self._client.conversations_replies(ts=thread_ts, **args)
+                    if thread_ts
+                    else self._client.conversations_history(**args)
+                )
+                for message in answer.get("messages") or []:
+                    metadata = message.get("metadata") or {}
+                    payload = metadata.get("event_payload") or {}
+                    if metadata.get("event_type") == EVENT_TYPE and payload.get("attempt_id") == attempt_id:
+                        return str(message["ts"])
+                cursor = (answer.get("response_metadata") or {}).get("next_cursor")
+                if not cursor:
+                    return None
+        except SlackApiError as exc:
+            raise _refused(exc, channel, "conversations.history", hints) from exc
+        except OSError as exc:
+            raise _unanswered(exc, "Slack") from exc
+        return None
+
+    def _channel_id(self, channel: str) -> str:
+        """Slack reads channels by ID: a ``#name`` is looked up (once) with ``conversations.list``."""
+        if not channel.startswith("#"):
+            return channel
+        cursor = None
+        while channel not in self._channel_ids:
+            answer = self._client.conversations_list(
+                types="public_channel,private_channel", exclude_archived=True, limit=1000, cursor=cursor
+            )
+            for found in answer.get("channels") or []:
+                self._channel_ids["#" + found["name"]] = found["id"]
+            cursor = (answer.get("response_metadata") or {}).get("next_cursor")
+            if not cursor and channel not in self._channel_ids:
+                raise SlackDeliveryError(
+                    f"the bot cannot see {channel} in conversations.list: invite it, or name the channel by its ID",
+                    transient=False,
+                )
+        return self._channel_ids[channel]
+
+
+def _refused(exc: SlackApiError, channel: str, method: str, hints: Mapping[str, str]) -> SlackDeliveryError:
+    """What Slack's error answer means: rate limits and outages are transient, the rest needs a person."""
+    status = exc.response.status_code
+    error = exc.response.get("error", "") if isinstance(exc.response.data, dict) else ""
+    if status == 429:
+        retry_after = float(exc.response.headers.get("Retry-After", exc.response.headers.get("retry-after", 1)))
+        return SlackDeliveryError("rate limited by Slack", transient=True, retry_after=retry_after)
+    if status >= 500:
+        return SlackDeliveryError(f"Slack answered {status}", transient=True)
+    hint = {
+        "invalid_auth": "check SPENDSTREAM_SLACK_BOT_TOKEN",
+        "not_authed": "set SPENDSTREAM_SLACK_BOT_TOKEN",
+        **hints,
+    }.get(error, f"see https://api.slack.com/methods/{method}#errors")
+    what = "the message to" if method == "chat.postMessage" else f"{method} of"
+    return SlackDeliveryError(f"Slack refused {what} {channel} ({error or status}): {hint}", transient=False)
 
 
 WEBHOOK_THREAD = "webhook"
@@ -163,16 +297,23 @@ class WebhookPoster(Poster):
     """Posts through an incoming webhook (one channel, fixed when the webhook was created)."""
 
     def __init__(self, url: str, timeout: int = 10) -> None:
-        self._client = WebhookClient(url, timeout=timeout)
+        self._client = WebhookClient(url, timeout=timeout, retry_handlers=[])
 
-    def _send(self, channel: str, text: str, blocks: list[dict[str, Any]] | None, thread_ts: str | None) -> str:
+    def _send(
+        self,
+        channel: str,
+        text: str,
+        blocks: list[dict[str, Any]] | None,
+        thread_ts: str | None,
+        attempt_id: str | None,
+    ) -> str:
         if thread_ts is not None:
             text = f"Update: {text}"
             blocks = [{"type": "context", "elements": [{"type": "mrkdwn", "text": "*Update*"}]}, *(blocks or [])]
         try:
             answer = self._client.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
         except OSError as exc:  # connection refused, timeout, DNS
-            raise SlackDeliveryError(f"cannot reach Slack's webhook for {channel} ({exc})", transient=True) from exc
+            raise _unanswered(exc, f"Slack's webhook for {channel}") from exc
         if answer.status_code == 200:
             return WEBHOOK_THREAD
         if answer.status_code == 429:

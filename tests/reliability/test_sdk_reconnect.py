@@ -16,7 +16,7 @@ from schemas.call_event import CallEvent
 from spendstream.broker import EmbeddedBroker
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 TOPIC = "llm.calls"
 
