@@ -2,12 +2,16 @@
 
 A background thread reads the compacted topic ``spendstream.budgets`` from its start and keeps the
 latest state of every scope in memory, so :meth:`BudgetGuard.check` makes no network call. Before
-a model or tool call, the guard looks at the kill switch (global, the call's agent, its feature)
-and at the budget of each of the call's keys (user, tenant, feature, agent, team, environment);
-the strictest wins: deny, then downgrade, then throttle, then allow.
+a model or tool call, the guard looks at the kill switch (global, and the call's agent, feature,
+tool, prompt version, tenant and session) and at the budget of each of the call's keys (user,
+tenant, feature, agent, team, environment); the strictest wins: deny, then downgrade, then
+throttle, then allow.
 
-When the guard has not read the topic to its end yet, or has lost the brokers, it cannot know the
-state: it fails ``open`` (allow) or ``closed`` (deny), as configured, and counts those calls.
+When the guard has not read the topic to its end yet, or has lost the brokers, what it has read
+still holds: a kill switch or a denying budget it knows of keeps denying, whatever ``fail`` says
+(a lifted kill it could not read yet is lifted when the brokers are back). ``fail`` decides only
+the calls that nothing it knows would deny: ``open`` allows them, ``closed`` denies them; both are
+counted.
 """
 
 from __future__ import annotations
@@ -16,16 +20,16 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ValidationError
 
-from producers._exceptions import SDKError
+from producers._exceptions import BudgetExceededError, SDKError
 from schemas import topics
-from schemas.budget import KILL_DIMENSIONS, SEVERITY_ORDER, BudgetState, GuardState, budget_scope, kill_scope
+from schemas.budget import SEVERITY_ORDER, BudgetState, GuardState, budget_scope, kill_scope
 
 if TYPE_CHECKING:
     from schemas.config import PriceOverride
@@ -34,6 +38,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("spendstream.guard")
 
 BUDGET_DIMENSIONS = ("user_id", "tenant_id", "feature", "agent_id", "team", "environment")
+KILL_DIMENSIONS = ("agent_id", "feature", "tool_name", "prompt_version", "tenant_id", "session_id")
+"""What a kill switch can name besides everything (``kill:*``): ``spendstream kill --agent/--feature/
+--tool/--prompt-version/--tenant/--session``."""
 FailMode = Literal["open", "closed"]
 
 
@@ -52,14 +59,6 @@ class Decision:
     """How long to wait before the call (``throttle``)."""
 
 
-class BudgetExceededError(SDKError):
-    """A budget or the kill switch denies the call; ``decision`` says which and why."""
-
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(f"spendstream guard denied the call: {decision.reason}")
-        self.decision = decision
-
-
 @dataclass(frozen=True, slots=True)
 class GuardStats:
     scopes: int
@@ -74,6 +73,8 @@ class GuardStats:
     downgraded: int
     throttled: int
     last_error: str
+    held: int = 0
+    """Calls denied, while the state was unknown, by a kill switch or budget read before (whatever ``fail`` says)."""
 
 
 class BudgetGuard:
@@ -82,7 +83,9 @@ class BudgetGuard:
     Args:
         bootstrap: the Kafka cluster (``host:9092``).
         topic: the budgets topic (with your installation's prefix, if any).
-        fail: what to do while the state is unknown: ``open`` allows calls, ``closed`` denies them.
+        fail: what to do while the state is unknown (not read yet, or the brokers lost) with calls that
+            nothing read before denies: ``open`` allows them, ``closed`` denies them. A kill switch or
+            a denying budget read before holds either way.
         kafka_config: more librdkafka settings (security).
         price_overrides: the config's ``prices.overrides`` (``load_config(path).prices.overrides``), so
             :meth:`estimate_usd` prices self-hosted and negotiated models as the pipeline does.
@@ -117,7 +120,7 @@ class BudgetGuard:
         self._stop = threading.Event()
         self._brokers_down = False
         self._last_error = ""
-        self._counts = {"failed_open": 0, "failed_closed": 0, "denied": 0, "downgraded": 0, "throttled": 0}
+        self._counts = {"failed_open": 0, "failed_closed": 0, "denied": 0, "downgraded": 0, "throttled": 0, "held": 0}
         self._thread = threading.Thread(target=self._run, name="spendstream-guard", daemon=True)
         self._thread.start()
 
@@ -129,8 +132,6 @@ class BudgetGuard:
         ``estimated_usd``: the call's cost if known beforehand (see :meth:`estimate_usd`); a call that
         would take a budget past its limit is treated as if the limit were reached.
         """
-        if not self.ready:
-            return self._unknown(model)
         now = datetime.now(UTC)
         decision = Decision("allow", "no budget or kill switch limits this call", model=model)
         with self._lock:
@@ -143,7 +144,7 @@ class BudgetGuard:
             found = _decide(state, model, estimated_usd)
             if SEVERITY_ORDER[found.action] > SEVERITY_ORDER[decision.action]:
                 decision = found
-        return decision
+        return decision if self.ready else self._unknown(decision)
 
     def enforce(
         self, *, model: str | None = None, estimated_usd: float | None = None, wait: bool = True, **keys: Any
@@ -175,6 +176,11 @@ class BudgetGuard:
         unit = self._pricer.unit_prices(provider, model, date.today(), input_tokens)
         return None if unit is None else unit.cost(input_tokens, max_output_tokens, 0, 0)
 
+    @property
+    def price_overrides(self) -> tuple[PriceOverride, ...]:
+        """The price overrides it estimates with (the tracker prices calls under a cost cap with them too)."""
+        return self._overrides
+
     # -- state ------------------------------------------------------------------------------------
 
     @property
@@ -204,15 +210,22 @@ class BudgetGuard:
 
     # -- the reader thread ------------------------------------------------------------------------
 
-    def _unknown(self, model: str | None) -> Decision:
+    def _unknown(self, known: Decision) -> Decision:
+        """The decision while the state is unknown: what was read holds; ``fail`` decides the rest."""
         why = "the guard has not read the budget state yet" if not self._caught_up.is_set() else (
             f"the guard lost the Kafka brokers ({self._last_error})"
         )  # fmt: skip
+        if known.action == "deny":
+            self._counts["held"] += 1
+            lost = "the guard read the topic to its end" if not self._caught_up.is_set() else "it lost the brokers"
+            return replace(known, reason=f"{known.reason} (read before {lost}: it holds)")
         if self._fail == "open":
             self._counts["failed_open"] += 1
-            return Decision("allow", f"{why}: allowed (fail open)", model=model)
+            if known.action != "allow":  # a downgrade or throttle read before still applies
+                return known
+            return Decision("allow", f"{why}: allowed (fail open)", model=known.model)
         self._counts["failed_closed"] += 1
-        return Decision("deny", f"{why}: denied (fail closed)", model=model)
+        return Decision("deny", f"{why}: denied (fail closed)", model=known.model)
 
     def _on_error(self, error: KafkaError) -> None:
         self._last_error = error.str()

@@ -5,6 +5,13 @@ calls and asyncio tasks; :func:`carry_context` takes it into a thread), times it
 when it sees the first chunk of a stream, reads usage from OpenAI and Anthropic responses, and
 emits its event when it ends, also when the call raised. Tracking never raises into the host
 application: an event spendstream would refuse is logged and counted in :meth:`Tracker.stats`.
+
+Before a call is made the tracker applies the guardrails the application set, all in process: its
+governors (caps per session, request and user's day; a ceiling per action), stuck detection (the
+``on_stuck`` hook), the budget guard and kill switch, and the circuit breakers. A call refused by a
+governor, the ceiling or the hook raises and is sent as an event with status ``cancelled`` and the
+reason in ``error_type``; the guard's denials and an open breaker's fast failures are counted, not
+sent (during an incident they come by the thousand).
 """
 
 from __future__ import annotations
@@ -16,21 +23,28 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from pydantic import ValidationError
 
-from producers._exceptions import EmitterClosedError, SDKError
+from producers._breaker import Breakers, BreakerState, CircuitBreakers
+from producers._exceptions import CostConfirmationRequired, EmitterClosedError, SDKError, SessionLimitExceeded
+from producers._governor import Admission, CallPlan, Governance, Governor
 from producers._guard import BudgetGuard, Decision
 from producers._pseudonym import pseudonymize
 from producers._pseudonym import user_id_key as user_id_key_of
+from producers._stuck import Stuck, StuckRule, StuckWatch
 from producers._usage import Usage, model_from, usage_from
 from schemas.call_event import CallEvent
+
+if TYPE_CHECKING:
+    from schemas.config import PriceOverride
+    from streams.pricing import Pricer
 
 logger = logging.getLogger("spendstream.producers")
 
@@ -65,12 +79,24 @@ _attribution: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar
 )
 
 
+DEFAULT_STUCK_RULE = StuckRule()
+
+
 @dataclass(frozen=True, slots=True)
 class TrackerStats:
     tracked: int
     """Calls whose event was handed to the emitter."""
     invalid: int
     """Calls whose event spendstream would refuse (logged with the reason, not sent)."""
+    refused: int = 0
+    """Calls stopped before they were made by a governor, the ceiling per action or the ``on_stuck``
+    hook (their events are sent, status ``cancelled``)."""
+    stuck: int = 0
+    """Times a session looked stuck (the ``on_stuck`` hook was called)."""
+    fast_failed: int = 0
+    """Calls an open circuit breaker failed fast (not made, not sent)."""
+    breakers: Mapping[str, BreakerState] = field(default_factory=dict)
+    """Each breaker that has seen a failure: ``tool:NAME`` or ``model:PROVIDER/MODEL``."""
 
 
 def current_trace() -> tuple[str, str] | None:
@@ -94,6 +120,15 @@ def carry_context(fn: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
+def log_stuck(stuck: Stuck) -> None:
+    """The default ``on_stuck`` hook: log it (the tracker counts it in ``stats().stuck``)."""
+    logger.warning(
+        "spendstream: session %s looks stuck: %s; the call goes ahead (register Tracker(on_stuck=...) to act)",
+        stuck.session,
+        stuck.reason,
+    )
+
+
 def _status_of(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
         return "cancelled"
@@ -113,6 +148,15 @@ class Tracker:
         guard: a :class:`~producers.BudgetGuard` asked before every call (budgets, kill switch).
         user_id_key: HMAC key for user ids (default: ``SPENDSTREAM_USER_ID_KEY``); raw user ids
             never leave the process. Without a key, passing a ``user_id`` is an error.
+        governors: caps per session, request or user's day, and ceilings per action
+            (:class:`~producers.Governor`); none by default.
+        breakers: circuit breakers per tool and per model (:class:`~producers.CircuitBreakers`);
+            off by default.
+        stuck: when a session looks stuck (:class:`~producers.StuckRule`); None turns it off.
+        on_stuck: called with a :class:`~producers.Stuck` before the call of a stuck session; raise
+            in it to stop the call. The default logs (and the tracker counts it).
+        price_overrides: prices of self-hosted or negotiated models (the config's
+            ``prices.overrides``), to count the cost of calls under a cost cap; the guard's by default.
         defaults: attribution for every call (``feature``, ``environment``, ``team``, ...).
     """
 
@@ -122,6 +166,11 @@ class Tracker:
         *,
         user_id_key: str | bytes | None = None,
         guard: BudgetGuard | None = None,
+        governors: Sequence[Governor] = (),
+        breakers: CircuitBreakers | None = None,
+        stuck: StuckRule | None = DEFAULT_STUCK_RULE,
+        on_stuck: Callable[[Stuck], None] = log_stuck,
+        price_overrides: Sequence[PriceOverride] = (),
         **defaults: Any,
     ) -> None:
         unknown = set(defaults) - ATTRIBUTION_FIELDS
@@ -132,8 +181,16 @@ class Tracker:
         self._check_user_id(defaults)
         self._defaults = dict(defaults)
         self._guard = guard
+        self._governance = Governance(governors) if governors else None
+        self._breakers = Breakers(breakers) if breakers is not None else None
+        self._stuck = StuckWatch(stuck) if stuck is not None else None
+        self._on_stuck = on_stuck
+        self._overrides = tuple(price_overrides) or (guard.price_overrides if guard is not None else ())
+        self._pricer: Pricer | None = None
         self._tracked = 0
         self._invalid = 0
+        self._refused = 0
+        self._stuck_seen = 0
 
     def track(
         self,
@@ -143,6 +200,8 @@ class Tracker:
         kind: str = "llm",
         tool_name: str | None = None,
         estimated_usd: float | None = None,
+        estimated_tokens: int | None = None,
+        confirm_usd: float | None = None,
         **fields: Any,
     ) -> TrackedCall:
         """A call to track: ``with tracker.track(provider="openai", model="gpt-4o") as call:``.
@@ -151,17 +210,23 @@ class Tracker:
         one call, and a returned response's usage is recorded. ``fields`` are any event fields
         (``feature``, ``agent_id``, ``prompt_hash``, ``trace_id`` for a root call, ...).
 
-        With a guard (``Tracker(..., guard=BudgetGuard(...))``), entering the call asks it first: a
-        denied call raises :class:`BudgetExceededError` before it is made, a throttled one waits, a
-        downgraded one gets its cheaper model in ``call.model``. ``estimated_usd`` (see
-        ``BudgetGuard.estimate_usd``) lets the guard refuse a call that would pass a limit.
+        Entering the call applies the guardrails first, and raises before the call is made:
+        :class:`SessionLimitExceeded` when it would pass a governor's cap,
+        :class:`CostConfirmationRequired` when its estimate is above a ceiling per action and
+        ``confirm_usd`` does not cover it, :class:`BudgetExceededError` when the guard's budgets or
+        kill switch deny it (a throttled call waits, a downgraded one gets its cheaper model in
+        ``call.model``), :class:`CircuitOpen` when its tool's or model's breaker is open; a stuck
+        session calls the ``on_stuck`` hook. ``estimated_usd`` (see ``BudgetGuard.estimate_usd``)
+        and ``estimated_tokens`` (prompt plus the most it may generate) let them refuse the call
+        that would pass a limit, not only the one after.
         """
         self._check_user_id(fields)
         if kind == "tool" and model is None:
             model = tool_name  # a tool has no model: its name stands in, so its calls can be priced by override
         return TrackedCall(
-            self, estimated_usd, provider=provider, model=model, kind=kind, tool_name=tool_name, **fields
-        )
+            self, estimated_usd, estimated_tokens=estimated_tokens, confirm_usd=confirm_usd,
+            provider=provider, model=model, kind=kind, tool_name=tool_name, **fields,
+        )  # fmt: skip
 
     @contextmanager
     def attribute(self, **fields: Any) -> Iterator[None]:
@@ -177,7 +242,12 @@ class Tracker:
             _attribution.reset(token)
 
     def stats(self) -> TrackerStats:
-        return TrackerStats(self._tracked, self._invalid)
+        breakers = self._breakers
+        return TrackerStats(
+            self._tracked, self._invalid, self._refused, self._stuck_seen,
+            sum(b.fast_failed for b in breakers.states().values()) if breakers else 0,
+            breakers.states() if breakers else {},
+        )  # fmt: skip
 
     def _check_user_id(self, fields: Mapping[str, Any]) -> None:
         if fields.get("user_id") is not None and self._key is None:
@@ -190,6 +260,19 @@ class Tracker:
         if user_id is None or self._key is None:
             return None
         return pseudonymize(str(user_id), self._key)
+
+    def _cost_usd(self, provider: str, model: str | None, usage: Usage) -> float | None:
+        """What a call cost by its usage, priced as the pipeline would; None for an unpriced model."""
+        if model is None:
+            return None
+        if self._pricer is None:
+            from streams.pricing import Pricer
+
+            self._pricer = Pricer(self._overrides)
+        unit = self._pricer.unit_prices(provider, model, datetime.now(UTC).date(), usage.input_tokens)
+        if unit is None:
+            return None
+        return unit.cost(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
 
     def _send(self, fields: dict[str, Any]) -> None:
         try:
@@ -210,9 +293,18 @@ class Tracker:
 class TrackedCall:
     """One model or tool call being tracked; see :meth:`Tracker.track`."""
 
-    def __init__(self, tracker: Tracker, estimated_usd: float | None = None, **fields: Any) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        estimated_usd: float | None = None,
+        *,
+        estimated_tokens: int | None = None,
+        confirm_usd: float | None = None,
+        **fields: Any,
+    ) -> None:
         self._tracker = tracker
         self._fields = fields
+        self._keys: dict[str, Any] = {}
         self._usage = Usage()
         self._model: str | None = fields.get("model")
         self._extra: dict[str, Any] = {}
@@ -220,10 +312,15 @@ class TrackedCall:
         self._first_token: float | None = None
         self._ts: datetime | None = None
         self._token: contextvars.Token[_Span | None] | None = None
+        self._admission: Admission | None = None
+        self._breaker: str | None = None
+        self._trial = False
         self.event_id = ""
         self.trace_id = ""
         self.parent_id: str | None = None
         self.estimated_usd = estimated_usd
+        self.estimated_tokens = estimated_tokens
+        self.confirm_usd = confirm_usd
         self.decision: Decision | None = None
         """The guard's decision for this call (None without a guard)."""
 
@@ -268,32 +365,117 @@ class TrackedCall:
             self.first_token()
             yield self.record(chunk)
 
-    # -- context manager --------------------------------------------------------------------------
+    # -- before the call: the guardrails ----------------------------------------------------------
 
-    def _ask_guard(self, wait: bool) -> Decision | None:
+    def _admit(self, wait: bool) -> Decision | None:
+        """Apply the guardrails in order (governors, stuck detection, the guard, the breaker); the
+        guard's decision. Whatever refuses the call raises; what was held for it is given back."""
+        tracker = self._tracker
+        fields = self._fields
+        self._keys = keys = {**tracker._defaults, **_attribution.get(), **fields}
+        parent = _span.get()
+        self.event_id = uuid.uuid4().hex
+        self.trace_id = parent.trace_id if parent else str(fields.get("trace_id") or self.event_id)
+        self.parent_id = parent.event_id if parent else fields.get("parent_id")
+        if tracker._governance is not None or tracker._stuck is not None:
+            try:
+                self._govern(keys)
+            except BaseException as exc:
+                self._release()
+                tracker._refused += 1
+                self._send_refused(exc)
+                raise
+        try:
+            decision = self._ask_guard(keys, wait)
+            breakers = tracker._breakers
+            if breakers is not None:
+                key = breakers.key(keys.get("kind", "llm"), keys["provider"], self._model, keys.get("tool_name"))
+                if key is not None:
+                    self._trial = breakers.admit(key)
+                    self._breaker = key
+        except BaseException:
+            self._release()
+            raise
+        return decision
+
+    def _govern(self, keys: dict[str, Any]) -> None:
+        tracker = self._tracker
+        session = str(keys.get("session_id") or self.trace_id)
+        kind = keys.get("kind", "llm")
+        if tracker._governance is not None:
+            user_id = keys.get("user_id")
+            plan = CallPlan(
+                kind, keys.get("feature"), keys.get("agent_id"), session, self.trace_id,
+                None if user_id is None else str(user_id), self.estimated_tokens, self.estimated_usd, self.confirm_usd,
+            )  # fmt: skip
+            self._admission = tracker._governance.admit(plan)
+        tool_name = keys.get("tool_name") if kind == "tool" else None
+        prompt_hash = keys.get("prompt_hash")
+        if tracker._stuck is not None and (tool_name is not None or prompt_hash is not None):
+            found = tracker._stuck.observe(session, tool_name, prompt_hash, keys.get("attempt") or 1)
+            if found is not None:
+                tracker._stuck_seen += 1
+                tracker._on_stuck(Stuck(session, *found, call=self))
+
+    def _ask_guard(self, keys: dict[str, Any], wait: bool) -> Decision | None:
         guard = self._tracker._guard
         if guard is None:
             return None
-        keys = {**self._tracker._defaults, **_attribution.get(), **self._fields}
-        keys["user_id"] = self._tracker._pseudonymous(keys.get("user_id"))
-        keys.pop("model", None)
-        self.decision = guard.enforce(model=self._model, estimated_usd=self.estimated_usd, wait=wait, **keys)
+        asked = {**keys, "user_id": self._tracker._pseudonymous(keys.get("user_id"))}
+        asked.pop("model", None)
+        self.decision = guard.enforce(model=self._model, estimated_usd=self.estimated_usd, wait=wait, **asked)
         self._model = self.decision.model or self._model
         return self.decision
 
+    def _release(self) -> None:
+        """The call is not made: give back what the governors and the breaker held for it."""
+        tracker = self._tracker
+        if self._admission is not None and tracker._governance is not None:
+            tracker._governance.release(self._admission)
+        if self._breaker is not None and tracker._breakers is not None:
+            tracker._breakers.release(self._breaker, self._trial)
+        self._admission = self._breaker = None
+
+    def _send_refused(self, exc: BaseException) -> None:
+        """The event of a call refused before it was made: status cancelled, the reason in error_type."""
+        reason = exc.reason if isinstance(exc, SessionLimitExceeded | CostConfirmationRequired) else type(exc).__name__
+        self._ts = datetime.now(UTC)
+        fields = self._event(0.0)
+        fields["status"] = "cancelled"
+        fields["error_type"] = reason
+        self._tracker._send({k: v for k, v in fields.items() if v is not None})
+
+    # -- context manager --------------------------------------------------------------------------
+
     def __enter__(self) -> TrackedCall:
-        self._ask_guard(wait=True)
+        self._admit(wait=True)
         return self._start()
 
     def _start(self) -> TrackedCall:
-        parent = _span.get()
-        self.event_id = uuid.uuid4().hex
-        self.trace_id = parent.trace_id if parent else str(self._fields.get("trace_id") or self.event_id)
-        self.parent_id = parent.event_id if parent else self._fields.get("parent_id")
         self._token = _span.set(_Span(self.event_id, self.trace_id))
         self._ts = datetime.now(UTC)
         self._started = time.perf_counter()
         return self
+
+    def _event(self, latency_ms: float) -> dict[str, Any]:
+        """The call's event fields, before ``None`` values are dropped."""
+        fields = {k: v for k, v in self._keys.items() if k not in ("trace_id", "parent_id")}
+        fields.update(
+            event_id=self.event_id,
+            ts=self._ts,
+            trace_id=self.trace_id,
+            parent_id=self.parent_id,
+            model=self._model,
+            latency_ms=latency_ms,
+            ttft_ms=round((self._first_token - self._started) * 1000, 3) if self._first_token else None,
+            input_tokens=self._usage.input_tokens,
+            output_tokens=self._usage.output_tokens,
+            cache_read_tokens=self._usage.cache_read_tokens,
+            cache_write_tokens=self._usage.cache_write_tokens,
+            reasoning_tokens=self._usage.reasoning_tokens,
+        )
+        fields["user_id"] = self._tracker._pseudonymous(fields.get("user_id"))
+        return fields
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -302,34 +484,44 @@ class TrackedCall:
         if self._token is not None:
             _span.reset(self._token)
             self._token = None
-        fields = {
-            **self._tracker._defaults,
-            **_attribution.get(),
-            **{k: v for k, v in self._fields.items() if k not in ("trace_id", "parent_id")},
-            "event_id": self.event_id,
-            "ts": self._ts,
-            "trace_id": self.trace_id,
-            "parent_id": self.parent_id,
-            "model": self._model,
-            "latency_ms": round((ended - self._started) * 1000, 3),
-            "ttft_ms": round((self._first_token - self._started) * 1000, 3) if self._first_token else None,
-            "input_tokens": self._usage.input_tokens,
-            "output_tokens": self._usage.output_tokens,
-            "cache_read_tokens": self._usage.cache_read_tokens,
-            "cache_write_tokens": self._usage.cache_write_tokens,
-            "reasoning_tokens": self._usage.reasoning_tokens,
-        }
+        fields = self._event(round((ended - self._started) * 1000, 3))
         if exc is not None:
             fields["status"] = _status_of(exc)
             fields["error_type"] = type(exc).__name__
-        fields.update(self._extra)
-        fields["user_id"] = self._tracker._pseudonymous(fields.get("user_id"))
+        if self._extra:
+            fields.update(self._extra)
+            if "user_id" in self._extra:
+                fields["user_id"] = self._tracker._pseudonymous(fields["user_id"])
+        if self._admission is not None or self._breaker is not None:
+            self._settle(fields)
         self._tracker._send({k: v for k, v in fields.items() if v is not None})
 
+    def _settle(self, fields: dict[str, Any]) -> None:
+        """Count what the call used under its governors, and how it ended in its breaker."""
+        tracker = self._tracker
+        admission = self._admission
+        if admission is not None and tracker._governance is not None:
+            usage = self._usage
+            cost = 0.0
+            if admission.needs_cost:
+                stated = fields.get("cost_usd")
+                cost = stated if isinstance(stated, int | float) else (
+                    tracker._cost_usd(fields["provider"], self._model, usage) or self.estimated_usd or 0.0
+                )  # fmt: skip
+            tracker._governance.settle(admission, usage.input_tokens + usage.output_tokens, cost)
+            self._admission = None
+        if self._breaker is not None and tracker._breakers is not None:
+            tracker._breakers.record(self._breaker, fields.get("status", "success"), self._trial)
+            self._breaker = None
+
     async def __aenter__(self) -> TrackedCall:
-        decision = self._ask_guard(wait=False)
+        decision = self._admit(wait=False)
         if decision is not None and decision.delay_seconds:
-            await asyncio.sleep(decision.delay_seconds)
+            try:
+                await asyncio.sleep(decision.delay_seconds)
+            except BaseException:
+                self._release()
+                raise
         return self._start()
 
     async def __aexit__(
@@ -340,19 +532,22 @@ class TrackedCall:
     # -- decorator --------------------------------------------------------------------------------
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
-        tracker, fields, estimate = self._tracker, self._fields, self.estimated_usd
+        fresh = functools.partial(
+            TrackedCall, self._tracker, self.estimated_usd, estimated_tokens=self.estimated_tokens,
+            confirm_usd=self.confirm_usd, **self._fields,
+        )  # fmt: skip
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def tracked_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                async with TrackedCall(tracker, estimate, **fields) as call:
+                async with fresh() as call:
                     return call.record(await fn(*args, **kwargs))
 
             return tracked_async  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def tracked(*args: P.args, **kwargs: P.kwargs) -> R:
-            with TrackedCall(tracker, estimate, **fields) as call:
+            with fresh() as call:
                 return call.record(fn(*args, **kwargs))
 
         return tracked

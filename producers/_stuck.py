@@ -1,0 +1,113 @@
+"""Stuck detection in process: a session repeating one tool or one prompt, seen before its next call.
+
+More than ``same_tool_share`` of a session's last ``tool_window`` tool calls being one tool (by
+default: 5 of the last 5), or one ``prompt_hash`` sent ``prompt_repeats`` times (retries, ``attempt``
+above 1, aside), calls the application's ``on_stuck`` hook with a :class:`Stuck` before the call
+is made: the hook can inject a meta-prompt, switch strategy, or stop the session by raising. The
+same pattern has to be seen afresh (another window of tool calls, the prompt as many times again)
+to call it again. The stream's ``loop_detected`` stays the fleet-wide view.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from producers._exceptions import SDKError
+from producers._sessions import IDLE_SECONDS, IdleMap
+
+if TYPE_CHECKING:
+    from producers._track import TrackedCall
+
+_MAX_PROMPTS = 1024  # distinct prompt hashes kept per session; past it, counting starts over
+
+
+@dataclass(frozen=True, slots=True)
+class StuckRule:
+    """When a session looks stuck (``Tracker(stuck=StuckRule(...))``; ``stuck=None`` turns it off).
+
+    Args:
+        tool_window: the last tool calls of a session looked at ...
+        same_tool_share: ... of which more than this share being one tool is stuck.
+        prompt_repeats: one ``prompt_hash`` sent this many times in a session is stuck.
+    """
+
+    tool_window: int = 5
+    same_tool_share: float = 0.8
+    prompt_repeats: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("tool_window", "prompt_repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise SDKError(f"StuckRule {name}={value!r}: a whole number of at least 2")
+        if not 0 < self.same_tool_share < 1:
+            raise SDKError(f"StuckRule same_tool_share={self.same_tool_share!r}: a share between 0 and 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Stuck:
+    """What the ``on_stuck`` hook is told: which session repeats what, and the call about to be made."""
+
+    session: str
+    """The session id (the trace id for calls without one)."""
+    pattern: Literal["tool", "prompt"]
+    repeated: str
+    """The tool name or the prompt hash."""
+    times: int
+    """How many of the last ``window`` tool calls were that tool, or how often the prompt was sent."""
+    window: int
+    """The tool calls looked at (``tool``); the repeats that count as stuck (``prompt``)."""
+    call: TrackedCall
+    """The call about to be made: its ``model``, ``event_id``, ``trace_id``; raise to stop it."""
+
+    @property
+    def reason(self) -> str:
+        if self.pattern == "tool":
+            return f"{self.times} of its last {self.window} tool calls were {self.repeated}"
+        return f"it sent the prompt {self.repeated} {self.times} times"
+
+
+@dataclass(slots=True)
+class _Recent:
+    tools: deque[str] = field(default_factory=deque)
+    prompts: Counter[str] = field(default_factory=Counter)
+
+
+class StuckWatch:
+    """What each session of one tracker did lately, to tell when it repeats itself."""
+
+    def __init__(self, rule: StuckRule, idle_seconds: float = IDLE_SECONDS) -> None:
+        self.rule = rule
+        self._lock = threading.Lock()
+        self._sessions: IdleMap[str, _Recent] = IdleMap(_Recent, idle_seconds)
+
+    def observe(
+        self, session: str, tool_name: str | None, prompt_hash: str | None, attempt: int
+    ) -> tuple[Literal["tool", "prompt"], str, int, int] | None:
+        """Count a call about to be made; ``(pattern, repeated, times, window)`` when the session is stuck."""
+        rule = self.rule
+        with self._lock:
+            recent = self._sessions.touch(session, time.monotonic())
+            if prompt_hash is not None and attempt <= 1:
+                prompts = recent.prompts
+                if len(prompts) >= _MAX_PROMPTS and prompt_hash not in prompts:
+                    prompts.clear()
+                prompts[prompt_hash] += 1
+                if prompts[prompt_hash] >= rule.prompt_repeats:
+                    times = prompts.pop(prompt_hash)
+                    return "prompt", prompt_hash, times, rule.prompt_repeats
+            if tool_name is not None:
+                tools = recent.tools
+                tools.append(tool_name)
+                if len(tools) > rule.tool_window:
+                    tools.popleft()
+                if len(tools) == rule.tool_window:
+                    tool, times = Counter(tools).most_common(1)[0]
+                    if times / rule.tool_window > rule.same_tool_share:
+                        tools.clear()
+                        return "tool", tool, times, rule.tool_window
+        return None
