@@ -230,11 +230,22 @@ class BudgetGuard:
     def _on_error(self, error: KafkaError) -> None:
         self._last_error = error.str()
         if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            if not self._brokers_down:  # once per outage: librdkafka reports every reconnect attempt
+                logger.warning("spendstream guard: %s; %s meanwhile", error.str(), self._fail_word())
             self._brokers_down = True
-            logger.warning("spendstream guard: %s; calls are %s meanwhile", error.str(), self._fail_word())
 
     def _fail_word(self) -> str:
-        return "allowed (fail open)" if self._fail == "open" else "denied (fail closed)"
+        rest = "other calls are allowed (fail open)" if self._fail == "open" else "other calls are denied (fail closed)"
+        return f"kill switches and denying budgets read before hold, {rest}"
+
+    def _reached(self, consumer: Consumer) -> None:
+        """Whether the brokers answer again while no record arrives (nothing new on the topic)."""
+        try:
+            consumer.list_topics(self._topic, timeout=1)
+        except KafkaException:
+            return
+        self._brokers_down = False
+        logger.info("spendstream guard: reached the brokers again")
 
     def _run(self) -> None:
         consumer = Consumer(self._config)
@@ -243,6 +254,8 @@ class BudgetGuard:
             while not self._stop.is_set():
                 message = consumer.poll(0.5)
                 if message is None:
+                    if self._brokers_down:
+                        self._reached(consumer)
                     continue
                 self._brokers_down = False
                 error = message.error()
@@ -265,7 +278,7 @@ class BudgetGuard:
     def _assign(self, consumer: Consumer) -> set[int]:
         while not self._stop.is_set():
             try:
-                metadata = consumer.list_topics(self._topic, timeout=5)
+                metadata = consumer.list_topics(self._topic, timeout=1)  # close() waits for it
                 partitions = metadata.topics[self._topic].partitions
                 if partitions:
                     consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
