@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import re
 import time
+import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
-from schemas.privacy import sensitive_kind
+from schemas.privacy import Pseudonyms, id_kind, name_kind, problem, sensitive_kind
 
 UNATTRIBUTED = "unattributed"
 """The feature bucket of a call that carries no ``feature`` tag."""
@@ -40,13 +49,103 @@ MAX_CLOCK_SKEW = timedelta(days=1)
 _EARLIEST_S = EARLIEST_TS.timestamp()
 _MAX_SKEW_S = MAX_CLOCK_SKEW.total_seconds()
 
-# Ids are printable: no control characters (the sink relies on it when it looks ids up in bulk).
-Id = Annotated[
+PSEUDONYMS = "pseudonyms"
+"""The validation context key of a :class:`schemas.privacy.Pseudonyms`: when given (the worker has
+``SPENDSTREAM_USER_ID_KEY``), a ``user_id`` not yet pseudonymous is replaced by its pseudonym instead
+of being screened as sent."""
+
+INVISIBLE = r"\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+"""What no id or name may hold, as the body of a regex class (Python, RE2 and JSON Schema read it
+alike): C0 and C1 control characters, the soft hyphen, zero-width characters (U+200B-U+200F, U+2060,
+U+FEFF, and the invisible operators U+2061-U+2064), bidi marks, overrides and isolates (U+061C,
+U+200E-U+200F, U+202A-U+202E, U+2066-U+2069), and line and paragraph separators. They make one name
+print as another (``gpt-4o`` and a zero-width space went unpriced), reorder a Slack message, or end a
+log line; the sink also relies on printable ids when it looks them up in bulk."""
+PRINTABLE = f"^[^{INVISIBLE}]+$"
+_INVISIBLE = re.compile(f"[{INVISIBLE}]").search
+
+
+def unprintable(field: str, value: str) -> str | None:
+    """Why an id or name is refused for a character it holds (naming the first one), or ``None``."""
+    found = _INVISIBLE(value)
+    if found is None:
+        return None
+    char = found.group()
+    name = unicodedata.name(char, "a control character")
+    return (
+        f"{field} holds U+{ord(char):04X} ({name}): ids and names must be printable, "
+        "without control, invisible or bidi characters"
+    )
+
+
+def id_problem(field: str, value: str) -> str | None:
+    """Why an id is refused (an unprintable character, personal data, a secret), or ``None``."""
+    found = unprintable(field, value)
+    if found is None and (kind := id_kind(value)) is not None:
+        return problem(field, kind)
+    return found
+
+
+def name_problem(field: str, value: str) -> str | None:
+    """Why a name is refused (an unprintable character, personal data, a secret), or ``None``."""
+    found = unprintable(field, value)
+    if found is None and (kind := name_kind(value)) is not None:
+        return problem(field, kind, name=True)
+    return found
+
+
+def _personal_data_in_id(field: str, value: str) -> str | None:
+    kind = id_kind(value)
+    return None if kind is None else problem(field, kind)
+
+
+def _personal_data_in_text(field: str, value: str) -> str | None:
+    kind = name_kind(value)
+    return None if kind is None else problem(field, kind, name=True)
+
+
+class _Screened:
+    """Annotation of a text field: refused with the reason ``rule`` gives, if any; ``pattern`` in JSON Schema."""
+
+    def __init__(self, rule: Callable[[str, str], str | None], pattern: str | None = None) -> None:
+        self._rule = rule
+        self._pattern = pattern
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.with_info_after_validator_function(self._validate, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        if self._pattern is not None:
+            json_schema["pattern"] = self._pattern
+        return json_schema
+
+    def _validate(self, value: str, info: ValidationInfo) -> str:
+        found = self._rule(info.field_name or "value", value)
+        if found is not None:
+            raise ValueError(found)
+        return value
+
+
+def _pseudonymized(user_id: str, info: ValidationInfo) -> str:
+    pseudonyms = info.context.get(PSEUDONYMS) if isinstance(info.context, dict) else None
+    return pseudonyms(user_id) if isinstance(pseudonyms, Pseudonyms) else user_id
+
+
+_ID_TEXT = StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH)
+Id = Annotated[str, _ID_TEXT, _Screened(id_problem, PRINTABLE)]
+"""An id: printable, no personal data or secret (random ids are welcome)."""
+UserId = Annotated[str, _ID_TEXT, AfterValidator(_pseudonymized), _Screened(id_problem, PRINTABLE)]
+"""A user id: an id, pseudonymised before it is screened when the validation context has :data:`PSEUDONYMS`."""
+Name = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
+    _Screened(name_problem, PRINTABLE),
 ]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH)]
-ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT_LENGTH)]
+"""A name (a model, a feature, a team...): printable, no personal data, secret or key-like token."""
+ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT_LENGTH), _Screened(_personal_data_in_text)]
+"""Free text (an error type): no personal data, secret or key-like token."""
+PromptHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(_personal_data_in_id)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Millis = Annotated[float, Field(ge=0, le=MAX_MILLIS)]
 TagKey = Annotated[str, StringConstraints(pattern=f"^{TAG_KEY}$")]
@@ -70,7 +169,11 @@ class CallEvent(BaseModel):
     token, reasoning included, and ``reasoning_tokens`` says how many were reasoning.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, str_max_length=4096)
+    # hide_input_in_errors: a refused value (an e-mail address in a name) must not reach the logs
+    # of whoever prints the error, the SDK's warning included
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, str_max_length=4096, hide_input_in_errors=True
+    )
 
     # Identity and time.
     event_id: Id = Field(validation_alias=_alias("event_id", "externalRequestId"))
@@ -90,16 +193,16 @@ class CallEvent(BaseModel):
     trace_id: Id | None = None
     parent_id: Id | None = None
     """The ``event_id`` of the calling event, for hierarchical rollups."""
-    user_id: Id | None = Field(default=None, validation_alias=_alias("user_id", "userId"))
-    """Pseudonymous user id (the SDK HMACs raw ids)."""
+    user_id: UserId | None = Field(default=None, validation_alias=_alias("user_id", "userId"))
+    """Pseudonymous user id (the SDK HMACs raw ids; so does the worker, given ``SPENDSTREAM_USER_ID_KEY``)."""
     tenant_id: Id | None = None
     team: Name | None = None
     environment: Name = "prod"
     data_mode: DataMode = Field(default="real", validation_alias=_alias("data_mode", "dataMode"))
     """Only ``real`` calls count in finance rollups."""
     tags: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=MAX_TAGS)
-    """Categorical labels only; values that look like personal data or secrets are refused."""
-    prompt_hash: Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH)] | None = None
+    """Categorical labels only; keys and values that look like personal data or secrets are refused."""
+    prompt_hash: PromptHash | None = None
     """A hash of the prompt, so that loop detection can see the same prompt repeating."""
 
     # Usage.
@@ -174,8 +277,11 @@ def implausible_time(seconds: float) -> str | None:
 
 
 def personal_data_in(tags: dict[str, str]) -> str | None:
-    """Why ``tags`` are refused (a value that looks like personal data or a secret), or ``None``."""
+    """Why ``tags`` are refused (a key or value that looks like personal data or a secret), or ``None``."""
     for key, value in tags.items():
+        kind = id_kind(key)
+        if kind is not None:  # the key is not repeated: the reason is stored and published
+            return f"a tag key looks like {kind}: tags hold categorical labels only"
         kind = sensitive_kind(value)
         if kind is not None:
             return f"tag {key!r} looks like {kind}: tags hold categorical labels only"

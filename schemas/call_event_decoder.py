@@ -8,10 +8,13 @@ form it does not parse, an event the model refuses) it returns ``None``, and the
 with the model: the model stays the one definition of a valid event and the one source of
 rejection reasons. ``tests/unit/test_call_event_decoder.py`` holds the two to that.
 
-One rule is left to the caller, who checks it for a whole batch at once (``streams.ingest``, in
-Arrow columns): the model strips whitespace around ids and names and refuses control characters in
-ids. The decoder does neither; a value of :data:`TEXT_FIELDS` that is not printable ASCII without
-surrounding spaces must go through the model.
+The rules on text are left to the caller, who checks them for a whole batch at once
+(``streams.ingest``, in Arrow columns): the model strips whitespace around ids and names, refuses
+control, invisible and bidi characters in them, and refuses personal data and secrets in every text
+field. The decoder does none of that; a value of :data:`TEXT_FIELDS` that is not printable ASCII
+without surrounding spaces, and a value of :data:`ID_TEXT` or :data:`NAME_TEXT` in which
+``schemas.privacy``'s candidate patterns find something, must go through the model. Tags are the
+exception: the decoder screens them itself, as the model does.
 """
 
 from __future__ import annotations
@@ -43,12 +46,23 @@ from schemas.call_event import (
     inconsistent_usage,
     personal_data_in,
 )
+from schemas.privacy import Pseudonyms
 
 TEXT_FIELDS: tuple[str, ...] = (
     "event_id", "provider", "model", "feature", "prompt_version", "agent_id", "task_id", "session_id",
     "trace_id", "parent_id", "user_id", "tenant_id", "team", "environment", "tool_name",
 )  # fmt: skip
-"""The ids and names whose surrounding whitespace and control characters the caller checks."""
+"""The ids and names whose surrounding whitespace and unprintable characters the caller checks."""
+ID_TEXT: tuple[str, ...] = (
+    "event_id", "agent_id", "task_id", "session_id", "trace_id", "parent_id", "user_id", "tenant_id", "prompt_hash",
+)  # fmt: skip
+"""The text the caller screens with ``schemas.privacy.ID_CANDIDATES``."""
+NAME_TEXT: tuple[str, ...] = (
+    "provider", "model", "feature", "prompt_version", "team", "environment", "tool_name", "error_type",
+)  # fmt: skip
+"""The text the caller screens with ``schemas.privacy.NAME_CANDIDATES``."""
+if sorted(ID_TEXT + NAME_TEXT) != sorted([*TEXT_FIELDS, "prompt_hash", "error_type"]):  # pragma: no cover
+    raise RuntimeError("schemas.call_event_decoder: every text field is screened, as an id or as a name")
 
 _Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 _Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
@@ -120,10 +134,12 @@ ROW_FIELDS = 30
 _decode = msgspec.json.Decoder(CleanCallEvent).decode
 
 
-def decode_clean(raw: bytes) -> CleanCallEvent | None:
+def decode_clean(raw: bytes, pseudonyms: Pseudonyms | None = None) -> CleanCallEvent | None:
     """The event, when the model would accept it with these values; ``None``: validate with the model.
 
-    The caller still checks :data:`TEXT_FIELDS` (see the module's docstring).
+    ``pseudonyms``: the worker's user id pseudonyms, as the model is given them in its validation
+    context (``schemas.call_event.PSEUDONYMS``). The caller still checks the text (see the module's
+    docstring).
     """
     try:
         event = _decode(raw)
@@ -147,5 +163,11 @@ def decode_clean(raw: bytes) -> CleanCallEvent | None:
         return None
     if event.tags and personal_data_in(event.tags) is not None:
         return None
+    if pseudonyms is not None and event.user_id:
+        user_id = event.user_id
+        # the model pseudonymises the id it has stripped: a padded or unusual one is left to it
+        if not (user_id.isascii() and user_id.isprintable()) or user_id[0] == " " or user_id[-1] == " ":
+            return None
+        event.user_id = pseudonyms(user_id)
     event.ts = ts
     return event

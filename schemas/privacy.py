@@ -1,23 +1,83 @@
-"""Detection of personal data and secrets in free-form tag values.
+"""Personal data and secrets in an event's text: what is refused, what is redacted, and pseudonyms.
 
-Tags are categorical labels (``tier=enterprise``), never a place for an e-mail address, a phone
-number, a card number or a credential. Values that look like one are refused at validation time so
-that they never reach Kafka retention or ClickHouse.
+An event's ids and names become rollup keys, ClickHouse rows and Slack messages; none of them is a
+place for an e-mail address, a phone number, a card number or a credential. Each kind of text has
+its rule, tuned so that what real producers send passes (numeric and UUID ids, 32-hex trace ids,
+snowflake ids, ISO dates and ``v1.2.3`` as prompt versions, IP-like strings, random ids):
+
+- ids (:func:`id_kind`): an e-mail address, a known secret prefix (``sk-``, ``AKIA``, ``ghp_``, a
+  JWT, ...), a payment card (13 to 19 digits, plain or grouped as cards are, starting 2 to 6, that
+  pass the Luhn check), a phone number written as one (``+`` and 7 to 15 digits, or grouped like
+  ``(415) 555-0123`` or ``415-555-0123``), never a bare run of digits.
+- names and error types (:func:`name_kind`): the same, and a run of 32 or more token characters
+  that reads like a key (3 character classes, few words: see :func:`_is_token`); the names of the
+  price table's models (``NousResearch/Nous-Hermes-2-Mixtral-8x7B-DPO``) do not.
+- tag values (:func:`sensitive_kind`): categorical labels, so stricter: any phone-like digit run,
+  any 32-character mixed token.
+
+The rules run per event, so each kind starts with one cheap candidate search
+(:data:`ID_CANDIDATES`, :data:`NAME_CANDIDATES`) that rules most text out. The same candidate
+patterns, in RE2 syntax, let ``streams.ingest`` find a batch's candidate rows with Arrow kernels;
+the model then decides. :func:`redact_raw` takes the four kinds out of a rejected event's bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+from typing import Any
+
+import orjson
+
+# --- The four kinds, as spans in any text. Explicit ASCII classes, so that RE2 reads the candidate
+# patterns below the same way (Python's \d and \s would also match other scripts' digits and spaces).
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"^\+?[\d\s().-]{7,20}$")
-_CARD_CANDIDATE = re.compile(r"(?:\d[ -]?){13,19}")
 _SECRET_PREFIXES = re.compile(
-    r"(?:sk-[A-Za-z0-9_-]{16,}|sk-ant-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|ghp_[A-Za-z0-9]{30,}|"
-    r"xox[abposr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{30,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}|"
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----|(?i:bearer)\s+[A-Za-z0-9._~+/-]{16,})"
+    # not after a letter or digit: "task-summarization-agent" holds "sk-" and is no key
+    r"(?<![0-9A-Za-z])(?:sk-[A-Za-z0-9_-]{16,}|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|AKIA[0-9A-Z]{16}|"
+    r"gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}|glpat-[A-Za-z0-9_-]{20,}|"
+    r"xox[abposr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{30,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})|"
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----|(?i:bearer)[\t\n\v\f\r ]+[A-Za-z0-9._~+/-]{16,}"
 )
-_HIGH_ENTROPY = re.compile(r"^[A-Za-z0-9+/_=-]{32,}$")
+_CARD = re.compile(
+    # 13-19 digits, plain, in groups of four, or 4-6-5 / 4-6-4; not inside a longer word or a decimal
+    r"(?<![0-9A-Za-z])(?<![0-9]\.)[2-6][0-9]{3}"
+    r"(?:[0-9]{9,15}|(?:[ -][0-9]{4}){3}(?:[ -]?[0-9]{1,3})?|[ -][0-9]{6}[ -][0-9]{4,5})(?![0-9A-Za-z])"
+)
+_PHONE = re.compile(
+    r"(?<![0-9A-Za-z+])\+[0-9](?:[ .()-]{0,2}[0-9]){6,14}(?![0-9])|"  # E.164: + and 7 to 15 digits
+    r"(?<![0-9A-Za-z])(?:\([0-9]{3}\)[ .-]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}(?![0-9A-Za-z])"  # (415) 555-0123
+)
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
+_MIXED_STRETCH = re.compile(r"[A-Za-z0-9]{10,}")
+_WORD = re.compile(r"[A-Z]?[a-z]{3,}")
+
+EMAIL = "an e-mail address"
+SECRET = "a secret or access token"
+CARD = "a payment card number"
+PHONE = "a phone number"
+
+# --- Candidates: a superset of the rules above, one search each. Written for both Python's re and
+# RE2 (``pyarrow.compute.match_substring_regex``): no look-around, ASCII classes only.
+
+_BOUNDARY = r"(?:^|[^0-9A-Za-z])"
+_END = r"(?:$|[^0-9A-Za-z])"
+ID_CANDIDATES = (
+    r"@|\+[0-9]|PRIVATE KEY|(?i:bearer)[\t\n\v\f\r ]|"
+    + _BOUNDARY
+    + r"(?:(?:\([0-9]{3}\)[ .-]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"
+    + _END
+    + r"|[2-6][0-9]{3}(?:[0-9]{9,15}|(?:[ -][0-9]{4}){3}(?:[ -]?[0-9]{1,3})?|[ -][0-9]{6}[ -][0-9]{4,5})"
+    + _END
+    + r"|sk-|(?:sk|rk)_|AKIA|gh[pousr]_|github_pat_|glpat-|xox[abposr]-|AIza|eyJ)"
+)
+"""Where :func:`id_kind` may find something: text without a match holds none of its kinds."""
+NAME_CANDIDATES = ID_CANDIDATES + r"|[A-Za-z0-9+/_=-]{32}"
+"""Where :func:`name_kind` may find something."""
+_ID_CANDIDATE = re.compile(ID_CANDIDATES).search
+_NAME_CANDIDATE = re.compile(NAME_CANDIDATES).search
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -32,8 +92,73 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _looks_like_card(value: str) -> bool:
-    for match in _CARD_CANDIDATE.finditer(value):
+def _card_digits(match: re.Match[str]) -> bool:
+    return _luhn_ok(match.group().replace(" ", "").replace("-", ""))
+
+
+def _has_card(value: str) -> bool:
+    return any(_card_digits(match) for match in _CARD.finditer(value))
+
+
+def _classes(value: str) -> int:
+    """How many of lower case, upper case and digits ``value`` holds."""
+    return any(c.islower() for c in value) + any(c.isupper() for c in value) + any(c.isdigit() for c in value)
+
+
+def _is_token(run: str) -> bool:
+    """A run of token characters that reads like a key, not like words.
+
+    It holds a 10-character stretch mixing lower case, upper case and digits, and less than half of
+    its letters and digits are in words (a capital or not, then 3 lower-case letters or more).
+    Measured: none of the price table's 4,500 model and provider names
+    (``NousResearch/Nous-Hermes-2-Mixtral-8x7B-DPO``) nor of 3,000 camelCase identifiers
+    (``getUserById2HandlerForTheWebhooks``) is a token; 99% of 20,000 random keys of 32 to 64
+    characters (base62, base64, base64url) are.
+    """
+    if not any(_classes(stretch) == 3 for stretch in _MIXED_STRETCH.findall(run)):
+        return False
+    in_words = sum(len(word) for word in _WORD.findall(run))
+    return 2 * in_words < sum(ch.isalnum() for ch in run)
+
+
+def _classify_id(value: str) -> str | None:
+    if _EMAIL.search(value):
+        return EMAIL
+    if _SECRET_PREFIXES.search(value):
+        return SECRET
+    if _has_card(value):
+        return CARD
+    if _PHONE.search(value):
+        return PHONE
+    return None
+
+
+def _classify_name(value: str) -> str | None:
+    kind = _classify_id(value)
+    if kind is None and any(_is_token(run) for run in _TOKEN_RUN.findall(value)):
+        return SECRET
+    return kind
+
+
+def id_kind(value: str) -> str | None:
+    """The kind of personal data or secret an id holds (``"an e-mail address"``...), or ``None``."""
+    return _classify_id(value) if _ID_CANDIDATE(value) else None
+
+
+def name_kind(value: str) -> str | None:
+    """The kind of personal data or secret a name or an error type holds, or ``None``."""
+    return _classify_name(value) if _NAME_CANDIDATE(value) else None
+
+
+# --- Tag values: categorical labels, screened as before (whole-value phone and token rules).
+
+_TAG_PHONE = re.compile(r"^\+?[\d\s().-]{7,20}$")
+_TAG_CARD_CANDIDATE = re.compile(r"(?:\d[ -]?){13,19}")
+_TAG_TOKEN = re.compile(r"^[A-Za-z0-9+/_=-]{32,}$")
+
+
+def _tag_has_card(value: str) -> bool:
+    for match in _TAG_CARD_CANDIDATE.finditer(value):
         digits = re.sub(r"\D", "", match.group())
         if 13 <= len(digits) <= 19 and _luhn_ok(digits):
             return True
@@ -42,20 +167,144 @@ def _looks_like_card(value: str) -> bool:
 
 def _looks_like_token(value: str) -> bool:
     """A long run of mixed letters and digits: an API key, a session token, a hash of a secret."""
-    if not _HIGH_ENTROPY.match(value):
+    if not _TAG_TOKEN.match(value):
         return False
-    classes = sum((any(c.islower() for c in value), any(c.isupper() for c in value), any(c.isdigit() for c in value)))
-    return classes >= 3
+    return _classes(value) >= 3
 
 
 def sensitive_kind(value: str) -> str | None:
-    """Name the kind of personal data or secret ``value`` looks like, or ``None`` if it looks clean."""
+    """Name the kind of personal data or secret a tag value looks like, or ``None`` if it looks clean."""
     if _EMAIL.search(value):
-        return "an e-mail address"
+        return EMAIL
     if _SECRET_PREFIXES.search(value) or _looks_like_token(value):
-        return "a secret or access token"
-    if _looks_like_card(value):
-        return "a payment card number"
-    if _PHONE.match(value) and sum(c.isdigit() for c in value) >= 7:
-        return "a phone number"
+        return SECRET
+    if _tag_has_card(value):
+        return CARD
+    if _TAG_PHONE.match(value) and sum(c.isdigit() for c in value) >= 7:
+        return PHONE
     return None
+
+
+# --- Reasons: the field, the kind, and what to send instead.
+
+_ADVICE = {
+    "user_id": "send a pseudonymous id (the SDK HMACs raw ids; or set SPENDSTREAM_USER_ID_KEY on the worker)",
+    "tenant_id": "send the tenant's id, not a person's contact details or a credential",
+    "error_type": "send the error's type or code, not its message or the request's data",
+}
+_ID_ADVICE = "send an opaque id, never personal data or a credential"
+_NAME_ADVICE = "names are labels, never personal data or a credential"
+
+
+def problem(field: str, kind: str, *, name: bool = False) -> str:
+    """The readable reason a field is refused: ``user_id looks like an e-mail address: send ...``."""
+    return f"{field} looks like {kind}: {_ADVICE.get(field, _NAME_ADVICE if name else _ID_ADVICE)}"
+
+
+# --- Redaction of a rejected event's bytes.
+
+REDACTED = {EMAIL: "[redacted e-mail]", SECRET: "[redacted secret]", CARD: "[redacted card]", PHONE: "[redacted phone]"}
+
+
+def _card_marker(match: re.Match[str]) -> str:
+    return REDACTED[CARD] if _card_digits(match) else match.group()
+
+
+def redact(text: str) -> str:
+    """``text`` with each e-mail address, secret, card number and phone number replaced by a marker."""
+    if not _ID_CANDIDATE(text):
+        return text
+    text = _EMAIL.sub(REDACTED[EMAIL], text)
+    text = _SECRET_PREFIXES.sub(REDACTED[SECRET], text)
+    text = _CARD.sub(_card_marker, text)
+    return _PHONE.sub(REDACTED[PHONE], text)
+
+
+def _redact_name(text: str) -> str:
+    text = redact(text)
+    if _TOKEN_RUN.search(text):
+        text = _TOKEN_RUN.sub(lambda m: REDACTED[SECRET] if _is_token(m.group()) else m.group(), text)
+    return text
+
+
+NAME_FIELDS = frozenset({"provider", "model", "feature", "prompt_version", "team", "environment", "tool_name"})
+"""The fields whose values are names (``name_kind``), and which camelCase alias stands for one."""
+_NAME_KEYS = NAME_FIELDS | {"error_type", "endpointTag", "promptVersion"}
+
+
+def _redacted_value(value: Any, key: str | None) -> Any:
+    if isinstance(value, str):
+        return _redact_name(value) if key in _NAME_KEYS else redact(value)
+    if isinstance(value, dict):
+        tags = key == "tags"
+        return {
+            redact(k): (REDACTED[kind] if tags and isinstance(v, str) and (kind := sensitive_kind(v)) else
+                        _redacted_value(v, None))
+            for k, v in value.items()
+        }  # fmt: skip
+    if isinstance(value, list):
+        return [_redacted_value(v, None) for v in value]
+    return value
+
+
+def redact_raw(raw: bytes) -> bytes:
+    """A rejected event's bytes with personal data and secrets replaced by markers (``[redacted e-mail]``).
+
+    The text is redacted as it is, so the bytes stay as they arrived but for the markers. When it is
+    a JSON object, its decoded values are checked too, by the rules of their fields (an escaped
+    ``\\u0040``, a token in a name, a tag value the tag rules refuse): if one still holds something,
+    the object is written again with every string redacted.
+    """
+    text = raw.decode("utf-8", "surrogateescape")
+    redacted = redact(text)
+    try:
+        data = orjson.loads(redacted) if redacted.lstrip().startswith("{") else None
+    except (orjson.JSONDecodeError, UnicodeEncodeError):  # not JSON, or not UTF-8: the text is all there is
+        data = None
+    if isinstance(data, dict):
+        cleaned = {redact(k): _redacted_value(v, k) for k, v in data.items()}
+        if cleaned != data:
+            return orjson.dumps(cleaned)
+    return raw if redacted == text else redacted.encode("utf-8", "surrogateescape")
+
+
+# --- Pseudonymous user ids, as the SDK makes them (``producers.pseudonymize``).
+
+PSEUDONYM_PREFIX = "u_"
+MIN_KEY_BYTES = 16
+"""The shortest HMAC key taken, as in the SDK."""
+_PSEUDONYM = re.compile(r"u_[0-9a-f]{32}").fullmatch
+
+
+class Pseudonyms:
+    """The SDK's pseudonym of a user id: ``u_`` and 32 hex digits of HMAC-SHA256(key, id).
+
+    The SDK's and the worker's pseudonyms of one user agree when they share the key. An id already
+    in that form is kept (hashing it again would split one user in two). Recent ids are remembered:
+    a worker sees the same users over and over.
+
+    Args:
+        key: the HMAC key (``SPENDSTREAM_USER_ID_KEY``), at least 16 bytes.
+        remembered: how many ids to remember at most.
+    """
+
+    def __init__(self, key: bytes, remembered: int = 65_536) -> None:
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"the user id key is {len(key)} bytes long; use at least {MIN_KEY_BYTES} random bytes")
+        self._key = key
+        self._remembered = remembered
+        self._known: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return "Pseudonyms(key=<hidden>)"
+
+    def __call__(self, user_id: str) -> str:
+        if _PSEUDONYM(user_id):
+            return user_id
+        known = self._known.get(user_id)
+        if known is None:
+            if len(self._known) >= self._remembered:
+                self._known.clear()
+            digest = hmac.new(self._key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+            known = self._known[user_id] = PSEUDONYM_PREFIX + digest[:32]
+        return known

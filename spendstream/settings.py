@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.config import SpendstreamConfig, load_config
+from schemas.privacy import MIN_KEY_BYTES
 from spendstream.sql_policy import QueryLimits
 
 
@@ -77,6 +78,23 @@ class Settings(BaseSettings):
     """The longest an event waits for its batch to fill. After a full batch (a burst, a backlog), the
     rest is written as soon as the worker has read all there is, without waiting this long."""
     max_event_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    user_id_key: SecretStr | None = None
+    """The HMAC key of user ids, the SDK's (at least 16 bytes). On the worker, a ``user_id`` not yet
+    pseudonymous (a raw id, an e-mail address) is replaced by the SDK's pseudonym of it, the same for
+    the same key. Unset: such a user_id that looks like personal data is refused."""
+
+    @field_validator("user_id_key")
+    @classmethod
+    def _user_id_key_long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is None or key.get_secret_value() == "":  # set but empty: unset, as the SDK reads it
+            return None
+        length = len(key.get_secret_value().encode())
+        if length < MIN_KEY_BYTES:
+            raise ValueError(
+                f"the user id key is {length} bytes long; use at least {MIN_KEY_BYTES} random bytes "
+                "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`), the SDK's key"
+            )
+        return key
 
     @property
     def embedded_kafka(self) -> bool:

@@ -23,6 +23,8 @@ class StreamConfig:
         session_timeout: Kafka consumer session timeout in seconds (short in the embedded mode).
         max_event_bytes: larger events are rejected.
         kafka_security: librdkafka-style security settings (``security.protocol``, ``sasl.*``, ``ssl.*``).
+        user_id_key: the HMAC key of user ids (the SDK's): user ids not yet pseudonymous are
+            pseudonymised, not refused (see ``streams.ingest.Ingestor``).
     """
 
     bootstrap: str
@@ -40,3 +42,4 @@ class StreamConfig:
     budgets_topic: str = topics.BUDGETS
     budget_spend_topic: str = topics.BUDGET_SPEND
     kafka_security: dict[str, Any] = field(default_factory=dict)
+    user_id_key: bytes | None = field(default=None, repr=False)

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 from pydantic import ValidationError
 
+from producers import pseudonymize
 from schemas import CallEvent
+from schemas.call_event import PSEUDONYMS
 from schemas.jsonschema import EXPORTED, SCHEMA_DIR, render
+from schemas.privacy import Pseudonyms
 
 
 def event(**overrides: object) -> dict[str, object]:
@@ -105,3 +109,78 @@ def test_a_time_at_the_edge_of_the_calendar_is_refused_with_a_reason() -> None:
     for ts, reason in [("0001-01-01T00:00:00+01:00", "before 2000-01-01"), ("9999-12-31T23:59:59-01:00", "future")]:
         with pytest.raises(ValidationError, match=reason):
             CallEvent.model_validate(event(ts=ts))
+
+
+IDS = ["event_id", "agent_id", "task_id", "session_id", "trace_id", "parent_id", "user_id", "tenant_id"]
+NAMES = ["provider", "model", "feature", "prompt_version", "team", "environment", "tool_name"]
+CANARIES = {
+    "an e-mail address": "jane.doe@example.com",
+    "a phone number": "+1 415 555 0123",
+    "a payment card number": "4111 1111 1111 1111",
+    "a secret or access token": "sk-proj-abcdefghijklmnopqrstuvwx",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CANARIES))
+@pytest.mark.parametrize("field", [*IDS, *NAMES, "prompt_hash", "error_type"])
+def test_personal_data_in_any_text_field_is_refused_with_a_reason_naming_the_field(field: str, kind: str) -> None:
+    canary = CANARIES[kind]
+    with pytest.raises(ValidationError) as refused:
+        CallEvent.model_validate(event(**{field: f"x {canary}"}))
+    assert f"{field} looks like {kind}: " in str(refused.value)
+    assert canary not in str(refused.value)  # not even in the error's text: it is logged, stored, published
+
+
+def test_a_user_id_that_looks_like_personal_data_says_to_send_a_pseudonym() -> None:
+    with pytest.raises(ValidationError, match=r"user_id looks like an e-mail address: send a pseudonymous id"):
+        CallEvent.model_validate(event(userId="jane.doe@example.com"))
+
+
+@pytest.mark.parametrize(
+    "char",
+    ["\x00", "\x07", "\x1b", "\x7f", "\x85", "\xad", "\u061c", "\u200b", "\u200d", "\u200e", "\u2028",
+     "\u202a", "\u202e", "\u2060", "\u2066", "\u2069", "\ufeff"],
+)  # fmt: skip
+@pytest.mark.parametrize("field", [*IDS, *NAMES])
+def test_ids_and_names_refuse_control_invisible_and_bidi_characters(field: str, char: str) -> None:
+    with pytest.raises(ValidationError, match=f"{field} holds U\\+{ord(char):04X} .*must be printable"):
+        CallEvent.model_validate(event(**{field: f"gpt{char}4o"}))
+
+
+def test_a_model_name_with_a_zero_width_space_is_refused_not_stored_unpriced() -> None:
+    with pytest.raises(ValidationError, match=r"model holds U\+200B \(ZERO WIDTH SPACE\)"):
+        CallEvent.model_validate(event(model="gpt-4o\u200b"))
+
+
+def test_ids_and_names_real_producers_send_are_kept() -> None:
+    kept = CallEvent.model_validate(
+        event(
+            event_id="550e8400-e29b-41d4-a716-446655440000", user_id="10045678", session_id="1541815603606036480",
+            trace_id="4bf92f3577b34da6a3ce929d0e0e4736", parent_id="00f067aa0ba902b7", tenant_id="tenant_acme",
+            task_id="task-summarization-agent", prompt_version="2024-01-15", team="growth", feature="sales.v1.2.3",
+            model="NousResearch/Nous-Hermes-2-Mixtral-8x7B-DPO", provider="together", agent_id="192.168.100.200",
+            error_type="RateLimitError", prompt_hash="9f86d081884c7d659a2feaa0c55ad015",
+            tags={"tier": "gold", "region": "eu-west-1"}, environment="prod",
+        )
+    )  # fmt: skip
+    assert (kept.user_id, kept.prompt_version, kept.session_id) == ("10045678", "2024-01-15", "1541815603606036480")
+
+
+def test_given_the_key_the_model_pseudonymises_user_ids_as_the_sdk_does() -> None:
+    key = b"0123456789abcdef0123"
+    context = {PSEUDONYMS: Pseudonyms(key)}
+    for sent in ["jane.doe@example.com", " +1 415 555 0123 ", "42"]:
+        parsed = CallEvent.model_validate(event(user_id=sent), context=context)
+        assert parsed.user_id == pseudonymize(sent.strip(), key)
+    already = pseudonymize("jane", key)
+    assert CallEvent.model_validate(event(user_id=already), context=context).user_id == already
+    odd = "u_" + "0" * 31 + "\x1b"  # not the SDK's form: pseudonymised with the key, refused without
+    assert re.fullmatch("u_[0-9a-f]{32}", CallEvent.model_validate(event(user_id=odd), context=context).user_id or "")
+    with pytest.raises(ValidationError, match="user_id holds U\\+001B"):
+        CallEvent.model_validate(event(user_id=odd))
+
+
+def test_a_tag_key_that_looks_like_personal_data_is_refused_without_repeating_it() -> None:
+    with pytest.raises(ValidationError, match="a tag key looks like a phone number") as refused:
+        CallEvent.model_validate(event(tags={"415-555-0123": "x"}))
+    assert "415-555-0123" not in str(refused.value)

@@ -44,8 +44,19 @@ def full_event(n: int = 0) -> dict[str, Any]:
 
 # Values each field is tried with: valid ones in other forms, edges of each rule, and wrong types.
 TEXTS = ["x", " x", "x ", "", " ", "é", "x\u00a0", "\u3000x", "x\ny", "x\x7f", "x\x1f", "a|b", 5, None, True]
+# Personal data and secrets (refused), what real ids and names look like (kept), near misses, and
+# invisible characters (refused in ids and names).
+PRIVATE = [
+    "jane.doe@example.com", "x jane@example.com", "jane\u0040example.com", "+1 415 555 0123", "(415) 555-0123",
+    "415-555-0123", "+14155550123", "4111 1111 1111 1111", "4111111111111111", "4111111111111112",
+    "sk-proj-abcdefghijklmnopqrstuvwx", "AKIAIOSFODNN7EXAMPLE", "Bearer abcdefghijklmnopqrstuvwxyz012345",
+    "Zk3pQ9vT2xLm8aR4cW7yH1nB6dF0gJ5s", "10045678", "1541815603606036480", "2024-01-15", "v1.2.3",
+    "192.168.100.200", "550e8400-e29b-41d4-a716-446655440000", "4bf92f3577b34da6a3ce929d0e0e4736",
+    "task-summarization-agent", "u_4f2a9c0d1e2f3a4b5c6d7e8f9a0b1c2d", " 415-555-0123 ", "a|415-555-0123|b",
+    "gpt-4o\u200b", "x\u202ey", "\ufeffx", "x\u2066y", "x\x85y", "x\xady", "x\u2028y", "x\x1by", "x\x00",
+]  # fmt: skip
 VARIANTS: dict[str, list[Any]] = {
-    "event_id": [*TEXTS, "a" * 256, "a" * 257],
+    "event_id": [*TEXTS, *PRIVATE, "a" * 256, "a" * 257],
     "ts": [
         NOW_MS,
         10**20,
@@ -99,14 +110,19 @@ VARIANTS: dict[str, list[Any]] = {
         "2026-W47-5T10:00:00Z",
         "20261120T100000Z",
     ],
-    "provider": [*TEXTS, "OpenAI", "x" * 128, "x" * 129],
-    "model": [*TEXTS, "gpt-4o", "no-such-model"],
-    "feature": [*TEXTS, "unattributed", "x" * 129],
-    "agent_id": TEXTS,
-    "user_id": [*TEXTS, "a" * 257],
-    "tenant_id": TEXTS,
-    "team": TEXTS,
-    "environment": TEXTS,
+    "provider": [*TEXTS, *PRIVATE, "OpenAI", "x" * 128, "x" * 129],
+    "model": [*TEXTS, *PRIVATE, "gpt-4o", "no-such-model"],
+    "feature": [*TEXTS, *PRIVATE, "unattributed", "x" * 129],
+    "prompt_version": [*TEXTS, *PRIVATE],
+    "agent_id": [*TEXTS, *PRIVATE],
+    "task_id": [*TEXTS, *PRIVATE],
+    "session_id": [*TEXTS, *PRIVATE],
+    "trace_id": [*TEXTS, *PRIVATE],
+    "parent_id": [*TEXTS, *PRIVATE],
+    "user_id": [*TEXTS, *PRIVATE, "a" * 257],
+    "tenant_id": [*TEXTS, *PRIVATE],
+    "team": [*TEXTS, *PRIVATE],
+    "environment": [*TEXTS, *PRIVATE],
     "data_mode": ["real", "demo", "prod", "REAL", None, 1],
     "tags": [
         {},
@@ -115,6 +131,9 @@ VARIANTS: dict[str, list[Any]] = {
         {"tier": " gold "},
         {"owner": "jane@example.com"},
         {"key": "sk-abcdefghijklmnopqrstuvwxyz"},
+        {"415-555-0123": "x"},
+        {"sk-abcdefghijklmnopqrstuvwxyz": "x"},
+        {"tier": "1234567"},
         {"bad key": "x"},
         {"k\n": "x"},
         {"k" * 65: "x"},
@@ -126,9 +145,9 @@ VARIANTS: dict[str, list[Any]] = {
         [],
         None,
     ],
-    "prompt_hash": ["", " h ", "h" * 129, None, 7],
+    "prompt_hash": ["", " h ", "h" * 129, None, 7, *PRIVATE],
     "kind": ["llm", "tool", "agent", None],
-    "tool_name": [*TEXTS, "web_search"],
+    "tool_name": [*TEXTS, *PRIVATE, "web_search"],
     "input_tokens": [0, -1, 1.0, 5.5, "5", True, 100_000_000, 100_000_001, 2**70, None, 1000],
     "output_tokens": [0, 10, -1, 2.0, "10", False],
     "cache_read_tokens": [0, 4000, 6000, -1, 1.5],
@@ -138,7 +157,7 @@ VARIANTS: dict[str, list[Any]] = {
     "latency_ms": [0, 800, 800.5, -1, 86_400_000, 86_400_001, "800", None, True],
     "ttft_ms": [0, 12.5, -0.5, None],
     "status": ["success", "rate_limited", "ok", "", None],
-    "error_type": ["", " x ", "x" * 1024, "x" * 1025, None, 3],
+    "error_type": ["", " x ", "x" * 1024, "x" * 1025, None, 3, *PRIVATE],
     "attempt": [1, 100, 0, 101, 2.0, "2", None],
 }
 SHAPES: list[tuple[str, Any]] = [
@@ -200,10 +219,10 @@ def seen(result: IngestResult) -> tuple[list[list[tuple[type, Any]]], list[tuple
     return rows, rejected, result.unpriced_calls
 
 
-def model_only(monkeypatch: pytest.MonkeyPatch, records: list[RawEvent]) -> IngestResult:
+def model_only(monkeypatch: pytest.MonkeyPatch, records: list[RawEvent], key: bytes | None = None) -> IngestResult:
     with monkeypatch.context() as patch:
-        patch.setattr(ingest, "decode_clean", lambda raw: None)
-        return Ingestor(Pricer(), "llm.calls").process(records)
+        patch.setattr(ingest, "decode_clean", lambda raw, pseudonyms=None: None)
+        return Ingestor(Pricer(), "llm.calls", user_id_key=key).process(records)
 
 
 def test_every_event_reads_the_same_with_and_without_the_fast_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,6 +234,29 @@ def test_every_event_reads_the_same_with_and_without_the_fast_decoder(monkeypatc
     decoded = sum(decode_clean(raw) is not None for raw in cases)
     assert decoded > 1000 and len(cases) - decoded > 1000
     assert len(fast.calls) > 1000 and len(fast.rejected) > 1000
+
+
+def test_with_a_user_id_key_every_event_reads_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the worker pseudonymises user ids not yet pseudonymous, on the fast path as the model does
+    cases = every_case()
+    records = [RawEvent(raw, 0, n) for n, raw in enumerate(cases)]
+    key = b"0123456789abcdef"
+    fast = Ingestor(Pricer(), "llm.calls", user_id_key=key).process(records)
+    assert seen(fast) == seen(model_only(monkeypatch, records, key))
+    stored = {row[13] for row in fast.calls.rows}
+    assert stored - {""} and all(user_id.startswith("u_") and len(user_id) == 34 for user_id in stored - {""})
+
+
+def test_personal_data_in_any_text_field_is_refused_on_the_fast_path_too() -> None:
+    # each of these the fast decoder reads as clean; the batch's text check sends it to the model
+    fields = [name for name in VARIANTS if isinstance(full_event().get(name), str) or name in ("tool_name",)]
+    records = []
+    for n, field in enumerate(sorted(set(fields) - {"ts", "data_mode", "status", "kind"})):
+        records.append(RawEvent(orjson.dumps({**full_event(n), field: "x jane.doe@example.com"}), 0, n))
+    result = Ingestor(Pricer(), "llm.calls").process(records)
+    assert len(result.calls) == 0 and len(result.rejected) == len(records) >= 17
+    for rejected in result.rejected:
+        assert "looks like an e-mail address" in rejected.reason and b"jane.doe" not in rejected.raw
 
 
 def test_one_event_at_a_time_reads_the_same(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,8 @@ import logging
 import orjson
 import pytest
 
+from producers import pseudonymize
+from sinks import call_block
 from sinks.batch import LLM_CALL_COLUMNS
 from streams.ingest import Ingestor, IngestResult, RawEvent
 from streams.pricing import Pricer
@@ -72,3 +74,69 @@ def test_a_padded_model_name_is_priced_as_the_stripped_one_without_a_warning(cap
     assert (row["provider"], row["model"], row["cost_usd"], row["priced"]) == ("openai", "gpt-4o", 2.5, 1)
     assert result.unpriced_calls == {}
     assert "no price known" not in caplog.text
+
+
+def test_a_rejected_events_bytes_are_kept_without_its_personal_data() -> None:
+    # whatever the reason an event is refused, its personal data is not kept
+    ingestor = Ingestor(Pricer(), "llm.calls", max_event_bytes=2048)
+    records = [
+        RawEvent(raw(feature="jane.doe@example.com", input_tokens=-5), 0, 1),
+        RawEvent(raw(event_id="jane.doe@example.com", feature="x\u200by"), 0, 2),
+        RawEvent(raw(**{"jane.doe@example.com": 1, "tenant_id": "+1 (415) 555-0123"}), 0, 3),
+        RawEvent(b'{"event_id": "e4", "note": "card 4111 1111 1111 1111"' + b" " * 3000 + b"}", 0, 4),
+        RawEvent(b'{not json, "user_id": "sk-proj-abcdefghijklmnopqrstuvwx"', 0, 5),
+    ]
+    rejected = {r.offset: r for r in ingestor.process(records).rejected}
+    assert rejected[1].raw == records[0].value.replace(b"jane.doe@example.com", b"[redacted e-mail]")  # type: ignore[union-attr]
+    assert "input_tokens: Input should be" in rejected[1].reason and rejected[1].event_id == "e1"
+    assert rejected[2].event_id == "[redacted e-mail]" and "feature holds U+200B" in rejected[2].reason
+    assert "; [redacted e-mail]: unknown field" in rejected[3].reason
+    assert b"[redacted phone]" in rejected[3].raw and rejected[4].error_kind == "oversize"
+    assert b"[redacted card]" in rejected[4].raw and b"[redacted secret]" in rejected[5].raw
+    for rejection in rejected.values():
+        for canary in (b"jane.doe", b"555-0123", b"4111", b"sk-proj"):
+            assert canary not in rejection.raw and canary.decode() not in rejection.reason + rejection.event_id
+
+
+def test_personal_data_in_a_field_is_refused_with_a_reason_naming_it() -> None:
+    result = Ingestor(Pricer(), "llm.calls").process([RawEvent(raw(team="call 415-555-0123"), 0, 1)])
+    [rejected] = result.rejected
+    assert rejected.reason == "team looks like a phone number: names are labels, never personal data or a credential"
+    assert len(result.calls) == 0
+
+
+def test_given_the_key_the_worker_pseudonymises_user_ids_instead_of_refusing_them() -> None:
+    key = b"0123456789abcdef"
+    already = pseudonymize("someone", key)
+    records = [RawEvent(raw(event_id=f"e{n}", user_id=user), 0, n)
+               for n, user in enumerate(["jane.doe@example.com", "42", already, " padded@example.com "])]  # fmt: skip
+    result = Ingestor(Pricer(), "llm.calls", user_id_key=key).process(records)
+    stored = [dict(zip(LLM_CALL_COLUMNS, row, strict=True))["user_id"] for row in result.calls.rows]
+    assert stored == [pseudonymize("jane.doe@example.com", key), pseudonymize("42", key), already,
+                      pseudonymize("padded@example.com", key)]  # fmt: skip
+    assert result.calls.columns is not None and result.calls.columns.column("user_id").to_pylist() == stored
+    without = Ingestor(Pricer(), "llm.calls").process(records)
+    assert [r.reason.split(":")[0] for r in without.rejected] == ["user_id looks like an e-mail address"] * 2
+
+
+def test_a_model_name_with_personal_data_is_never_looked_up_nor_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        result = Ingestor(Pricer(), "llm.calls").process([RawEvent(raw(model="gpt jane@example.com"), 0, 1)])
+    assert "jane" not in caplog.text and result.unpriced_calls == {} and len(result.rejected) == 1
+
+
+@pytest.mark.parametrize("unsure_every", [20, 2])  # few rows patched in as slices, or many: the columns built anew
+def test_rows_sent_back_to_the_model_are_patched_into_the_batch(unsure_every: int) -> None:
+    records = []
+    for n in range(300):
+        fields: dict[str, object] = {"event_id": f"e{n}", "model": "gpt-4o" if n % 3 else "no-such-model"}
+        if n % unsure_every == 0:  # kept once stripped, or refused, in turns
+            fields |= {"model": " gpt-4o "} if n % (2 * unsure_every) else {"feature": "x 415-555-0123"}
+        records.append(RawEvent(raw(**fields), 0, n))
+    result = Ingestor(Pricer(), "llm.calls").process(records)
+    kept = [n for n in range(300) if n % (2 * unsure_every)]
+    assert [row[0] for row in result.calls.rows] == [f"e{n}" for n in range(300) if n % (2 * unsure_every) or n % 1]
+    assert result.calls.columns is not None and result.calls.columns.equals(call_block.table(result.calls.rows))
+    assert [r.offset for r in result.rejected] == [n for n in range(0, 300, 2 * unsure_every)]
+    unpriced = sum(1 for n in kept if n % 3 == 0 and n % unsure_every)
+    assert sum(result.unpriced_calls.values()) == unpriced
