@@ -418,27 +418,39 @@ def trace(trace_id: str) -> None:
         )
 
 
-def _kill_target(all_calls: bool, agent: str | None, feature: str | None) -> tuple[str | None, str | None]:
+_KILL_TARGETS = {  # option: the dimension a kill switch names (the guard's KILL_DIMENSIONS)
+    "agent": "agent_id", "feature": "feature", "tool": "tool_name", "prompt_version": "prompt_version",
+    "tenant": "tenant_id", "session": "session_id",
+}  # fmt: skip
+
+
+def _kill_target(all_calls: bool, named: dict[str, str | None]) -> tuple[str | None, str | None]:
     targets: list[tuple[str | None, str | None]] = [(None, None)] if all_calls else []
-    if agent:
-        targets.append(("agent_id", agent))
-    if feature:
-        targets.append(("feature", feature))
+    targets += [(_KILL_TARGETS[option], key) for option, key in named.items() if key]
     if len(targets) != 1:
-        raise click.UsageError("say which calls: exactly one of --all, --agent NAME, --feature NAME")
+        raise click.UsageError(
+            "say which calls: exactly one of --all, --agent, --feature, --tool, --prompt-version, --tenant, --session"
+        )
     return targets[0]
 
 
 @main.command()
 @click.option("--all", "all_calls", is_flag=True, help="every call of every application")
-@click.option("--agent", help="the calls of one agent_id")
-@click.option("--feature", help="the calls of one feature")
+@click.option("--agent", metavar="NAME", help="the calls of one agent_id")
+@click.option("--feature", metavar="NAME", help="the calls of one feature")
+@click.option("--tool", metavar="NAME", help="the calls of one tool (tool_name)")
+@click.option("--prompt-version", metavar="NAME", help="the calls of one prompt version")
+@click.option("--tenant", metavar="NAME", help="the calls of one tenant_id")
+@click.option("--session", metavar="NAME", help="the calls of one session_id (a runaway agent)")
 @click.option("--reason", required=True, help="why: shown in the error the guard raises")
-def kill(all_calls: bool, agent: str | None, feature: str | None, reason: str) -> None:
-    """Stop calls now: the SDK's guard denies them before they are made, until `spendstream unkill`."""
+def kill(all_calls: bool, reason: str, **named: str | None) -> None:
+    """Stop calls now: the SDK's guard denies them before they are made, until `spendstream unkill`.
+
+    A guard that has read the kill keeps denying while it cannot reach Kafka, whatever its `fail`.
+    """
     from spendstream.kill_switch import kill_state, publish
 
-    dimension, key = _kill_target(all_calls, agent, feature)
+    dimension, key = _kill_target(all_calls, named)
     settings = _settings()
     state = kill_state(dimension, key, reason)
     try:
@@ -451,14 +463,18 @@ def kill(all_calls: bool, agent: str | None, feature: str | None, reason: str) -
 
 @main.command()
 @click.option("--all", "all_calls", is_flag=True, help="lift the kill switch of every call")
-@click.option("--agent", help="lift it for one agent_id")
-@click.option("--feature", help="lift it for one feature")
-def unkill(all_calls: bool, agent: str | None, feature: str | None) -> None:
+@click.option("--agent", metavar="NAME", help="lift it for one agent_id")
+@click.option("--feature", metavar="NAME", help="lift it for one feature")
+@click.option("--tool", metavar="NAME", help="lift it for one tool")
+@click.option("--prompt-version", metavar="NAME", help="lift it for one prompt version")
+@click.option("--tenant", metavar="NAME", help="lift it for one tenant_id")
+@click.option("--session", metavar="NAME", help="lift it for one session_id")
+def unkill(all_calls: bool, **named: str | None) -> None:
     """Lift a kill switch set with `spendstream kill` (budgets still apply)."""
     from schemas.budget import kill_scope
     from spendstream.kill_switch import publish
 
-    dimension, key = _kill_target(all_calls, agent, feature)
+    dimension, key = _kill_target(all_calls, named)
     settings = _settings()
     scope = kill_scope(dimension, key)
     try:
