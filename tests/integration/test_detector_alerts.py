@@ -62,9 +62,13 @@ def test_staged_incidents_reach_their_channels_once_and_controls_stay_quiet(
     assert not [r for r in raised if r[0] == "prompt_version_regression" and r[2] != f"{REGRESSED_FEATURE}@v2"]
 
     pending = "SELECT countIf(delivery_state = 'pending') FROM alerts FINAL"
-    assert up.wait_for(pending, 0, timeout=120) == 0, up.client().query(
-        "SELECT kind, key, status, severity, ts, delivery_error FROM alerts FINAL WHERE delivery_state = 'pending'"
-    ).result_rows
+    assert up.wait_for(pending, 0, timeout=120) == 0, (
+        up.client()
+        .query(
+            "SELECT kind, key, status, severity, ts, delivery_error FROM alerts FINAL WHERE delivery_state = 'pending'"
+        )
+        .result_rows
+    )
     loops = [p for p in slack.messages() if p.channel == "#agent-loops"]
     assert len(loops) == 1 and LOOP_SESSION in loops[0].text
     # the loop ended (its session went quiet): said in the thread of its message, not in a new one
