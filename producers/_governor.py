@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Literal
 
 from producers._exceptions import CostConfirmationRequired, SDKError, SessionLimitExceeded
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 
 Per = Literal["session", "request", "user_day", "action"]
 PERS: tuple[Per, ...] = ("session", "request", "user_day", "action")
-_USAGE_PERS: tuple[Per, ...] = ("session", "request", "user_day")
 
 DEFAULT_MAX_TOKENS = 20_000
 DEFAULT_MAX_TOOL_CALLS = 15
@@ -114,7 +112,7 @@ class Governor:
         return f"Governor(per={self.per!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallPlan:
     """What the governors know of a call before it is made."""
 
@@ -156,6 +154,7 @@ class Admission:
 
 
 _Rules = tuple[dict[str, list[tuple[int, Governor]]], dict[str, list[tuple[int, Governor]]], list[tuple[int, Governor]]]
+_Governing = tuple[tuple[tuple[Per, int, Governor], ...], tuple[Governor, ...]]
 
 
 class Governance:
@@ -175,20 +174,29 @@ class Governance:
                 by_agent.setdefault(governor.agent_id, []).append((index, governor))
             else:
                 everywhere.append((index, governor))
-        self._usage_pers = tuple(per for per in _USAGE_PERS if per in self._rules)
-        self._ceilings = "action" in self._rules
+        self._governing: dict[tuple[str | None, str | None], _Governing] = {}
         self._lock = threading.Lock()
         self._uses: IdleMap[tuple[int, str], _Use] = IdleMap(_Use, idle_seconds)
-        self._day: date | None = None
+        self._day = -1
         self._days: dict[tuple[int, str], _Use] = {}
 
-    def _governing(self, per: Per, plan: CallPlan) -> list[tuple[int, Governor]]:
-        rules = self._rules.get(per)
-        if rules is None:
-            return []
-        by_feature, by_agent, everywhere = rules
-        own = by_feature.get(plan.feature or "", []) + by_agent.get(plan.agent_id or "", [])
-        return own or everywhere
+    def _governing_of(self, feature: str | None, agent_id: str | None) -> _Governing:
+        """The governors of a feature's and agent's calls: caps by ``per``, and ceilings per action."""
+        found = self._governing.get((feature, agent_id))
+        if found is None:
+            caps: list[tuple[Per, int, Governor]] = []
+            ceilings: list[Governor] = []
+            for per, (by_feature, by_agent, everywhere) in self._rules.items():
+                own = by_feature.get(feature or "", []) + by_agent.get(agent_id or "", [])
+                for index, governor in own or everywhere:
+                    if per == "action":
+                        ceilings.append(governor)
+                    else:
+                        caps.append((per, index, governor))
+            if len(self._governing) > 10_000:  # bounded whatever names callers make up
+                self._governing.clear()
+            found = self._governing[(feature, agent_id)] = (tuple(caps), tuple(ceilings))
+        return found
 
     def admit(self, plan: CallPlan) -> Admission | None:
         """Hold what the call may use, or refuse it; None when no governor governs it.
@@ -197,6 +205,9 @@ class Governance:
             SessionLimitExceeded: the call would pass a cap.
             CostConfirmationRequired: its estimate is above a ceiling per action, not confirmed.
         """
+        caps, ceilings = self._governing_of(plan.feature, plan.agent_id)
+        if not caps and not ceilings:
+            return None
         now = time.monotonic()
         tool = plan.kind == "tool"
         llm = plan.kind == "llm"
@@ -205,19 +216,15 @@ class Governance:
         held: list[_Use] = []
         needs_cost = False
         with self._lock:
-            for per in self._usage_pers:
-                governing = self._governing(per, plan)
-                if not governing:
-                    continue
+            for per, index, governor in caps:
                 key = plan.session if per == "session" else plan.trace_id if per == "request" else plan.user_id
                 if key is None:
                     continue
-                for index, governor in governing:
-                    use = self._use(per, index, key, now)
-                    _check(governor, per, key, use, plan, tokens, usd, llm, now)
-                    held.append(use)
-                    needs_cost = needs_cost or governor.max_cost_usd is not None
-            for _, governor in self._governing("action", plan) if self._ceilings else ():
+                use = self._use(per, index, key, now)
+                _check(governor, per, key, use, plan, tokens, usd, llm, now)
+                held.append(use)
+                needs_cost = needs_cost or governor.max_cost_usd is not None
+            for governor in ceilings:
                 ceiling = governor.max_cost_usd
                 estimate = plan.estimated_usd
                 unconfirmed = plan.confirm_usd is None or (estimate is not None and plan.confirm_usd < estimate)
@@ -251,7 +258,7 @@ class Governance:
     def _use(self, per: Per, index: int, key: str, now: float) -> _Use:
         if per != "user_day":
             return self._uses.touch((index, key), now)
-        today = datetime.now(UTC).date()
+        today = int(time.time() // 86_400)  # the UTC day
         if today != self._day:
             self._day = today
             self._days.clear()

@@ -26,19 +26,31 @@ class IdleMap(Generic[K, V]):
         self._idle = idle_seconds
         self._max = max_keys
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._next_sweep = 0.0
 
     def touch(self, key: K, now: float) -> V:
         """The entry of ``key`` (a new one if it had none or it went idle), marked used at ``now``."""
         entries = self._entries
-        found = entries.pop(key, None)
-        value = found[1] if found is not None and now - found[0] <= self._idle else self._factory()
+        found = entries.get(key)
+        if found is not None and now - found[0] <= self._idle:
+            value = found[1]
+            entries.move_to_end(key)
+        else:
+            value = self._factory()
         entries[key] = (now, value)
-        while entries:  # the oldest first: stop at the first one still in use
-            oldest, (touched, _) = next(iter(entries.items()))
-            if now - touched <= self._idle and len(entries) <= self._max:
+        if now >= self._next_sweep or len(entries) > self._max:
+            self._sweep(now)
+        return value
+
+    def _sweep(self, now: float) -> None:
+        """Forget the idle entries, oldest first (at most once a second), and the oldest past ``max_keys``."""
+        entries = self._entries
+        while entries:
+            oldest = next(iter(entries))
+            if now - entries[oldest][0] <= self._idle and len(entries) <= self._max:
                 break
             del entries[oldest]
-        return value
+        self._next_sweep = now + 1.0
 
     def __len__(self) -> int:
         return len(self._entries)

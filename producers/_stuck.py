@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from producers._exceptions import SDKError
@@ -71,10 +71,14 @@ class Stuck:
         return f"it sent the prompt {self.repeated} {self.times} times"
 
 
-@dataclass(slots=True)
 class _Recent:
-    tools: deque[str] = field(default_factory=deque)
-    prompts: Counter[str] = field(default_factory=Counter)
+    """A session's last tool calls, and how often it sent each prompt."""
+
+    __slots__ = ("prompts", "tools")
+
+    def __init__(self) -> None:
+        self.tools: deque[str] = deque()
+        self.prompts: dict[str, int] = {}
 
 
 class StuckWatch:
@@ -94,12 +98,13 @@ class StuckWatch:
             recent = self._sessions.touch(session, time.monotonic())
             if prompt_hash is not None and attempt <= 1:
                 prompts = recent.prompts
-                if len(prompts) >= _MAX_PROMPTS and prompt_hash not in prompts:
-                    prompts.clear()
-                prompts[prompt_hash] += 1
-                if prompts[prompt_hash] >= rule.prompt_repeats:
-                    times = prompts.pop(prompt_hash)
+                times = prompts.get(prompt_hash, 0) + 1
+                if times >= rule.prompt_repeats:
+                    prompts.pop(prompt_hash, None)
                     return "prompt", prompt_hash, times, rule.prompt_repeats
+                if times == 1 and len(prompts) >= _MAX_PROMPTS:
+                    prompts.clear()
+                prompts[prompt_hash] = times
             if tool_name is not None:
                 tools = recent.tools
                 tools.append(tool_name)
