@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from producers import CallRefused, CostConfirmationRequired, Governor, SDKError, SessionLimitExceeded, Tracker
+from producers._sessions import IdleMap
 from schemas.config import PriceOverride, SessionCap
 from tests.unit.test_track import KEY, Collected
 
@@ -271,3 +272,15 @@ def test_an_estimate_above_the_ceiling_per_action_needs_confirming(
         ("success", None),
         ("success", None),
     ]
+
+
+def test_a_quiet_session_is_forgotten_and_memory_is_bounded() -> None:
+    sessions: IdleMap[str, list[int]] = IdleMap(list, idle_seconds=10, max_keys=3)
+    sessions.touch("a", 0).append(1)
+    assert sessions.touch("a", 5) == [1]
+    assert sessions.touch("a", 16) == []  # quiet for 11 s: a new session
+    for key in "bcd":
+        sessions.touch(key, 17)
+    assert list(sessions) == ["b", "c", "d"]  # past max_keys, the least recently used goes
+    sessions.touch("e", 30)  # b, c and d have been quiet for 13 s
+    assert list(sessions) == ["e"]
