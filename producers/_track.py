@@ -242,12 +242,9 @@ class Tracker:
             _attribution.reset(token)
 
     def stats(self) -> TrackerStats:
-        breakers = self._breakers
-        return TrackerStats(
-            self._tracked, self._invalid, self._refused, self._stuck_seen,
-            sum(b.fast_failed for b in breakers.states().values()) if breakers else 0,
-            breakers.states() if breakers else {},
-        )  # fmt: skip
+        breakers = self._breakers.states() if self._breakers is not None else {}
+        fast_failed = sum(breaker.fast_failed for breaker in breakers.values())
+        return TrackerStats(self._tracked, self._invalid, self._refused, self._stuck_seen, fast_failed, breakers)
 
     def _check_user_id(self, fields: Mapping[str, Any]) -> None:
         if fields.get("user_id") is not None and self._key is None:

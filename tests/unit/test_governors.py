@@ -284,3 +284,18 @@ def test_a_quiet_session_is_forgotten_and_memory_is_bounded() -> None:
     assert list(sessions) == ["b", "c", "d"]  # past max_keys, the least recently used goes
     sessions.touch("e", 30)  # b, c and d have been quiet for 13 s
     assert list(sessions) == ["e"]
+
+
+def test_a_refused_call_keeps_its_place_in_the_trace(governed: Callable[..., Tracker], sent: Collected) -> None:
+    tracker = governed(Governor(per="request", max_tool_calls=1))
+    with tracker.track(provider="house", model="large", agent_id="coordinator") as root:
+        with tracker.track(provider="internal", kind="tool", tool_name="lookup", agent_id="researcher"):
+            pass
+        with (
+            pytest.raises(SessionLimitExceeded),
+            tracker.track(provider="internal", kind="tool", tool_name="lookup", agent_id="researcher"),
+        ):
+            pass
+    refused = next(e for e in sent.events if e.status == "cancelled")
+    assert (refused.trace_id, refused.parent_id, refused.agent_id) == (root.trace_id, root.event_id, "researcher")
+    assert (refused.kind, refused.tool_name, refused.latency_ms) == ("tool", "lookup", 0)
