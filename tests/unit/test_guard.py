@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from producers import BudgetExceededError, BudgetGuard, Tracker
+from producers import BudgetExceededError, BudgetGuard, CostConfirmationRequired, Governor, Tracker
 from producers._guard import FailMode
 from schemas.budget import budget_scope, kill_scope
 from spendstream.kill_switch import kill_state
@@ -95,3 +95,24 @@ def test_a_kill_names_everything_or_an_agent_feature_tool_prompt_version_tenant_
         with tracker.track(provider="openai", model="gpt-4o", **{k: f"other-{v}" for k, v in fields.items()}):
             pass
     assert len(sent.events) == (0 if dimension is None else 1)  # a denied call is not sent
+
+
+def test_a_ceiling_per_action_refuses_whatever_the_budgets_say(
+    unreachable: Callable[[FailMode], BudgetGuard],
+) -> None:
+    guard = unreachable("open")
+    roomy = kill_state("tenant_id", "acme", "x").model_copy(
+        update={"scope": budget_scope("tenant_id", "acme"), "state": "allow", "action": "deny", "period": "daily",
+                "reason": "tenant_id acme: $1 of $500", "limit_usd": 500.0, "remaining_usd": 499.0}
+    )  # fmt: skip
+    guard._apply(roomy.scope.encode(), roomy.model_dump_json().encode())
+    assert guard.check(tenant_id="acme", estimated_usd=3.0).action == "allow"  # the budget has room
+    tracker = Tracker(Collected(), guard=guard, governors=[Governor(per="action", max_cost_usd=1.0)])
+    with (
+        pytest.raises(CostConfirmationRequired),
+        tracker.track(provider="openai", model="o3", tenant_id="acme", estimated_usd=3.0),
+    ):
+        pytest.fail("the call was made")
+    with tracker.track(provider="openai", model="o3", tenant_id="acme", estimated_usd=3.0, confirm_usd=3.0) as call:
+        pass
+    assert call.decision is not None and call.decision.action == "allow"
