@@ -154,6 +154,7 @@ class Emitter:
             self._producer.purge()
             self._producer.flush(1.0)
         stats = self.stats()
+        self._producer = None  # the client is destroyed: it stops reconnecting to a broker that is gone
         if stats.failed or stats.dropped or stats.in_flight:
             logger.error(
                 "spendstream emitter closed with %d events undelivered (%d failed, %d dropped)%s",

@@ -140,6 +140,8 @@ class SessionDetector:
         """Per minute of calls (``calls.in_time_order``): its sessions' counts, tool calls and prompt hashes."""
         if not self.enabled:
             return {}
+        # a call the SDK refused before making it (status cancelled) was never made: no repetition, no size
+        calls = calls.filter(pc.not_equal(calls.column("status"), "cancelled"))
         has_session = pc.not_equal(calls.column("session_id"), "")
         calls = (
             calls.append_column(SESSION, pc.if_else(has_session, calls.column("session_id"), calls.column("trace_id")))

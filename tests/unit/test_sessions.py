@@ -151,3 +151,11 @@ def test_a_configured_cap_pages_per_session_before_any_history() -> None:
     assert [(a.kind, a.dimension, a.key) for a in alerts] == [("session_budget", "session_id", "s-big")]
     assert "26,000 tokens (the cap of agent coder is 20,000 tokens)" in alerts[0].message
     assert traffic.alerts(DetectorsConfig(session_budget=SessionBudgetConfig(enabled=False))) == []
+
+
+def test_calls_the_sdk_refused_are_neither_repetition_nor_size() -> None:
+    traffic = Traffic()
+    for n in range(20):  # a governor refused each of these before it was made: sent as cancelled
+        traffic.tool(START + timedelta(seconds=n), "run_tests", session_id="s-gov", status="cancelled")
+    config = DetectorsConfig.model_validate({"session_budget": {"caps": [{"agent_id": "coder", "max_tool_calls": 5}]}})
+    assert traffic.alerts(config) == []
