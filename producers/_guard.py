@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from producers._exceptions import BudgetExceededError, SDKError
 from schemas import topics
-from schemas.budget import SEVERITY_ORDER, BudgetState, GuardState, budget_scope, kill_scope
+from schemas.budget import KILL_DIMENSIONS, SEVERITY_ORDER, BudgetState, GuardState, budget_scope, kill_scope
 
 if TYPE_CHECKING:
     from schemas.config import PriceOverride
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("spendstream.guard")
 
 BUDGET_DIMENSIONS = ("user_id", "tenant_id", "feature", "agent_id", "team", "environment")
-KILL_DIMENSIONS = ("agent_id", "feature", "tool_name", "prompt_version", "tenant_id", "session_id")
-"""What a kill switch can name besides everything (``kill:*``): ``spendstream kill --agent/--feature/
---tool/--prompt-version/--tenant/--session``."""
 FailMode = Literal["open", "closed"]
 
 

@@ -16,7 +16,8 @@ from schemas.config import BudgetAction
 GuardState = Literal["allow", "throttle", "downgrade", "deny"]
 Period = Literal["daily", "monthly", "kill"]
 KILL_PREFIX = "kill:"
-KILL_DIMENSIONS = ("agent_id", "feature")
+KILL_DIMENSIONS = ("agent_id", "feature", "tool_name", "prompt_version", "tenant_id", "session_id")
+"""What a kill switch can name besides everything (``kill:*``), as the SDK's guard checks it."""
 SEVERITY_ORDER: dict[str, int] = {"allow": 0, "throttle": 1, "downgrade": 2, "deny": 3}
 
 

@@ -418,7 +418,7 @@ def trace(trace_id: str) -> None:
         )
 
 
-_KILL_TARGETS = {  # option: the dimension a kill switch names (the guard's KILL_DIMENSIONS)
+_KILL_TARGETS = {  # option: the dimension a kill switch names (schemas.budget.KILL_DIMENSIONS)
     "agent": "agent_id", "feature": "feature", "tool": "tool_name", "prompt_version": "prompt_version",
     "tenant": "tenant_id", "session": "session_id",
 }  # fmt: skip

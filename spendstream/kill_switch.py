@@ -1,4 +1,5 @@
-"""The kill switch: a ``deny`` state for everything, an agent or a feature on ``spendstream.budgets``.
+"""The kill switch: a ``deny`` state on ``spendstream.budgets`` for everything, or for one agent, feature,
+tool, prompt version, tenant or session (``schemas.budget.KILL_DIMENSIONS``).
 
 Setting it publishes a state the SDK's guard applies before the next call; lifting it publishes a
 tombstone, so compaction forgets it.
