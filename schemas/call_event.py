@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import unicodedata
@@ -94,36 +95,36 @@ def name_problem(field: str, value: str) -> str | None:
     return found
 
 
-def _personal_data_in_id(field: str, value: str) -> str | None:
-    kind = id_kind(value)
-    return None if kind is None else problem(field, kind)
-
-
-def _personal_data_in_text(field: str, value: str) -> str | None:
-    kind = name_kind(value)
-    return None if kind is None else problem(field, kind, name=True)
+_name_kind = functools.lru_cache(maxsize=8192)(name_kind)
+"""Names repeat (a model, a feature): each is judged once."""
 
 
 class _Screened:
-    """Annotation of a text field: refused with the reason ``rule`` gives, if any; ``pattern`` in JSON Schema."""
+    """Annotation of a text field: refused when ``kind_of`` finds personal data or a secret in it, or,
+    for ids and names (``printable``), when it holds an invisible character (:data:`INVISIBLE`).
 
-    def __init__(self, rule: Callable[[str, str], str | None], pattern: str | None = None) -> None:
-        self._rule = rule
-        self._pattern = pattern
+    On the per-event path of the model: the field's name and the reason are only made for a refusal.
+    """
+
+    def __init__(self, kind_of: Callable[[str], str | None], *, name: bool = False, printable: bool = False) -> None:
+        self._kind_of = kind_of
+        self._name = name
+        self._printable = printable
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         return core_schema.with_info_after_validator_function(self._validate, handler(source))
 
     def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         json_schema = handler(schema)
-        if self._pattern is not None:
-            json_schema["pattern"] = self._pattern
+        if self._printable:
+            json_schema["pattern"] = PRINTABLE
         return json_schema
 
     def _validate(self, value: str, info: ValidationInfo) -> str:
-        found = self._rule(info.field_name or "value", value)
-        if found is not None:
-            raise ValueError(found)
+        if (self._printable and _INVISIBLE(value) is not None) or self._kind_of(value) is not None:
+            field = info.field_name or "value"
+            found = unprintable(field, value) if self._printable else None
+            raise ValueError(found or problem(field, self._kind_of(value) or "", name=self._name))
         return value
 
 
@@ -133,19 +134,19 @@ def _pseudonymized(user_id: str, info: ValidationInfo) -> str:
 
 
 _ID_TEXT = StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_LENGTH)
-Id = Annotated[str, _ID_TEXT, _Screened(id_problem, PRINTABLE)]
+Id = Annotated[str, _ID_TEXT, _Screened(id_kind, printable=True)]
 """An id: printable, no personal data or secret (random ids are welcome)."""
-UserId = Annotated[str, _ID_TEXT, AfterValidator(_pseudonymized), _Screened(id_problem, PRINTABLE)]
+UserId = Annotated[str, _ID_TEXT, AfterValidator(_pseudonymized), _Screened(id_kind, printable=True)]
 """A user id: an id, pseudonymised before it is screened when the validation context has :data:`PSEUDONYMS`."""
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
-    _Screened(name_problem, PRINTABLE),
+    _Screened(_name_kind, name=True, printable=True),
 ]
 """A name (a model, a feature, a team...): printable, no personal data, secret or key-like token."""
-ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT_LENGTH), _Screened(_personal_data_in_text)]
+ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT_LENGTH), _Screened(name_kind, name=True)]
 """Free text (an error type): no personal data, secret or key-like token."""
-PromptHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(_personal_data_in_id)]
+PromptHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(id_kind)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Millis = Annotated[float, Field(ge=0, le=MAX_MILLIS)]
 TagKey = Annotated[str, StringConstraints(pattern=f"^{TAG_KEY}$")]

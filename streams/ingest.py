@@ -58,7 +58,8 @@ def describe(exc: ValidationError) -> str:
     """A one-line, readable reason: every failing field and what is wrong with it."""
     parts = []
     for error in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in error["loc"]) or "event"
+        # the path may repeat what was sent (an unknown field's name, a tag key): it is redacted
+        where = redact(".".join(str(p) for p in error["loc"])) or "event"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown field (see schemas/jsonschema/call_event.schema.json)"
@@ -314,8 +315,8 @@ def unread_reason(raw: bytes | None, max_event_bytes: int) -> tuple[str, str] | 
 def rejection(topic: str, record: RawEvent, kind: str, reason: str) -> Rejection:
     """A refused record, as it is stored in ``rejected_events`` and sent to the dead-letter topic.
 
-    Whatever the reason it was refused, its bytes, its event_id and the reason (which may repeat an
-    unknown field's name) are kept with personal data and secrets redacted (``schemas.privacy``).
+    Whatever the reason it was refused, its bytes and its event_id are kept with personal data and
+    secrets redacted (``schemas.privacy``); so is the reason, made by :func:`describe`.
     """
     raw = redact_raw(record.value) if record.value else b""
     return Rejection(
@@ -324,7 +325,7 @@ def rejection(topic: str, record: RawEvent, kind: str, reason: str) -> Rejection
         offset=record.offset,
         received_at=datetime.now(UTC),
         error_kind=kind,
-        reason=redact(reason),
+        reason=reason,
         event_id=_event_id_of(raw) if kind != "oversize" else "",
         raw=raw,
     )

@@ -11,12 +11,11 @@ import pytest
 from genai_prices import data as price_data
 
 from producers import pseudonymize
+from schemas import privacy
 from schemas.privacy import (
     ID_CANDIDATES,
     NAME_CANDIDATES,
     Pseudonyms,
-    _classify_id,
-    _classify_name,
     id_kind,
     name_kind,
     redact,
@@ -125,24 +124,47 @@ def corpus() -> list[str]:
     values += [rng.choice(["", "a", "a-", "1.", "(", "x "]) + rng.choice(CARDS + PHONES + SECRETS) + rng.choice(
         ["", "a", "0", "-1", ".", " x", ")"]) for _ in range(3_000)]  # fmt: skip
     values += ["".join(rng.choice("abcXYZ0123456789-_/+=") for _ in range(rng.randint(28, 48))) for _ in range(3_000)]
+    values += [
+        "".join(rng.choice("0123456789" * 6 + "abcdef-") for _ in range(rng.randint(8, 40))) for _ in range(5_000)
+    ]
+    values += [str(rng.randint(10**11, 10**20)) for _ in range(2_000)]
     return values
 
 
-def test_the_candidate_patterns_are_a_superset_of_the_rules_in_python_and_in_re2() -> None:
-    # The rules only run where the candidate pattern matches, in Python (id_kind) and in Arrow's RE2
-    # (streams.ingest): a value a rule flags must match both, or it would pass unseen.
+def unhinted_id_kind(value: str) -> str | None:
+    """``id_kind`` with every rule run, not only where its hint says it may match."""
+    for kind, rule in [
+        (privacy.EMAIL, privacy._EMAIL.search),
+        (privacy.SECRET, privacy._SECRET_PREFIXES.search),
+        (privacy.CARD, privacy._has_card),
+        (privacy.PHONE, privacy._PHONE_GROUPED.search),
+        (privacy.PHONE, privacy._PHONE_E164.search),
+    ]:
+        if rule(value):
+            return kind
+    return None
+
+
+def unhinted_name_kind(value: str) -> str | None:
+    found = unhinted_id_kind(value)
+    tokens = any(privacy._is_token(run) for run in privacy._TOKEN_RUN.findall(value))
+    return found or (privacy.SECRET if tokens else None)
+
+
+def test_the_hints_and_the_candidate_patterns_miss_nothing_the_rules_find() -> None:
+    # The rules run only where their hints match (Python), and only on the rows the RE2 candidate
+    # patterns pick out of a batch (streams.ingest): a value a rule flags must pass both.
     values = corpus()
     text = pa.array(values)
-    for classify, candidates, gated in (
-        (_classify_id, ID_CANDIDATES, id_kind),
-        (_classify_name, NAME_CANDIDATES, name_kind),
-    ):
-        in_re2 = pc.match_substring_regex(text, candidates).to_pylist()
-        flagged = [value for value in values if classify(value) is not None]
+    for kind_of, unhinted, candidates in ((id_kind, unhinted_id_kind, ID_CANDIDATES),
+                                          (name_kind, unhinted_name_kind, NAME_CANDIDATES)):  # fmt: skip
+        flagged = [value for value in values if unhinted(value) is not None]
         assert len(flagged) > 1000
-        missed = [value for value, candidate in zip(values, in_re2, strict=True) if not candidate and classify(value)]
-        assert missed == []
-        assert [value for value in flagged if gated(value) is None] == []
+        assert [value for value in values if (kind_of(value) is None) != (unhinted(value) is None)] == []
+        in_re2 = pc.match_substring_regex(text, candidates).to_pylist()
+        assert [
+            value for value, candidate in zip(values, in_re2, strict=True) if not candidate and unhinted(value)
+        ] == []
 
 
 def test_redact_replaces_each_span_with_a_marker() -> None:
@@ -151,6 +173,14 @@ def test_redact_replaces_each_span_with_a_marker() -> None:
         "mail [redacted e-mail], call [redacted phone], card [redacted card], key [redacted secret]"
     )
     assert redact("order 10045678 on 2024-01-15 from 192.168.1.1") == "order 10045678 on 2024-01-15 from 192.168.1.1"
+
+
+def test_e_mail_addresses_are_redacted_from_each_at_as_the_rule_finds_them() -> None:
+    rng = random.Random(7)
+    texts = ["".join(rng.choice("ab.-_+%@ \"x1Z") for _ in range(rng.randint(3, 30))) + rng.choice(["", ".com", ".c"])
+             for _ in range(20_000)]  # fmt: skip
+    marker = privacy.REDACTED[privacy.EMAIL]
+    assert [t for t in texts if privacy._redact_emails(t) != privacy._EMAIL.sub(marker, t)] == []
 
 
 def test_redact_raw_keeps_clean_bytes_as_they_arrived() -> None:
