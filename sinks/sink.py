@@ -1,9 +1,10 @@
 """The ClickHouse sink: ``add()`` buffers priced calls and rejections, ``flush()`` writes one batch.
 
 A call is counted once in ``llm_calls`` and in every rollup even when Kafka delivers it twice
-(a producer retry, a worker redelivery after a crash): before inserting, the sink drops event_ids
-already in ``llm_calls`` and repeated ones within the batch, so the materialized views never see a
-duplicate row. The caller acknowledges the Kafka offsets of a batch only after ``flush()`` returned.
+(a producer retry, a worker redelivery after a crash, a client that sends it again with another
+``ts``): before inserting, the sink drops event_ids already in ``llm_calls`` and repeated ones
+within the batch, so the materialized views never see a duplicate row: the first copy stored
+wins. The caller acknowledges the Kafka offsets of a batch only after ``flush()`` returned.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 # applies a per-query setting with a read of system.settings and two SETs, about 8 ms each time.
 _MAX_QUERY_BYTES = 1 << 27
 
-# How far apart the stored copy and the redelivered copy of an event may be in ``ts``: equal, since
-# the event is the same bytes; the margin only absorbs rounding to milliseconds.
-_TS_MARGIN = timedelta(seconds=1)
 T = TypeVar("T")
 
 
@@ -243,21 +240,17 @@ class ClickHouseSink:
     def _new_positions(self, client: Client, calls: CallRows) -> list[int]:
         """Positions of the first occurrence of each event_id not yet stored in ``llm_calls``.
 
-        The stored ids are looked up in ``call_ids``, which a view fills from ``llm_calls`` ordered
-        by hour: the lookup reads the hours the batch spans, not its whole day. The ids travel as one
-        string literal split on the server: ClickHouse parses it far faster than a list of 10,000
-        literals, and the client sends it unprocessed (``raw_query``).
+        An event_id is counted once whatever its ``ts`` says (a client may stamp a retry anew): the
+        first copy stored wins, and a later one, in this batch or any other, is a duplicate. The
+        stored ids are looked up in ``event_ids``, which a view fills from ``llm_calls`` sorted by a
+        hash of the id: the lookup reads the granules holding the batch's hashes, not the table, and
+        the ids it returns are compared here in full (two ids may share a hash). The ids travel as
+        one string literal split on the server: ClickHouse parses it far faster than a list of
+        10,000 literals, and the client sends it unprocessed (``raw_query``).
         """
         ids = calls.event_ids()
-        unique = list(set(ids))
-        stamps = calls.timestamps()
-        lo = int((min(stamps) - _TS_MARGIN).timestamp() * 1000)
-        hi = int((max(stamps) + _TS_MARGIN).timestamp() * 1000)
-        query = (
-            f"SELECT event_id FROM `{self._database}`.call_ids "
-            f"PREWHERE event_id IN (SELECT arrayJoin(splitByChar('\\x1F', {_id_list_literal(unique)}))) "
-            f"WHERE ts BETWEEN fromUnixTimestamp64Milli({lo}) AND fromUnixTimestamp64Milli({hi})"
-        )
+        batch_ids = f"arrayJoin(splitByChar('\\x1F', {_id_list_literal(list(set(ids)))}))"
+        query = f"SELECT event_id FROM `{self._database}`.event_ids PREWHERE id_hash IN (SELECT sipHash64({batch_ids}))"
         body = client.raw_query(query, fmt="JSONCompactColumns")
         stored = orjson.loads(body) if body.strip() else []
         seen: set[str] = set(stored[0]) if stored else set()

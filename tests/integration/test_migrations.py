@@ -23,6 +23,27 @@ def test_applies_every_file_once(ch: Client, database: str) -> None:
     } <= tables
 
 
+def test_every_statement_applied_again_changes_nothing(ch: Client, database: str) -> None:
+    """A file interrupted half way is applied again from its first statement: each must be idempotent."""
+    migrate(ch, database)
+
+    def schema() -> list[tuple[str, str]]:
+        return [
+            (row[0], row[1])
+            for row in ch.query(
+                "SELECT name, create_table_query FROM system.tables WHERE database = {db:String} ORDER BY name",
+                parameters={"db": database},
+            ).result_rows
+        ]
+
+    before = schema()
+    ch.database = database
+    for migration in discover():
+        for statement in migration.statements():
+            ch.command(statement)
+    assert schema() == before
+
+
 def test_every_view_selects_its_target_columns_in_order(ch: Client, database: str) -> None:
     migrate(ch, database)
     views = ch.query(

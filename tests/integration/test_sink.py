@@ -18,11 +18,12 @@ pytestmark = pytest.mark.integration
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def rows(*ids: str, cost: float = 0.5) -> CallRows:
+def rows(*ids: str, cost: float = 0.5, shift: timedelta = timedelta(0)) -> CallRows:
+    """Calls with these ids, a minute or two apart; ``shift`` moves their ts (a client that re-stamps)."""
     batch = CallRows()
     for n, event_id in enumerate(ids):
         event = CallEvent(
-            event_id=event_id, ts=NOW - timedelta(minutes=n % 3), provider="openai", model="gpt-4o",
+            event_id=event_id, ts=NOW - timedelta(minutes=n % 3) + shift, provider="openai", model="gpt-4o",
             feature="sales.email_draft", trace_id="t1", user_id="u1", latency_ms=100.0 + n,
         )  # fmt: skip
         batch.append(event, cost_usd=cost, price_source="test", unit_prices=(1, 2, 1, 1), partition=0, offset=n)
@@ -59,13 +60,57 @@ def test_a_redelivered_event_is_counted_once_in_the_table_and_every_rollup(
     assert totals(ch, database) == {"llm_calls": 4, "minute": 4, "hour": 4, "day_cost": 2.0, "trace": 4}
 
 
-def test_calls_stored_before_the_upgrade_to_call_ids_are_still_recognised(
-    chdb_dsn: str, ch: Client, database: str, tmp_path: Path
+def stored_times(ch: Client, database: str) -> dict[str, datetime]:
+    rows = ch.query(f"SELECT event_id, ts FROM {database}.llm_calls FINAL").result_rows
+    return {event_id: ts.replace(tzinfo=UTC) for event_id, ts in rows}
+
+
+@pytest.mark.parametrize(
+    ("first", "again"),
+    [
+        (timedelta(0), timedelta(hours=2)),
+        (timedelta(0), timedelta(hours=-2)),
+        (timedelta(days=-30), timedelta(0)),  # a ts more than a day ahead is refused: the later copy is now
+        (timedelta(0), timedelta(days=-30)),
+    ],
+)
+def test_an_event_id_sent_again_with_another_ts_is_counted_once(
+    sink: ClickHouseSink, ch: Client, database: str, first: timedelta, again: timedelta
+) -> None:
+    sink.add(rows("a", "b", shift=first), [])
+    sink.flush()
+    sink.add(rows("a", "b", "c", shift=again), [])  # a client that re-stamps its retries
+    result = sink.flush()
+    assert (result.inserted, result.duplicates) == (1, 2)
+    assert totals(ch, database) == {"llm_calls": 3, "minute": 3, "hour": 3, "day_cost": 1.5, "trace": 3}
+    assert stored_times(ch, database) == {  # the first copy stored wins
+        "a": NOW + first,
+        "b": NOW - timedelta(minutes=1) + first,
+        "c": NOW - timedelta(minutes=2) + again,
+    }
+
+
+def test_an_event_id_twice_in_one_batch_with_another_ts_is_counted_once(
+    sink: ClickHouseSink, ch: Client, database: str
+) -> None:
+    batch = rows("a", "b")
+    batch.extend(rows("a", "b", shift=timedelta(hours=2)))
+    batch.extend(rows("a", shift=timedelta(days=-30)))
+    sink.add(batch, [])
+    result = sink.flush()
+    assert (result.inserted, result.duplicates) == (2, 3)
+    assert totals(ch, database) == {"llm_calls": 2, "minute": 2, "hour": 2, "day_cost": 1.0, "trace": 2}
+    assert stored_times(ch, database) == {"a": NOW, "b": NOW - timedelta(minutes=1)}  # the first in the batch wins
+
+
+@pytest.mark.parametrize("upgraded_from", [13, 15])  # before call_ids (0013), before event_ids (0015)
+def test_calls_stored_before_an_upgrade_of_the_duplicate_check_are_still_recognised(
+    chdb_dsn: str, ch: Client, database: str, tmp_path: Path, upgraded_from: int
 ) -> None:
     before = tmp_path / "sql"
     before.mkdir()
     for migration in discover():
-        if migration.version < 13:  # 0013 adds call_ids, where the duplicate check looks
+        if migration.version < upgraded_from:
             (before / migration.name).write_text(migration.text)
     migrate(ch, database, before)
     ch.command(
@@ -74,10 +119,10 @@ def test_calls_stored_before_the_upgrade_to_call_ids_are_still_recognised(
         f"('b', toDateTime64('{NOW - timedelta(minutes=1):%Y-%m-%d %H:%M:%S}', 3, 'UTC'), 'openai', 'gpt-4o', 'llm', "
         "'f', 'real', 1)"
     )
-    migrate(ch, database)  # call_ids is filled from the calls already stored
+    migrate(ch, database)  # the table the check reads is filled from the calls already stored
 
     sink = ClickHouseSink(lambda: connect(chdb_dsn), database)
-    sink.add(rows("a", "b", "c"), [])  # a and b delivered again after the upgrade
+    sink.add(rows("a", "b", "c", shift=timedelta(hours=3)), [])  # a and b delivered again, re-stamped
     result = sink.flush()
     assert (result.inserted, result.duplicates) == (1, 2)
     assert ch.query(f"SELECT count() FROM {database}.llm_calls FINAL").result_rows[0][0] == 3

@@ -15,8 +15,14 @@ def test_numbers_are_unique_and_contiguous() -> None:
 def test_every_statement_is_idempotent() -> None:
     for migration in discover():
         for statement in migration.statements():
-            if statement.upper().startswith("CREATE"):
-                assert "IF NOT EXISTS" in statement.upper(), f"{migration.name}: {statement[:60]}"
+            upper = " ".join(statement.upper().split())
+            if upper.startswith("CREATE"):
+                assert "IF NOT EXISTS" in upper, f"{migration.name}: {statement[:60]}"
+            if upper.startswith("DROP"):
+                assert upper.startswith(("DROP VIEW IF EXISTS", "DROP TABLE IF EXISTS")), f"{migration.name}: {upper}"
+            for change in re.findall(r"\b(?:ADD|DROP) (?:COLUMN|INDEX) (?:IF (?:NOT )?EXISTS )?", upper):
+                assert "EXISTS" in change, f"{migration.name}: {change}... in {statement[:60]}"
+            assert not upper.startswith(("RENAME", "EXCHANGE")), f"{migration.name}: not idempotent: {statement[:60]}"
 
 
 def test_every_materialized_view_has_a_to_table_and_a_backfill() -> None:
