@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +27,7 @@ LLM_CALL_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 REJECTED_COLUMNS: tuple[str, ...] = (
-    "topic", "partition", "offset", "received_at", "error_kind", "reason", "event_id", "raw",
+    "topic", "partition", "offset", "received_at", "error_kind", "reason", "event_id", "raw", "raw_size", "raw_hash",
 )  # fmt: skip
 
 OUTCOME_COLUMNS: tuple[str, ...] = (
@@ -109,7 +110,7 @@ class CallRows:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """An event that failed validation, as it arrived, and why."""
+    """An event that failed validation, as it arrived (or its first bytes, see :meth:`cut`), and why."""
 
     topic: str
     partition: int
@@ -119,12 +120,40 @@ class Rejection:
     reason: str
     event_id: str
     raw: bytes
+    raw_size: int | None = None
+    """How many bytes the record had, when ``raw`` holds only its first ones; None: ``raw`` is all of it."""
+
+    @property
+    def size(self) -> int:
+        """The record's length in bytes, whether ``raw`` holds all of it or not."""
+        return len(self.raw) if self.raw_size is None else self.raw_size
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > len(self.raw)
+
+    def cut(self, limit: int) -> Rejection:
+        """This rejection with at most the first ``limit`` bytes of its record (its size kept)."""
+        if len(self.raw) <= limit:
+            return self
+        return replace(self, raw=self.raw[:limit], raw_size=self.size)
 
     def row(self) -> tuple[Any, ...]:
+        """Its ``rejected_events`` row (in :data:`REJECTED_COLUMNS` order)."""
         return (
             self.topic, self.partition, self.offset, self.received_at, self.error_kind, self.reason,
-            self.event_id, self.raw,
+            self.event_id, self.raw, self.size, self.raw_hash(),
         )  # fmt: skip
+
+    def raw_hash(self) -> int:
+        """A 64-bit hash of the bytes kept and the record's size, part of the row's key in ``rejected_events``.
+
+        With it, a record delivered again (same source position, same bytes) replaces its row, and
+        another record at the same position (a broker that started its offsets again) has its own.
+        """
+        digest = hashlib.blake2b(self.raw, digest_size=8)
+        digest.update(self.size.to_bytes(8, "little"))
+        return int.from_bytes(digest.digest(), "little")
 
 
 def outcome_row(event: OutcomeEvent, partition: int, offset: int) -> tuple[Any, ...]:

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from schemas import CallEvent
 from schemas.outcome_event import OutcomeEvent
-from sinks.batch import CallRows, outcome_row
+from sinks.batch import CallRows, Rejection, outcome_row
 from sinks.clickhouse import connect
 from sinks.exceptions import ClickHouseTransientError
 from sinks.migrations import discover, migrate
@@ -222,3 +223,38 @@ def test_calls_written_by_another_agents_flush_still_reach_the_detectors(
     sink.flush()
     assert [row[0] for row in sink.take_stored().rows] == ["c"]
     assert totals(ch, database)["llm_calls"] == 3
+
+
+def rejection(raw: bytes, offset: int = 7, **fields: object) -> Rejection:
+    values: dict[str, Any] = {
+        "topic": "llm.calls", "partition": 0, "offset": offset, "received_at": NOW, "error_kind": "malformed_json",
+        "reason": "invalid JSON", "event_id": "", "raw": raw, **fields,
+    }  # fmt: skip
+    return Rejection(**values)
+
+
+def test_rejections_at_the_same_position_are_kept_unless_they_are_the_same_record(
+    sink: ClickHouseSink, ch: Client, database: str
+) -> None:
+    sink.add(CallRows(), [rejection(b"{broken"), rejection(b"{other", offset=8)])
+    sink.flush()
+    # the worker crashed before acknowledging: the same records come again, one of them at once
+    sink.add(CallRows(), [rejection(b"{broken", received_at=NOW + timedelta(seconds=5))])
+    sink.flush()
+    # the embedded broker restarted with its offsets at 0 again: another record at the same position
+    sink.add(CallRows(), [rejection(b"{not the same"), rejection(b"{other", offset=8)])
+    sink.flush()
+    ch.command(f"OPTIMIZE TABLE {database}.rejected_events FINAL")  # merge as ClickHouse eventually would
+    stored = ch.query(f"SELECT offset, raw FROM {database}.rejected_events ORDER BY offset, raw").result_rows
+    assert stored == [(7, "{broken"), (7, "{not the same"), (8, "{other")]
+
+
+def test_a_rejected_record_is_kept_up_to_a_bound_with_its_size(sink: ClickHouseSink, ch: Client, database: str) -> None:
+    big = b'{"event_id": "x", "pad": "' + b"y" * 2_000_000 + b'"}'
+    sink.add(CallRows(), [rejection(big).cut(65_536), rejection(b"{short", offset=8).cut(65_536)])
+    sink.flush()
+    stored = ch.query(
+        f"SELECT offset, length(raw), raw_size, startsWith(raw, '{{\"event_id\"') "
+        f"FROM {database}.rejected_events FINAL ORDER BY offset"
+    ).result_rows
+    assert stored == [(7, 65_536, len(big), 1), (8, 6, 6, 0)]
