@@ -3,8 +3,9 @@
 Acknowledgement discipline: Faust commits the offsets of acknowledged events on a timer, and an
 agent that raises acknowledges what it was handling. So the ingest agent takes events without
 acknowledging them (``streams.batching.take_chunks``), never lets an exception escape, and
-acknowledges a batch only after ClickHouse confirmed it and the dead-letter topic has the rejected
-ones.
+acknowledges a batch only after ClickHouse confirmed it, rejected events included. Their copies in
+the dead-letter topic are sent after that, once, and never waited on (see :func:`publish_dead_letters`):
+no record, whatever its size or content, can stop the stream or a shutdown.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from streams.budget_agent import partition_of
 from streams.budgets import Budgets
 from streams.detectors.engine import Detectors
 from streams.detectors.warmup import warm_up
-from streams.ingest import Ingestor, IngestResult, RawEvent
+from streams.ingest import MAX_EVENT_BYTES, Ingestor, IngestResult, RawEvent
 from streams.outcomes import OutcomeIngestor
 from streams.unpriced import UnpricedModelDetector
 
@@ -47,6 +48,7 @@ def register_ingest(
     batch_seconds: float,
     detectors: Detectors | None = None,
     spends: SpendRouting | None = None,
+    max_raw_bytes: int = MAX_EVENT_BYTES,
 ) -> Any:
     """Register the agent that validates, prices and stores every call event.
 
@@ -61,6 +63,10 @@ def register_ingest(
     ClickHouse confirmed them; their alerts, and ``unpriced_model`` ones, are published and stored
     before the batch is acknowledged. So are the spends of the calls it stored, to the budget agent
     (``spends``).
+
+    A rejected event is kept, in ``rejected_events`` and in the dead-letter topic, with at most its
+    first ``max_raw_bytes`` bytes and its size: given the worker's ``max_event_bytes``, only a
+    record refused as oversize is ever cut.
     """
 
     unpriced = UnpricedModelDetector()
@@ -72,9 +78,10 @@ def register_ingest(
 
     async def write(batch: list[EventT[RecordChunk]], result: IngestResult) -> None:
         nonlocal finishing
-        await _publish_dead_letters(dlq, result.rejected)
-        sink.add(result.calls, result.rejected)
+        rejected = [r.cut(max_raw_bytes) for r in result.rejected]
+        sink.add(result.calls, rejected)
         await flush_until_written(sink)
+        await publish_dead_letters(dlq, rejected)
         stored = sink.take_stored()
         if finishing is not None:
             await finishing  # one batch judged at a time, in order
@@ -148,6 +155,7 @@ def register_outcomes(
     sink: ClickHouseSink,
     max_chunks: int,
     batch_seconds: float,
+    max_raw_bytes: int = MAX_EVENT_BYTES,
 ) -> Any:
     """Register the agent that stores outcome events, with the same acknowledgement discipline."""
 
@@ -155,9 +163,10 @@ def register_outcomes(
     async def store_outcomes(stream: StreamT[RecordChunk]) -> None:
         async for batch in take_chunks(stream, max_chunks, batch_seconds):
             result = ingestor.process(_raw_events(batch))
-            await _publish_dead_letters(dlq, result.rejected)
-            sink.add(CallRows(), result.rejected, result.rows)
+            rejected = [r.cut(max_raw_bytes) for r in result.rejected]
+            sink.add(CallRows(), rejected, result.rows)
             await flush_until_written(sink)
+            await publish_dead_letters(dlq, rejected)
             for event in batch:
                 event.ack()
 
@@ -208,26 +217,63 @@ async def send_until_acked(topic: faust.TopicT, messages: list[Message]) -> None
             await asyncio.sleep(delay)
 
 
-async def _publish_dead_letters(dlq: faust.TopicT, rejected: list[Rejection]) -> None:
-    """Send each rejected event's raw bytes to the dead-letter topic, with why in the headers."""
-    await send_until_acked(
-        dlq,
-        [
-            (
-                None,
-                r.raw,
-                {
-                    "reason": r.reason.encode()[:4096],
-                    "error_kind": r.error_kind.encode(),
-                    "source_topic": r.topic.encode(),
-                    "source_partition": str(r.partition).encode(),
-                    "source_offset": str(r.offset).encode(),
-                },
-                None,
-            )
-            for r in rejected
-        ],
-    )
+DEAD_LETTER_WAIT = 5.0
+"""Longest the agents wait for the dead-letter topic to take a batch's copies, in seconds."""
+_RECORD_OVERHEAD = 512
+"""Bytes a Kafka record batch of one message adds to its value and headers (``truncated`` and
+``original_size`` included), with room to spare."""
+
+
+async def publish_dead_letters(dlq: faust.TopicT, rejected: list[Rejection]) -> None:
+    """Send a copy of each rejected event to the dead-letter topic, with why in the headers; never wait on it.
+
+    Called once the rejections are stored in ``rejected_events``: a copy the topic does not take
+    within :data:`DEAD_LETTER_WAIT` (the broker is down, the record too large for it, anything else)
+    is logged and left out, never retried, so it cannot hold up the stream or a shutdown. A copy
+    larger than the worker's producer may send is cut to fit; like one cut before (see
+    :meth:`Rejection.cut`), it carries the headers ``truncated`` and ``original_size``.
+    """
+    if not rejected:
+        return
+    try:
+        failed = await asyncio.wait_for(_send_dead_letters(dlq, rejected), DEAD_LETTER_WAIT)
+    except Exception as exc:  # a timeout, most likely: the broker did not answer
+        failed = [(r, exc) for r in rejected]
+    for r, why in failed[:3]:
+        logger.error(
+            "the dead-letter topic %s did not take the rejected event from %s[%d]@%d (%r); it is kept in "
+            "rejected_events, not sent again",
+            dlq.get_topic_name(), r.topic, r.partition, r.offset, why,
+        )  # fmt: skip
+    if len(failed) > 3:
+        logger.error("... and %d more rejected events, all kept in rejected_events", len(failed) - 3)
+
+
+async def _send_dead_letters(dlq: faust.TopicT, rejected: list[Rejection]) -> list[tuple[Rejection, BaseException]]:
+    """Send the copies, then wait for the broker's acks; return the rejections whose copy failed, and why."""
+    limit = int(dlq.app.conf.producer_max_request_size)
+    sent: list[tuple[Rejection, Awaitable[Any]]] = []
+    failed: list[tuple[Rejection, BaseException]] = []
+    for r in rejected:
+        headers = {
+            "reason": r.reason.encode()[:4096],
+            "error_kind": r.error_kind.encode(),
+            "source_topic": r.topic.encode(),
+            "source_partition": str(r.partition).encode(),
+            "source_offset": str(r.offset).encode(),
+        }
+        room = limit - _RECORD_OVERHEAD - sum(len(k) + len(v) for k, v in headers.items())
+        copy = r.cut(max(0, room))
+        if copy.truncated:
+            headers["truncated"] = b"true"
+            headers["original_size"] = str(copy.size).encode()
+        try:
+            sent.append((r, await dlq.send(value=copy.raw, headers=headers)))
+        except Exception as exc:
+            failed.append((r, exc))
+    acks = await asyncio.gather(*(ack for _, ack in sent), return_exceptions=True)
+    failed += [(r, ack) for (r, _), ack in zip(sent, acks, strict=True) if isinstance(ack, BaseException)]
+    return failed
 
 
 async def _publish_alerts(topic: faust.TopicT, alerts: list[Alert]) -> None:
