@@ -85,7 +85,13 @@ def create_app(
         owner = BudgetOwner(BudgetBook(budgets), sink, config.partitions)
         register_budgets(app, spend, states, owner, alert_raiser(alerts, sink), send_until_acked)
         routing = SpendRouting(spend, budgets, config.partitions)
-    register_ingest(app, calls, dlq, alerts, ingestor, sink, max_chunks, config.batch_seconds, detectors, routing)
+    register_ingest(
+        app, calls, dlq, alerts, ingestor, sink, max_chunks, config.batch_seconds, detectors, routing,
+        max_raw_bytes=config.max_event_bytes,
+    )  # fmt: skip
     outcome_ingestor = OutcomeIngestor(config.outcomes_topic, config.max_event_bytes)
-    register_outcomes(app, outcomes, dlq, outcome_ingestor, sink, max_chunks, config.batch_seconds)
+    register_outcomes(
+        app, outcomes, dlq, outcome_ingestor, sink, max_chunks, config.batch_seconds,
+        max_raw_bytes=config.max_event_bytes,
+    )  # fmt: skip
     return app

@@ -105,7 +105,7 @@ class Ingestor:
             raw = record.value
             unread = unread_reason(raw, self._max_event_bytes)
             if unread is not None:
-                result.rejected.append(rejection(self._topic, record, *unread))
+                result.rejected.append(rejection(self._topic, record, *unread, keep=self._max_event_bytes))
                 continue
             event: CallEvent | CleanCallEvent | None = decode_clean(raw, self._pseudonyms)  # type: ignore[arg-type]
             if event is None:
@@ -312,13 +312,21 @@ def unread_reason(raw: bytes | None, max_event_bytes: int) -> tuple[str, str] | 
     return None
 
 
-def rejection(topic: str, record: RawEvent, kind: str, reason: str) -> Rejection:
+_REDACT_MARGIN = 4096
+"""Bytes past the part of an oversize record that is kept, redacted with it: a secret across the cut is caught."""
+
+
+def rejection(topic: str, record: RawEvent, kind: str, reason: str, keep: int | None = None) -> Rejection:
     """A refused record, as it is stored in ``rejected_events`` and sent to the dead-letter topic.
 
     Whatever the reason it was refused, its bytes and its event_id are kept with personal data and
-    secrets redacted (``schemas.privacy``); so is the reason, made by :func:`describe`.
+    secrets redacted (``schemas.privacy``); so is the reason, made by :func:`describe`. ``keep``: only
+    that many bytes of the record will be kept (an oversize one), so only they (and a margin) are
+    redacted; its size stays the size received.
     """
-    raw = redact_raw(record.value) if record.value else b""
+    value = record.value or b""
+    head = value if keep is None else value[: keep + _REDACT_MARGIN]
+    raw = redact_raw(head) if head else b""
     return Rejection(
         topic=topic,
         partition=record.partition,
@@ -328,6 +336,7 @@ def rejection(topic: str, record: RawEvent, kind: str, reason: str) -> Rejection
         reason=reason,
         event_id=_event_id_of(raw) if kind != "oversize" else "",
         raw=raw,
+        raw_size=len(value),
     )
 
 

@@ -31,7 +31,7 @@ class OutcomeIngestor:
         for record in records:
             unread = unread_reason(record.value, self._max_event_bytes)
             if unread is not None:
-                result.rejected.append(rejection(self._topic, record, *unread))
+                result.rejected.append(rejection(self._topic, record, *unread, keep=self._max_event_bytes))
                 continue
             try:
                 event = OutcomeEvent.model_validate_json(record.value)  # type: ignore[arg-type]  # bytes here

@@ -140,3 +140,13 @@ def test_rows_sent_back_to_the_model_are_patched_into_the_batch(unsure_every: in
     assert [r.offset for r in result.rejected] == [n for n in range(0, 300, 2 * unsure_every)]
     unpriced = sum(1 for n in kept if n % 3 == 0 and n % unsure_every)
     assert sum(result.unpriced_calls.values()) == unpriced
+
+
+def test_an_oversize_record_is_redacted_only_as_far_as_it_is_kept_and_keeps_its_size() -> None:
+    secret = b"sk-" + b"A1b2C3d4E5f6G7h8J9k0" * 2
+    head = b'{"note": "' + secret + b'", "pad": "'
+    record = head + b"x" * 2_000_000 + b'"}'
+    result = Ingestor(Pricer([]), "llm.calls", max_event_bytes=65_536).process([RawEvent(record, 0, 1)])
+    [rejected] = result.rejected
+    assert rejected.error_kind == "oversize" and rejected.size == len(record)
+    assert secret not in rejected.raw and len(rejected.raw) < 65_536 + 8192  # not the whole 2 MB redacted
