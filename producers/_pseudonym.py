@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 
 from producers._exceptions import SDKError
+from schemas.privacy import MIN_KEY_BYTES, pseudonym
 
 KEY_ENV = "SPENDSTREAM_USER_ID_KEY"
-PREFIX = "u_"
-MIN_KEY_BYTES = 16
 
 
 def user_id_key(key: str | bytes | None = None) -> bytes | None:
@@ -28,7 +25,6 @@ def user_id_key(key: str | bytes | None = None) -> bytes | None:
 
 
 def pseudonymize(user_id: str, key: bytes) -> str:
-    """``u_`` and 32 hex digits of HMAC-SHA256(key, user_id): stable per key, not reversible."""
-    if user_id.startswith(PREFIX) and len(user_id) == len(PREFIX) + 32:
-        return user_id  # already pseudonymous: hashing again would split one user in two
-    return PREFIX + hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
+    """``u_`` and 32 hex digits of HMAC-SHA256(key, user_id): stable per key, not reversible, the same
+    as the worker's (``schemas.privacy.pseudonym``); an id already in that form is kept."""
+    return pseudonym(user_id, key)

@@ -322,6 +322,14 @@ MIN_KEY_BYTES = 16
 _PSEUDONYM = re.compile(r"u_[0-9a-f]{32}").fullmatch
 
 
+def pseudonym(user_id: str, key: bytes) -> str:
+    """``u_`` and 32 hex digits of HMAC-SHA256(key, user_id); an id already in that form as it is."""
+    if _PSEUDONYM(user_id):
+        return user_id  # hashing it again would split one user in two
+    digest = hmac.new(key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return PSEUDONYM_PREFIX + digest[:32]
+
+
 class Pseudonyms:
     """The SDK's pseudonym of a user id: ``u_`` and 32 hex digits of HMAC-SHA256(key, id).
 
@@ -345,12 +353,9 @@ class Pseudonyms:
         return "Pseudonyms(key=<hidden>)"
 
     def __call__(self, user_id: str) -> str:
-        if _PSEUDONYM(user_id):
-            return user_id
         known = self._known.get(user_id)
         if known is None:
             if len(self._known) >= self._remembered:
                 self._known.clear()
-            digest = hmac.new(self._key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
-            known = self._known[user_id] = PSEUDONYM_PREFIX + digest[:32]
+            known = self._known[user_id] = pseudonym(user_id, self._key)
         return known

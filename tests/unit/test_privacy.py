@@ -225,3 +225,14 @@ def test_pseudonyms_remember_a_bounded_number_of_ids() -> None:
     pseudonyms = Pseudonyms(b"k" * 16, remembered=10)
     assert [pseudonyms(str(n)) for n in range(25)] == [pseudonymize(str(n), b"k" * 16) for n in range(25)]
     assert len(pseudonyms._known) <= 10
+
+
+def test_the_sdk_and_the_worker_make_the_same_pseudonym() -> None:
+    from producers import pseudonymize
+    from schemas.privacy import Pseudonyms
+
+    key = b"k" * 32
+    worker = Pseudonyms(key)
+    for user_id in ("ada@example.com", "u_" + "Z" * 32, "u_" + "a" * 32, "42"):
+        assert pseudonymize(user_id, key) == worker(user_id)
+    assert pseudonymize("u_" + "Z" * 32, key) != "u_" + "Z" * 32  # not the pseudonym form: hashed, not passed on
