@@ -239,14 +239,16 @@ class _Watcher:
                 running = dict(self._running)
             if not running:
                 continue
-            by_socket = {sock: marker for marker, sock in running.items()}
-            try:
-                readable, _, _ = select.select(list(by_socket), [], [], 0)
-            except (OSError, ValueError):  # a socket closed meanwhile: look again next round
-                continue
-            for sock in readable:
+            # poll, not select: select refuses descriptors past 1024, and a long-lived process has many
+            poller = select.poll()
+            by_fd: dict[int, tuple[str, socket.socket]] = {}
+            for marker, sock in running.items():
+                with suppress(OSError, ValueError):  # closed meanwhile: nothing to watch
+                    by_fd[sock.fileno()] = (marker, sock)
+                    poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+            for fd, _ in poller.poll(0):
+                marker, sock = by_fd[fd]
                 if _closed(sock):
-                    marker = by_socket[sock]
                     with self._lock:
                         still_running = self._running.pop(marker, None) is not None
                     if still_running:

@@ -250,7 +250,20 @@ def test_the_admin_is_not_sandboxed(endpoint: SqlEndpoint, database: str) -> Non
     assert status == 200, body
 
 
-def test_a_query_is_cancelled_when_its_client_goes(make_endpoint: Callable[..., SqlEndpoint], ch: Client) -> None:
+@pytest.mark.parametrize("open_files", [0, 1100])
+def test_a_query_is_cancelled_when_its_client_goes(
+    make_endpoint: Callable[..., SqlEndpoint], ch: Client, open_files: int
+) -> None:
+    """Also in a process holding many files (a long-lived one): its sockets are past descriptor 1024."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(open_files)]
+    try:
+        _cancelled_when_the_client_goes(make_endpoint, ch)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _cancelled_when_the_client_goes(make_endpoint: Callable[..., SqlEndpoint], ch: Client) -> None:
     endpoint = make_endpoint(limits=QueryLimits(max_execution_time_s=120, max_rows_to_read=10**13))
     sock = socket.create_connection(("127.0.0.1", endpoint.port))
     query = urllib.parse.quote("SELECT count() FROM numbers(1e12) WHERE number % 7 = 3")
