@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bench.traffic import DAY_MS, HOUR_MS, Call, Tenant, Traffic
@@ -93,22 +93,22 @@ def hourly_burn(traffic: Traffic, quiet: Quiet, start: int) -> Incident:
 
 
 def night_burn(traffic: Traffic, quiet: Quiet, start: int) -> Incident:
-    """Scheduled CI agents of tenant_stark run at 03:00 UTC: code.assist at 16 sessions an hour for two hours,
-    less than its afternoon peak, many times its night."""
+    """Scheduled CI agents of tenant_stark run at 03:00 UTC: code.assist at 20 sessions an hour for two hours,
+    less than its afternoon peak, several times its night."""
     incident = Incident("burn at night", "hourly_burn", "feature", "code.assist", start, start + 2 * HOUR_MS)
     tenant = _tenant(traffic, "tenant_stark")
-    for at in _every(traffic, start, incident.end_ms, 16):
+    for at in _every(traffic, start, incident.end_ms, 20):
         incident.add(traffic.coding(at, traffic.attribution("code.assist", tenant, at)))
     return incident
 
 
 def weekend_spike(traffic: Traffic, quiet: Quiet, start: int) -> Incident:
-    """tenant_umbrella imports its archive through the docs on a Saturday: three times a weekend's spend,
-    half of a weekday's."""
+    """tenant_umbrella imports its archive through the docs on a Saturday: about five times a weekend day's
+    spend, less than a weekday's (under twice a flat daily average)."""
     incident = Incident("spend spike on a weekend", "spend_spike", "feature", "docs.answer",
-                        start, start + 12 * HOUR_MS)  # fmt: skip
+                        start, start + 16 * HOUR_MS)  # fmt: skip
     tenant = _tenant(traffic, "tenant_umbrella")
-    for at in _every(traffic, start, incident.end_ms, 18):
+    for at in _every(traffic, start, incident.end_ms, 25):
         incident.add(traffic.rag(at, traffic.attribution("docs.answer", tenant, at)))
     return incident
 
@@ -157,18 +157,23 @@ def latency_collapse(traffic: Traffic, quiet: Quiet, start: int) -> Incident:
 
 
 def rate_limit_storm(traffic: Traffic, quiet: Quiet, start: int) -> Incident:
-    """claude-sonnet-4-5 rate-limits half of the first attempts for 20 minutes; each is retried."""
+    """claude-sonnet-4-5 rate-limits 60% of the first attempts for 20 minutes; the SDKs retry each one to
+    three times with backoff until one goes through."""
     incident = Incident("a rate-limit storm on one model", "error_rate", "model", "claude-sonnet-4-5",
                         start, start + 20 * 60_000)  # fmt: skip
     for call in quiet.between(start, incident.end_ms):
-        if call["model"] == "claude-sonnet-4-5" and call.get("attempt", 1) == 1 and traffic.rng.random() < 0.5:
-            at = int(call["ts"])  # type: ignore[call-overload]
-            failed = {**call, "event_id": traffic.id(), "ts": at, "status": "rate_limited",
+        if call["model"] != "claude-sonnet-4-5" or call.get("attempt", 1) != 1 or traffic.rng.random() >= 0.6:
+            continue
+        at = int(call["ts"])  # type: ignore[call-overload]
+        attempts = traffic.rng.randint(1, 3)
+        for attempt in range(1, attempts + 1):
+            failed = {**call, "event_id": traffic.id(), "ts": at, "status": "rate_limited", "attempt": attempt,
                       "error_type": "rate_limited", "latency_ms": 120.0, "input_tokens": 0, "output_tokens": 0,
                       "cache_read_tokens": 0}  # fmt: skip
             failed.pop("ttft_ms", None)
             incident.add([failed])
-            incident.altered[str(call["event_id"])] = {**call, "ts": at + 2500, "attempt": 2}
+            at += 1000 * 2**attempt
+        incident.altered[str(call["event_id"])] = {**call, "ts": at, "attempt": attempts + 1}
     return incident
 
 
@@ -237,7 +242,9 @@ def unpriced_model(traffic: Traffic, quiet: Quiet, start: int) -> Incident:
     return incident
 
 
-SCHEDULE: tuple[tuple[Builder, float, float], ...] = (
+Planned = tuple[Builder, float, float]
+"""An incident's builder, the evaluated day it happens on (0: the first) and its hour (UTC)."""
+SCHEDULE: tuple[Planned, ...] = (
     # (builder, day of the evaluated days, hour UTC); the evaluated days start on a Monday
     (latency_collapse, 1, 14),
     (tool_loop, 1, 20),
@@ -257,11 +264,13 @@ SCHEDULE: tuple[tuple[Builder, float, float], ...] = (
 second's baseline, as it would be."""
 
 
-def inject(traffic: Traffic, quiet: Quiet, first_day_ms: int, days: int) -> list[Incident]:
-    """The incidents that fit in ``days`` evaluated days from ``first_day_ms``, built in schedule order."""
+def inject(
+    traffic: Traffic, quiet: Quiet, first_day_ms: int, days: int, schedule: Sequence[Planned] = SCHEDULE
+) -> list[Incident]:
+    """The incidents of ``schedule`` that fit in ``days`` evaluated days from ``first_day_ms``, in its order."""
     traffic.rng = random.Random(traffic.seed * 7919)  # the incidents do not depend on how long the history was
     found = []
-    for builder, day, hour in SCHEDULE:
+    for builder, day, hour in schedule:
         start = first_day_ms + int(day * DAY_MS + hour * HOUR_MS)
         if day < days:
             found.append(builder(traffic, quiet, start))

@@ -112,26 +112,36 @@ class _Detector(BaseModel):
 
 
 class SpendSpikeConfig(_Detector):
-    """Trailing-24h spend of a dimension's key against its 7-day daily average."""
+    """Trailing-24h spend of a dimension's key against its normal for those 24 hours of the week, with its
+    trend (``streams.detectors.baseline``)."""
 
     factor: Factor = 2.0
     critical_factor: Factor = 4.0
     min_excess_usd: Usd = 5.0
     """The spend above normal must also pass this: a $0.02 feature tripling is not worth a message."""
     min_baseline_days: Annotated[float, Field(gt=0, le=7)] = 2.0
-    """Days of history the detector must have seen before it compares (no alert on an empty baseline)."""
+    """Days of its own history a key needs before it is compared (no alert on an empty baseline) ..."""
+    new_key_days: Annotated[float, Field(gt=0, le=28)] = 7.0
+    """... or, for a key first seen after the first day of the history (a launched feature, an onboarded
+    tenant, a new user), this many: its first days ramp up, and a week holds a weekend. Its spend still
+    counts in its team's, model's and tenant's."""
     dimensions: list[SpendDimension] = Field(default_factory=lambda: list(_SPEND_DIMENSIONS))
 
 
 class HourlyBurnConfig(_Detector):
-    """Spend of the last 60 minutes against the rolling hourly average of the last 7 days."""
+    """Spend of the last 60 minutes against the key's normal for this hour of the week, with its trend
+    (``streams.detectors.baseline``)."""
 
     factor: Factor = 3.0
     critical_factor: Factor = 6.0
     min_excess_usd: Usd = 2.0
+    """The last hour must also pass by this the most the key spent in any hour like it (a feature of a few
+    agent sessions an hour swings from nothing to twice its normal on its own)."""
     min_baseline_days: Annotated[float, Field(gt=0, le=7)] = 3.0
-    """One hour of a small feature is noisy: against two days of history (a weekend, when the
-    worker started on a Saturday) an ordinary Monday hour could pass 3x."""
+    """Days of its own history a key needs before it is compared (one hour of a small feature is noisy:
+    its normal wants a few days like it) ..."""
+    new_key_days: Annotated[float, Field(gt=0, le=28)] = 7.0
+    """... or, for a key first seen after the first day of the history, this many (see ``spend_spike``)."""
     dimensions: list[SpendDimension] = Field(default_factory=lambda: list(_SPEND_DIMENSIONS))
 
 

@@ -1,14 +1,18 @@
 """Spend detectors: ``spend_spike``, ``hourly_burn``, ``unattributed_spend`` and ``tenant_concentration``.
 
-They share one store: per data mode, dimension and key, spend by event-time hour (the last eight
-days) and by minute (the last hour). Baselines count only the days the detector has seen data of
-that data mode (warm-up from the rollups included), so nothing fires on an empty baseline.
+They share one store: per data mode, dimension and key, spend by event-time hour (the last four
+weeks and a day), by day (two weeks) and by minute (the last hour). ``spend_spike`` and
+``hourly_burn`` compare a key with its own normal for those hours of the week, with its trend
+(:mod:`streams.detectors.baseline`): a weekend is not a spike on Monday morning, a job that runs
+every night is normal at night, a burn at 3 a.m. is measured against 3 a.m. A key pages only once
+it has ``min_baseline_days`` of its own history (warm-up from the rollups included), or
+``new_key_days`` when it appeared after the history began: a launched feature, an onboarded tenant
+or a new user first has to show what its normal is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import accumulate
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,70 +20,75 @@ import pyarrow.compute as pc
 from schemas.alert import Severity
 from schemas.config import HourlyBurnConfig, SpendSpikeConfig, TenantConcentrationConfig, UnattributedConfig
 from sinks.clickhouse import sql_string
+from streams.detectors import baseline
 from streams.detectors import calls as c
+from streams.detectors.baseline import DAY_HOURS, KEEP_HOURS, WEEK_HOURS
 from streams.detectors.findings import RELAXED, Finding, severity_of, until
 from streams.detectors.watchlist import Watchlist
 
 HOUR = 3600
-DAY_HOURS = 24
-WEEK_HOURS = 7 * DAY_HOURS
-_KEEP_HOURS = WEEK_HOURS + DAY_HOURS + 1
 SPEND_DIMENSIONS = ("feature", "model", "provider", "agent_id", "tenant_id", "team", "user_id", "environment")
 """The dimensions spend is kept by (each an ``llm_calls`` column), besides ``all``."""
 UNATTRIBUTED = "unattributed"
-
-
-@dataclass(slots=True)
-class _Closed:
-    """Sums of whole hours before the current one, for one series at one current hour."""
-
-    day: float
-    """The 23 hours before the current one (with it: the last 24 hours)."""
-    week_before_day: float
-    """The 7 days before those 24 hours: the spike's baseline."""
-    week: float
-    """The 7 days before the current hour: the burn's rolling average."""
-    same_hour: list[float]
-    """``same_hour[d - 1]``: this hour of day, summed over the ``d`` days before."""
+_TREND_DAYS = 15
+"""Days of daily spend a key keeps for its trend."""
 
 
 @dataclass(slots=True)
 class _Series:
+    """One key's spend: by hour (for its seasonal normal), by day (for its trend) and by minute (the last hour)."""
+
     hours: dict[int, float] = field(default_factory=dict)
-    """Spend by hour number (epoch seconds // 3600)."""
+    """Spend by hour number (epoch seconds // 3600), the last ``baseline.KEEP_HOURS``."""
+    days: dict[int, float] = field(default_factory=dict)
+    """Spend by day number (epoch hours // 24), the last two weeks."""
     minutes: dict[int, float] = field(default_factory=dict)
     """Spend by minute number, the last 60 minutes."""
-    _closed: _Closed | None = None
-    _closed_hour: int = -1
+    first_hour: int | None = None
+    """The first hour the key spent in (from the warm-up's history on): how much history it has."""
+    last_hour: int = -1
+    _normals: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """The normal and the highest comparable spend of the hours the burn was judged in (``baseline.normal_hour``)."""
+    _trend: tuple[int, float] = (-1, 1.0)
+    """(day, the weekly trend as of that day)"""
+    _hour: int = -1
+    """The current hour of the sums below; they are computed once per hour (again after a late call)."""
+    _day: float | None = None
+    _normal_day: float | None = None
+    _normal_hour: tuple[float, float] | None = None
+    _week_before_day: float | None = None
+    _pruned_day: int = -1
 
     def add(self, at: float, usd: float, *, hour: bool = True, minute: bool = True) -> None:
         number = int(at // HOUR)
         if hour:
             self.hours[number] = self.hours.get(number, 0.0) + usd
-            if number < self._closed_hour:  # a late call changed a closed hour
-                self._closed = None
+            day = number // DAY_HOURS
+            self.days[day] = self.days.get(day, 0.0) + usd
+            if self.first_hour is None or number < self.first_hour:
+                self.first_hour = number
+            self.last_hour = max(self.last_hour, number)
+            if number < self._hour:  # a late call changed a closed hour
+                self._hour = -1
+                self._normals.clear()
         if minute:
             number = int(at // 60)
             self.minutes[number] = self.minutes.get(number, 0.0) + usd
 
-    def closed(self, now_hour: int) -> _Closed:
-        """The sums of closed hours, computed once per hour (again only if a late call lands in them)."""
-        if self._closed is None or self._closed_hour != now_hour:
-            self._prune(now_hour)
-            self._closed = _Closed(
-                day=self._between(now_hour - DAY_HOURS + 1, now_hour - 1),
-                week_before_day=self._between(now_hour - DAY_HOURS + 1 - WEEK_HOURS, now_hour - DAY_HOURS),
-                week=self._between(now_hour - WEEK_HOURS, now_hour - 1),
-                same_hour=list(
-                    accumulate(self.hours.get(now_hour - DAY_HOURS * d, 0.0) for d in range(1, WEEK_HOURS // 24 + 1))
-                ),
-            )
-            self._closed_hour = now_hour
-        return self._closed
+    def history_days(self, now_hour: int) -> float:
+        """Days since the key first spent."""
+        return 0.0 if self.first_hour is None else (now_hour - self.first_hour) / DAY_HOURS
 
     def last_day(self, now_hour: int) -> float:
         """Spend of the last 24 hours: the current hour and the 23 before."""
-        return self.closed(now_hour).day + self.hours.get(now_hour, 0.0)
+        self._at(now_hour)
+        if self._day is None:
+            self._day = self._between(now_hour - DAY_HOURS + 1, now_hour - 1)
+        return self._day + self.hours.get(now_hour, 0.0)
+
+    def last_two_hours(self, now_hour: int) -> float:
+        """Spend of the current hour and the one before: at least that of the last 60 minutes."""
+        return self.hours.get(now_hour, 0.0) + self.hours.get(now_hour - 1, 0.0)
 
     def last_minutes(self, now: float, minutes: int) -> float:
         """Spend of the ``minutes`` minutes up to ``now`` (calls of later minutes, read early, wait)."""
@@ -88,13 +97,69 @@ class _Series:
             self.minutes = {m: u for m, u in self.minutes.items() if m > end - 60}
         return sum(usd for minute, usd in self.minutes.items() if end - minutes < minute <= end)
 
-    def _between(self, first_hour: int, last_hour: int) -> float:
-        return sum(usd for hour, usd in self.hours.items() if first_hour <= hour <= last_hour)
+    def week_before_day(self, now_hour: int) -> float:
+        """Spend of the 7 days before the last 24 hours (``tenant_concentration``'s shares)."""
+        self._at(now_hour)
+        if self._week_before_day is None:
+            self._week_before_day = self._between(now_hour - DAY_HOURS + 1 - WEEK_HOURS, now_hour - DAY_HOURS)
+        return self._week_before_day
 
-    def _prune(self, now_hour: int) -> None:
-        oldest = now_hour - _KEEP_HOURS
-        if self.hours and min(self.hours) < oldest:
+    def normal_day(self, now_hour: int) -> float:
+        """The normal spend of the last 24 hours (the current hour in full: see ``baseline.normal_day``)."""
+        self._at(now_hour)
+        if self._normal_day is None:
+            self._normal_day = (
+                baseline.normal_day(
+                    self.hours, range(now_hour - DAY_HOURS + 1, now_hour + 1), self.first_hour, self.trend(now_hour)
+                )
+                if self.first_hour is not None
+                else 0.0
+            )
+        return self._normal_day
+
+    def normal_hour(self, now_hour: int) -> tuple[float, float]:
+        """The normal spend of the last 60 minutes, and the most spent in an hour like them: of the two hours
+        they touch, the higher (a job that starts a few minutes early or late is still normal)."""
+        self._at(now_hour)
+        if self._normal_hour is None:
+            (before, high_before), (now, high_now) = self._slot(now_hour - 1, now_hour), self._slot(now_hour, now_hour)
+            self._normal_hour = (max(before, now), max(high_before, high_now))
+        return self._normal_hour
+
+    def _slot(self, slot: int, now_hour: int) -> tuple[float, float]:
+        found = self._normals.get(slot)
+        if found is None:
+            found = self._normals[slot] = (
+                baseline.normal_hour(self.hours, slot, self.first_hour, self.trend(now_hour))
+                if self.first_hour is not None
+                else (0.0, 0.0)
+            )
+        return found
+
+    def trend(self, now_hour: int) -> float:
+        """The key's growth per week (``baseline.weekly_trend``), once a day."""
+        today = now_hour // DAY_HOURS
+        if self._trend[0] != today:
+            first_day = today if self.first_hour is None else self.first_hour // DAY_HOURS
+            self._trend = (today, baseline.weekly_trend(self.days, today, first_day))
+        return self._trend[1]
+
+    def _at(self, now_hour: int) -> None:
+        """Start the current hour's sums afresh when the hour changed (or a late call landed)."""
+        if self._hour == now_hour:
+            return
+        self._hour = now_hour
+        self._day = self._normal_day = self._normal_hour = self._week_before_day = None
+        if now_hour // DAY_HOURS != self._pruned_day:  # once a day: forget what no baseline reads
+            self._pruned_day = now_hour // DAY_HOURS
+            oldest = now_hour - KEEP_HOURS
             self.hours = {h: u for h, u in self.hours.items() if h >= oldest}
+            self.days = {d: u for d, u in self.days.items() if d >= self._pruned_day - _TREND_DAYS}
+            self._normals = {s: n for s, n in self._normals.items() if s > now_hour - DAY_HOURS}
+
+    def _between(self, first_hour: int, last_hour: int) -> float:
+        hours = self.hours
+        return sum(hours.get(hour, 0.0) for hour in range(first_hour, last_hour + 1))
 
 
 @dataclass(slots=True)
@@ -207,22 +272,23 @@ class SpendDetectors:
         if not cfg.enabled or dim not in cfg.dimensions:
             return None
         now_hour = int(now // HOUR)
-        days = _covered_hours(mode, now_hour - DAY_HOURS + 1) / DAY_HOURS
-        if days < cfg.min_baseline_days:
-            return None
         trailing = series.last_day(now_hour)
-        daily = series.closed(now_hour).week_before_day / min(days, 7.0)
-        severity, sustained = _above(trailing, daily, cfg.factor, cfg.critical_factor, cfg.min_excess_usd)
+        if not watched and (trailing < RELAXED * cfg.min_excess_usd or _too_new(mode, series, now_hour, cfg)):
+            return None  # too little to matter, or too new to judge: the cheap answers first
+        normal = series.normal_day(now_hour)
+        severity, sustained = _above(trailing, normal, cfg.factor, cfg.critical_factor, cfg.min_excess_usd)
         if severity is None and not sustained and not watched:
             return None  # quiet, and no incident to resolve: nothing to say
-        ratio = f"{trailing / daily:.1f}x" if daily > 0 else "new spend:"
+        ratio = f"{trailing / normal:.1f}x" if normal > 0 else "new spend:"
+        _, basis = baseline.comparable(now_hour, series.first_hour if series.first_hour is not None else now_hour)
         return Finding(
             kind="spend_spike", data_mode=data_mode, dimension=dim, key=key, severity=severity, sustained=sustained,
-            value=round(trailing, 4), baseline=round(daily, 4), threshold=round(cfg.factor * daily, 4), window="24h",
+            value=round(trailing, 4), baseline=round(normal, 4), threshold=round(cfg.factor * normal, 4), window="24h",
             message=(
-                f"{dim} {key} spent ${trailing:,.2f} in the last 24 hours, {ratio} its daily average of "
-                f"${daily:,.2f} over the {min(days, 7.0):.0f} days before (alerts above {cfg.factor:g}x "
-                f"and ${cfg.min_excess_usd:g} over normal)."
+                f"{dim} {key} spent ${trailing:,.2f} in the last 24 hours, {ratio} its normal ${normal:,.2f} for "
+                f"these hours ({_basis(basis, hour=False)}): ${trailing - normal:,.2f} over normal, "
+                f"${(trailing - normal) / 24:,.2f} an hour (alerts above {cfg.factor:g}x and ${cfg.min_excess_usd:g} "
+                "over normal)."
             ),
             query=hourly_query(dim, key, data_mode, now, 2), at=now,
         )  # fmt: skip
@@ -234,27 +300,28 @@ class SpendDetectors:
         if not cfg.enabled or dim not in cfg.dimensions:
             return None
         now_hour = int(now // HOUR)
-        hours = min(_covered_hours(mode, now_hour), WEEK_HOURS)
-        if hours / DAY_HOURS < cfg.min_baseline_days:
-            return None
+        if not watched and (
+            series.last_two_hours(now_hour) < RELAXED * cfg.min_excess_usd or _too_new(mode, series, now_hour, cfg)
+        ):
+            return None  # too little to matter, or too new to judge: the cheap answers first
         last_hour = series.last_minutes(now, 60)
-        # the rolling hourly average, or this hour's average on the days before when higher: an
-        # ordinary afternoon peak is not a burn
-        closed = series.closed(now_hour)
-        days = max(1, hours // DAY_HOURS)
-        hourly = max(closed.week / hours, closed.same_hour[days - 1] / days)
-        severity, sustained = _above(last_hour, hourly, cfg.factor, cfg.critical_factor, cfg.min_excess_usd)
+        normal, high = series.normal_hour(now_hour)
+        # the dollars must pass what the key has spent in an hour like this one, not only its normal: a
+        # feature of a few agent sessions an hour swings from nothing to twice its normal on its own
+        severity, sustained = _above(last_hour, normal, cfg.factor, cfg.critical_factor, cfg.min_excess_usd, high)
         if severity is None and not sustained and not watched:
             return None
-        ratio = f"{last_hour / hourly:.1f}x" if hourly > 0 else "new spend:"
+        ratio = f"{last_hour / normal:.1f}x" if normal > 0 else "new spend:"
+        _, basis = baseline.comparable(now_hour, series.first_hour if series.first_hour is not None else now_hour)
         return Finding(
             kind="hourly_burn", data_mode=data_mode, dimension=dim, key=key, severity=severity, sustained=sustained,
-            value=round(last_hour, 4), baseline=round(hourly, 4), threshold=round(cfg.factor * hourly, 4),
+            value=round(last_hour, 4), baseline=round(normal, 4), threshold=round(cfg.factor * normal, 4),
             window="1h",
             message=(
-                f"{dim} {key} spent ${last_hour:,.2f} in the last hour, {ratio} its hourly average of "
-                f"${hourly:,.2f} (last {hours / DAY_HOURS:.0f} days, or this hour of day when higher; "
-                f"alerts above {cfg.factor:g}x and ${cfg.min_excess_usd:g} over normal)."
+                f"{dim} {key} spent ${last_hour:,.2f} in the last hour, {ratio} its normal ${normal:,.2f} for this "
+                f"hour ({_basis(basis, hour=True)}; at most ${high:,.2f} in an hour like it): "
+                f"${last_hour - normal:,.2f} an hour over normal (alerts above {cfg.factor:g}x, and "
+                f"${cfg.min_excess_usd:g} over the most)."
             ),
             query=_minute_query(dim, key, data_mode, now),
             at=now,
@@ -298,7 +365,7 @@ class SpendDetectors:
             return []
         tenants = mode.series.get("tenant_id", {})
         recent = {key: series.last_day(now_hour) for key, series in tenants.items()}
-        before = {key: series.closed(now_hour).week_before_day for key, series in tenants.items()}
+        before = {key: series.week_before_day(now_hour) for key, series in tenants.items()}
         total, total_before = sum(recent.values()), sum(before.values())
         if not recent or total <= 0:
             return []
@@ -349,23 +416,45 @@ class SpendDetectors:
 
     @staticmethod
     def _forget_idle(mode: _Mode, now: float) -> None:
-        """Once an hour of event time, drop keys without spend in the kept eight days."""
+        """Once an hour of event time, drop keys without spend in the kept four weeks (back, one is new again)."""
         hour = int(now // HOUR)
         if hour <= mode.pruned_hour:
             return
         mode.pruned_hour = hour
         for keys in mode.series.values():
-            for key in [k for k, s in keys.items() if not s.hours or max(s.hours) < hour - _KEEP_HOURS]:
+            for key in [k for k, s in keys.items() if s.last_hour < hour - KEEP_HOURS]:
                 del keys[key]
 
 
 def _above(
-    value: float, normal: float, factor: float, critical_factor: float, min_excess: float
+    value: float, normal: float, factor: float, critical_factor: float, min_excess: float, high: float | None = None
 ) -> tuple[Severity | None, bool]:
-    """Severity (None: quiet) and whether an open incident holds: ``value`` against ``factor`` times normal."""
-    firing = value > factor * normal and value - normal >= min_excess
-    sustained = value > RELAXED * factor * normal and value - normal >= RELAXED * min_excess
+    """Severity (None: quiet) and whether an open incident holds: ``value`` against ``factor`` times normal,
+    and ``min_excess`` dollars over normal (over ``high``, when given)."""
+    floor = normal if high is None else max(normal, high)
+    firing = value > factor * normal and value - floor >= min_excess
+    sustained = value > RELAXED * factor * normal and value - floor >= RELAXED * min_excess
     return severity_of(firing, value > critical_factor * normal), sustained
+
+
+def _basis(how: str, hour: bool) -> str:
+    """How a normal was taken (``baseline.comparable``), in words."""
+    days, _, week = how.partition("+")
+    of_week = f" and in each of the last {baseline.WEEKS} weeks" if week else ""
+    if not hour:
+        return f"the upper quartile of these 24 hours on comparable days{of_week}, with its trend"
+    latest = "on the last seven days" if days == "days" else f"on the latest {days}"
+    return f"the upper quartile of this hour {latest}{of_week}, with its trend"
+
+
+def _too_new(mode: _Mode, series: _Series, now_hour: int, cfg: SpendSpikeConfig | HourlyBurnConfig) -> bool:
+    """Whether a key has too little history of its own to page: ``min_baseline_days``, or ``new_key_days``
+    for a key first seen after the first day of the history (a launched feature, an onboarded tenant, a
+    new user: its first days ramp up, and a week holds a weekend)."""
+    if series.first_hour is None or mode.first_hour is None:
+        return True
+    born = series.first_hour > mode.first_hour + DAY_HOURS
+    return series.history_days(now_hour) < (cfg.new_key_days if born else cfg.min_baseline_days)
 
 
 def _covered_hours(mode: _Mode, until_hour: int) -> int:

@@ -1,6 +1,7 @@
 """Warm-up: a started worker fills its detectors from ClickHouse before it reads new calls.
 
-Spend comes from the rollups (hours of the last eight days, minutes of the current and last hour),
+Spend comes from the rollups (hours of the last four weeks and a day, what the seasonal baselines
+compare with, and minutes of the current and last hour),
 prompt versions from the daily rollup, and the short windows (sessions, latency, errors) from the
 calls of the last hour. Incidents still open in the ``alerts`` table stay open, so a restarted
 worker neither raises them again nor forgets to resolve them.
@@ -20,6 +21,7 @@ from schemas.alert import DAY_WINDOW
 from sinks import call_block
 from sinks.batch import LLM_CALL_COLUMNS
 from sinks.clickhouse import utc
+from streams.detectors.baseline import KEEP_HOURS
 from streams.detectors.engine import STREAM_KINDS, Detectors
 from streams.detectors.sessions import HISTORY_LIMIT
 from streams.detectors.spend import SPEND_DIMENSIONS
@@ -50,7 +52,7 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
         params = {"mode": data_mode, "hour": hour.replace(tzinfo=None)}
         hours = client.query(
             f"SELECT dimension, key, bucket, sum(cost_usd) FROM {db}.rollup_hour "
-            f"WHERE data_mode = %(mode)s AND dimension IN ({dims}) AND bucket >= %(hour)s - INTERVAL 8 DAY "
+            f"WHERE data_mode = %(mode)s AND dimension IN ({dims}) AND bucket >= %(hour)s - INTERVAL {KEEP_HOURS} HOUR "
             "AND bucket < %(hour)s GROUP BY dimension, key, bucket HAVING sum(cost_usd) > 0",
             parameters=params,
         ).result_rows
