@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-from schemas.privacy import Pseudonyms, id_kind, name_kind, problem, sensitive_kind
+from schemas.privacy import Pseudonyms, hash_kind, id_kind, name_kind, problem, sensitive_kind
 
 UNATTRIBUTED = "unattributed"
 """The feature bucket of a call that carries no ``feature`` tag."""
@@ -146,7 +146,7 @@ Name = Annotated[
 """A name (a model, a feature, a team...): printable, no personal data, secret or key-like token."""
 ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT_LENGTH), _Screened(name_kind, name=True)]
 """Free text (an error type): no personal data, secret or key-like token."""
-PromptHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(id_kind)]
+PromptHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(hash_kind)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Millis = Annotated[float, Field(ge=0, le=MAX_MILLIS)]
 TagKey = Annotated[str, StringConstraints(pattern=f"^{TAG_KEY}$")]

@@ -184,3 +184,12 @@ def test_a_tag_key_that_looks_like_personal_data_is_refused_without_repeating_it
     with pytest.raises(ValidationError, match="a tag key looks like a phone number") as refused:
         CallEvent.model_validate(event(tags={"415-555-0123": "x"}))
     assert "415-555-0123" not in str(refused.value)
+
+
+def test_a_prompt_hash_of_digits_is_a_digest_not_a_card_but_an_address_in_it_is_refused() -> None:
+    digits = "4111111111111111"  # passes for a card number: in an id it is refused
+    assert CallEvent.model_validate(event(prompt_hash=digits)).prompt_hash == digits
+    with pytest.raises(ValidationError, match="card"):
+        CallEvent.model_validate(event(session_id=digits))
+    with pytest.raises(ValidationError, match="e-mail"):
+        CallEvent.model_validate(event(prompt_hash="ada@example.com"))
