@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import IO
@@ -428,20 +429,21 @@ def _kill_target(all_calls: bool, named: dict[str, str | None]) -> tuple[str | N
     targets: list[tuple[str | None, str | None]] = [(None, None)] if all_calls else []
     targets += [(_KILL_TARGETS[option], key) for option, key in named.items() if key]
     if len(targets) != 1:
-        raise click.UsageError(
-            "say which calls: exactly one of --all, --agent, --feature, --tool, --prompt-version, --tenant, --session"
-        )
+        options = ", ".join(["--all", *("--" + option.replace("_", "-") for option in _KILL_TARGETS)])
+        raise click.UsageError(f"say which calls: exactly one of {options}")
     return targets[0]
 
 
+def _kill_target_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options that name what a kill switch covers: --all, or one agent, feature, tool, ... (kill and unkill)."""
+    for option in reversed(_KILL_TARGETS):
+        name = "--" + option.replace("_", "-")
+        command = click.option(name, metavar="NAME", help=f"the calls of one {_KILL_TARGETS[option]}")(command)
+    return click.option("--all", "all_calls", is_flag=True, help="every call of every application")(command)
+
+
 @main.command()
-@click.option("--all", "all_calls", is_flag=True, help="every call of every application")
-@click.option("--agent", metavar="NAME", help="the calls of one agent_id")
-@click.option("--feature", metavar="NAME", help="the calls of one feature")
-@click.option("--tool", metavar="NAME", help="the calls of one tool (tool_name)")
-@click.option("--prompt-version", metavar="NAME", help="the calls of one prompt version")
-@click.option("--tenant", metavar="NAME", help="the calls of one tenant_id")
-@click.option("--session", metavar="NAME", help="the calls of one session_id (a runaway agent)")
+@_kill_target_options
 @click.option("--reason", required=True, help="why: shown in the error the guard raises")
 def kill(all_calls: bool, reason: str, **named: str | None) -> None:
     """Stop calls now: the SDK's guard denies them before they are made, until `spendstream unkill`.
@@ -462,13 +464,7 @@ def kill(all_calls: bool, reason: str, **named: str | None) -> None:
 
 
 @main.command()
-@click.option("--all", "all_calls", is_flag=True, help="lift the kill switch of every call")
-@click.option("--agent", metavar="NAME", help="lift it for one agent_id")
-@click.option("--feature", metavar="NAME", help="lift it for one feature")
-@click.option("--tool", metavar="NAME", help="lift it for one tool")
-@click.option("--prompt-version", metavar="NAME", help="lift it for one prompt version")
-@click.option("--tenant", metavar="NAME", help="lift it for one tenant_id")
-@click.option("--session", metavar="NAME", help="lift it for one session_id")
+@_kill_target_options
 def unkill(all_calls: bool, **named: str | None) -> None:
     """Lift a kill switch set with `spendstream kill` (budgets still apply)."""
     from schemas.budget import kill_scope
