@@ -392,6 +392,12 @@ class SqlEndpoint:
             "SET max_execution_time = 10",
             "SET readonly = 1",
         )
+        size = len(sql.encode())
+        if size > self.limits.max_query_bytes:  # refused before the engine quotes and parses it
+            raise QueryRefused(
+                f"the query is {size:,} bytes, over this endpoint's max_query_size of {self.limits.max_query_bytes:,}",
+                "send a shorter query (large value lists belong in a table, or in query parameters)",
+            )
         key = (sql, tuple(sorted((parameters or {}).items())))
         with self._inspected_lock:
             if key in self._inspected:

@@ -424,3 +424,10 @@ def test_a_query_allowed_once_is_checked_again_with_other_parameters(endpoint: S
     assert post(endpoint, sql, params="param_t=llm_calls") == (200, "1\n")  # the second time from the cache
     status, body = post(endpoint, sql, params="param_t=system.processes")
     assert status == 403 and "system.processes" in body
+
+
+def test_a_query_over_the_size_limit_is_refused_before_it_is_parsed(make_endpoint: Callable[..., SqlEndpoint]) -> None:
+    endpoint = make_endpoint(limits=QueryLimits(max_query_bytes=1000))
+    status, body = post(endpoint, "SELECT '" + "x" * 5000 + "'")
+    assert status == 403 and "5,009 bytes" in body and "max_query_size of 1,000" in body
+    assert post(endpoint, "SELECT 'short'") == (200, "short\n")
