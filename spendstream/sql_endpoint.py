@@ -430,12 +430,17 @@ class SqlEndpoint:
             logger.warning("sql endpoint: could not cancel the query of a client that left (%s)", exc)
 
 
+_LINGER_S = 2.0  # how long a refused connection is read from before it is closed
+_MAX_LINGERING = 64  # refused connections read from at once; past that they are closed at once
+
+
 class _Server(ThreadingHTTPServer):
     """A threading HTTP server that refuses connections past ``max_connections`` with 503."""
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
         super().__init__(address, handler)
         self._connections = threading.BoundedSemaphore(max_connections)
+        self._lingering = threading.BoundedSemaphore(_MAX_LINGERING)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._connections.acquire(blocking=False):
@@ -446,9 +451,32 @@ class _Server(ThreadingHTTPServer):
                     + f"Content-Length: {len(body)}\r\n\r\n".encode()
                     + body
                 )
-            self.shutdown_request(request)
+            if self._lingering.acquire(blocking=False):
+                threading.Thread(target=self._linger, args=(request,), daemon=True).start()
+            else:
+                self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def _linger(self, request: socket.socket) -> None:
+        """Read and drop what the refused client still sends, then close.
+
+        Closing a socket with unread bytes resets the connection, and a reset can reach the client
+        before it has read the 503 (it is still sending its request): it then sees a broken pipe
+        instead of the reason. So the answer is followed by our FIN and the request is read off
+        until the client closes or ``_LINGER_S`` has passed.
+        """
+        try:
+            with suppress(OSError):
+                request.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + _LINGER_S
+                while (left := deadline - time.monotonic()) > 0:
+                    request.settimeout(left)
+                    if not request.recv(65536):
+                        break
+        finally:
+            self.close_request(request)
+            self._lingering.release()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

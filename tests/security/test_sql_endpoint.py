@@ -358,6 +358,16 @@ def test_connections_are_capped(make_endpoint: Callable[..., SqlEndpoint]) -> No
         time.sleep(0.2)
         status, body = post(endpoint, "SELECT 1")
     assert status == 503 and "connections" in body
+    # a client still sending its body when the refusal comes reads the refusal, not a reset
+    late = socket.create_connection(("127.0.0.1", endpoint.port), timeout=10)
+    late.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+    time.sleep(0.5)  # the server has answered and closed its side by now
+    late.sendall(b"SELECT 1")
+    answer = b""
+    while chunk := late.recv(65536):
+        answer += chunk
+    late.close()
+    assert answer.startswith(b"HTTP/1.1 503") and b"too many connections" in answer
     for sock in idle:
         sock.close()
     time.sleep(0.3)
