@@ -6,8 +6,12 @@ tried again in a later round, also by an alerter started after a restart: nothin
 
 Grouping, in the manner of Alertmanager:
 
-- new incidents of one kind that go to one channel and are raised within ``group_wait`` of each
-  other become one message (a runaway feature that lights up its team, model and tenant too);
+- new incidents of one kind that go to one channel are posted at once when that channel had no
+  message of their kind in the last ``group_wait``; otherwise they wait until ``group_wait`` has
+  passed since that message, and go together as one message. Incidents raised together (a runaway
+  feature that lights up its team, model and tenant in one check) are one message either way;
+- a new incident that an open one explains (the same cause seen through another key: see
+  ``alerting.inhibition``) is a reply in that incident's thread, as its updates are;
 - later alerts of an incident (an escalation, a reminder, its resolution) are replies in the
   thread of that message, at most one per ``group_interval``, a resolution at once; alerts held
   back meanwhile are folded into the next reply, which shows the latest of them. While an earlier
@@ -37,6 +41,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from alerting.inhibition import Causes
 from alerting.routes import channel_for
 from alerting.scheduled import ScheduledChecks
 from alerting.slack import Poster, Posters, SlackDeliveryError
@@ -102,6 +107,7 @@ class Alerter:
         group_interval: float = 300.0,
         checks: ScheduledChecks | None = None,
         recheck_after: float = 30.0,
+        inhibit: bool = True,
     ) -> None:
         self._client_factory = client_factory
         self._database = database
@@ -112,6 +118,7 @@ class Alerter:
         self._client: Client | None = None
         self._checks = checks
         self._recheck_after = recheck_after
+        self._inhibit = inhibit
         self._last_write = 0.0
 
     def describe(self) -> str:
@@ -137,6 +144,7 @@ class Alerter:
         updates: list[tuple[Any, ...]] = []
         counts = {"delivered": len(settled), "messages": 0, "unrouted": 0, "failed": 0, "held": 0}
         replies: dict[tuple[str, str], list[_Pending]] = defaultdict(list)
+        causes = Causes(client, self._database) if self._inhibit else None
         groups: dict[tuple[str, str, str], list[_Pending]] = defaultdict(list)
         for item in pending:
             if item.channel is None:
@@ -146,6 +154,10 @@ class Alerter:
                 counts["held"] += 1
             elif (item.alert.dedup_key, item.channel) in threads:
                 replies[(item.alert.dedup_key, item.channel)].append(item)
+            elif causes is not None and (cause := causes.of(item.alert, item.channel)) is not None:
+                # the same cause seen through another key: a reply in the cause's thread
+                threads.setdefault((cause.dedup_key, cause.channel), _Thread(cause.thread_ts, cause.last_posted))
+                replies[(cause.dedup_key, cause.channel)].append(item)
             else:
                 groups[(item.channel, item.alert.kind, item.alert.data_mode)].append(item)
 
@@ -158,9 +170,10 @@ class Alerter:
                 due.append((channel, items, thread.ts))
             else:
                 counts["held"] += len(items)
-        for (channel, _, _), items in groups.items():
-            if now - min(i.raised_at for i in items) >= self._group_wait:
-                due.append((channel, items, None))
+        active = self._active_groups(client, now, set(groups))
+        for group, items in groups.items():
+            if group not in active:
+                due.append((group[0], items, None))
             else:
                 counts["held"] += len(items)
 
@@ -260,7 +273,7 @@ class Alerter:
             logger.info("%d alert(s) whose answer was lost were delivered: found in the channel", len(delivered))
         return delivered, again, 0.0
 
-    def run(self, stop: threading.Event, interval: float = 2.0) -> None:
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         """Deliver in rounds (and run the scheduled checks) until ``stop`` is set.
 
         Failures of ClickHouse itself are logged and retried.
@@ -321,6 +334,23 @@ class Alerter:
             for key, channel, ts, last, status in rows
             if status == "firing"
         }
+
+    def _active_groups(
+        self, client: Client, now: float, groups: set[tuple[str, str, str]]
+    ) -> set[tuple[str, str, str]]:
+        """The groups (channel, kind, data mode) that had a message delivered in the last ``group_wait``.
+
+        A new incident of a quiet group is posted at once; those of an active one wait until
+        ``group_wait`` has passed since its latest message, and then go as one message.
+        """
+        if not groups or self._group_wait <= 0:
+            return set()
+        rows = client.query(
+            f"SELECT DISTINCT channel, kind, data_mode FROM `{self._database}`.alerts "
+            "WHERE delivery_state = 'delivered' AND updated_at >= fromUnixTimestamp64Milli(%(since)s, 'UTC')",
+            parameters={"since": int((now - self._group_wait) * 1000)},
+        ).result_rows
+        return {(channel, kind, data_mode) for channel, kind, data_mode in rows} & groups
 
     def _connected(self) -> Client:
         if self._client is None:

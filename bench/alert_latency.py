@@ -1,6 +1,6 @@
 """Event-to-Slack latency: from an incident's first event produced to its message posted, under load.
 
-    .venv/bin/python -m bench.alert_latency [--incidents 10] [--rate 5000] [--group-wait 10]
+    .venv/bin/python -m bench.alert_latency [--incidents 10] [--rate 5000] [--group-wait 10] [--busy 2]
 
 Starts a tansu broker, ``spendstream up`` (its own chDB) and a local Slack Web API stand-in. A
 background producer sends ordinary calls at ``--rate`` events/s (sessions of four calls), stamped
@@ -8,7 +8,9 @@ with the time they are sent, for the whole run: it raises no alert of its own. E
 a runaway session starts: one model call and one tool call with the same prompt hash and tool,
 five times, sent at once. The clock of an incident runs from its first event handed to the
 producer until the stand-in has recorded the message naming its session in #agent-loops. Prints
-p50, p95 and max; ``--group-wait 0`` shows the pipeline without the alerter's group wait.
+p50, p95 and max; ``--group-wait 0`` shows the pipeline without the alerter's group wait; ``--busy N``
+starts N other runaway sessions a second, routed to another channel, and the stand-in takes
+``--slack-seconds`` to answer each post, so the alerter is busy with other incidents meanwhile.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ def ordinary(n: int) -> dict[str, object]:
         "output_tokens": 200, "latency_ms": 700.0 + n % 500, "session_id": f"s{n // 4}",
         "tenant_id": f"t{n % 20}", "user_id": f"u{n % 300}", "data_mode": "test",
     }  # fmt: skip
+
+
+def busy(stop: threading.Event, emitter: Emitter, per_second: float) -> None:
+    """Other runaway sessions (routed to another channel) at ``per_second`` until ``stop``: the alerter is busy."""
+    n = 0
+    while not stop.wait(1 / per_second):
+        for event in runaway(f"busy-{n}"):
+            emitter.emit_raw(orjson.dumps(event), f"busy-{n}")
+        n += 1
 
 
 def runaway(session: str) -> list[dict[str, object]]:
@@ -87,14 +98,19 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5000, help="background events per second")
     parser.add_argument("--group-wait", type=float, default=10.0, help="alerts.group_wait_seconds")
     parser.add_argument("--spacing", type=float, default=15.0, help="seconds between incidents")
+    parser.add_argument(
+        "--busy", type=float, default=0.0, help="other runaway sessions per second, routed to #llm-oncall"
+    )
+    parser.add_argument("--slack-seconds", type=float, default=0.2, help="how long Slack takes to answer a post")
     args = parser.parse_args()
-    slack = SlackStandIn()
+    slack = SlackStandIn(post_seconds=args.slack_seconds)
     with tempfile.TemporaryDirectory() as tmp:
         broker = EmbeddedBroker(free_port(), Path(tmp) / "broker.log")
         broker.start()
         config = Path(tmp) / "spendstream.yaml"
         config.write_text(
             f"alerts:\n  group_wait_seconds: {args.group_wait}\n  routes:\n"
+            "    - {match: {kind: loop_detected, key: 'busy-*'}, channel: '#llm-oncall'}\n"
             "    - {match: {kind: loop_detected}, channel: '#agent-loops'}\n"
         )
         sql_port = free_port()
@@ -114,6 +130,8 @@ def main() -> None:
             loader = threading.Thread(target=load, args=(emitter, args.rate, stop, sent), daemon=True)
             loader.start()
             time.sleep(20)  # the worker joins its group and catches up with the first seconds of load
+            if args.busy:
+                threading.Thread(target=busy, args=(stop, emitter, args.busy), daemon=True).start()
             latencies = []
             for n in range(args.incidents):
                 session = f"bench-loop-{n}"
@@ -143,6 +161,9 @@ def main() -> None:
     quantiles = statistics.quantiles(latencies, n=20, method="inclusive")
     print(f"background load:         {args.rate:,} events/s ({sent[0] if sent else 0:,} sent)")
     print(f"incidents:               {len(latencies)} runaway sessions, group wait {args.group_wait:g} s")
+    others = sum(p.channel == "#llm-oncall" for p in slack.posted)
+    print(f"alerter busy with:       {args.busy:g} other incidents/s ({others} messages)")
+    print(f"Slack answers a post in: {args.slack_seconds:g} s")
     print(f"event to Slack p50:      {statistics.median(latencies):.2f} s")
     print(f"event to Slack p95:      {quantiles[18]:.2f} s")
     print(f"event to Slack max:      {max(latencies):.2f} s")

@@ -74,9 +74,11 @@ class AlertsConfig(BaseModel):
     routes: list[Route] = Field(default_factory=list)
     """Tried in order; the first that matches an alert takes it."""
     group_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
-    """How long a new incident's first message waits for more of its alerts (a burst becomes one message)."""
+    """After a message, how long new incidents of its kind to its channel wait, to go together as one message."""
     group_interval_seconds: Annotated[float, Field(ge=0, le=86_400)] = 300.0
     """Updates of an open incident are posted (in its thread) at most this often; a resolution at once."""
+    inhibit: bool = True
+    """A new incident that an open one explains (its cause seen through another key) goes in its thread."""
     check_minutes: Annotated[float, Field(gt=0, le=1440)] = 10.0
     """How often the alerter runs its scheduled checks against ClickHouse (daily spend, digests)."""
     digests: list[DigestConfig] = Field(default_factory=list)

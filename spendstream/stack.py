@@ -91,6 +91,7 @@ def build_alerter(settings: Settings, config: SpendstreamConfig) -> Alerter:
         posters,
         group_wait=config.alerts.group_wait_seconds,
         group_interval=config.alerts.group_interval_seconds,
+        inhibit=config.alerts.inhibit,
         checks=ScheduledChecks(client, settings.database, config, posters, topic.publish),
     )
 

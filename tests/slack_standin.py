@@ -46,6 +46,8 @@ class SlackStandIn:
     hang_seconds: float = 3.0
     calls: list[str] = field(default_factory=list)
     """The Web API methods called, in order."""
+    post_seconds: float = 0.0
+    """How long each ``chat.postMessage`` takes to answer (Slack's own latency)."""
 
     def __post_init__(self) -> None:
         standin = self
@@ -90,6 +92,7 @@ class SlackStandIn:
                 self._answer(status, headers, json.dumps(answer).encode(), "application/json")
 
             def _post(self, args: dict[str, Any]) -> None:
+                time.sleep(standin.post_seconds)
                 channel = standin._channel_name(args.get("channel", ""))
                 if channel not in standin.known_channels:
                     answer: dict[str, Any] = {"ok": False, "error": "channel_not_found"}
