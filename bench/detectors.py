@@ -24,6 +24,7 @@ alerts on other keys.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -34,10 +35,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from alerting.inhibition import FAMILIES, OpenIncident, explains, measurable
 from bench.incidents import Incident, Quiet, inject
 from bench.traffic import DAY_MS, HOUR_MS, START, Call, Traffic
 from schemas.alert import Alert
 from schemas.config import DetectorsConfig
+from sinks.clickhouse import connect
+from sinks.migrations import migrate
 from streams.detectors.engine import Detectors
 from streams.ingest import Ingestor, RawEvent
 from streams.pricing import Pricer
@@ -139,6 +143,47 @@ def matches(incident: Incident, r: Raised) -> bool:
     )
 
 
+def threads(calls: pa.Table, raised: list[Raised]) -> tuple[int, dict[int, str]]:
+    """Of the incidents ``raised`` opened, how many start a Slack message, and how many the alerter's inhibition
+    (``alerting.inhibition``) puts in an open incident's thread instead: the calls are stored in a chDB of their
+    own and every new incident is asked, as the alerter asks, whether an incident open before it explains it.
+    All routes are taken to lead to one channel, and every message to be delivered before the next incident.
+    Returns the number of messages, and per reply (the ``id`` of its Raised) the incident that explains it.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        client = connect(f"chdb://{tmp}")
+        migrate(client, "bench")
+        columns = set(client.query("SELECT name FROM system.columns WHERE database = 'bench' AND table = 'llm_calls'")
+                      .result_columns[0])  # fmt: skip
+        client.insert_arrow("bench.llm_calls", calls.select([c for c in calls.column_names if c in columns]))
+        open_: dict[str, OpenIncident] = {}
+        messages = 0
+        replies: dict[int, str] = {}
+        for r in raised:
+            alert = r.alert
+            if alert.status == "resolved":
+                open_.pop(alert.dedup_key, None)
+                continue
+            if alert.dedup_key in open_:
+                continue
+            cause = None
+            if measurable(alert):
+                cause = next(
+                    (c for c in open_.values()
+                     if FAMILIES.get(c.kind) == FAMILIES[alert.kind] and explains(client, "bench", c, alert)),
+                    None,
+                )  # fmt: skip
+            if cause is None:
+                messages += 1
+            else:
+                replies[id(r)] = f"{cause.kind} {cause.dimension}={cause.key}"
+            at = alert.ts.timestamp()
+            open_[alert.dedup_key] = OpenIncident(
+                alert.dedup_key, alert.kind, alert.dimension, alert.key, "#bench", "", at, at
+            )
+        return messages, replies
+
+
 def duration(ms: int) -> str:
     seconds = max(0, ms // 1000)
     if seconds < 3600:
@@ -198,7 +243,8 @@ def main() -> None:
             print(describe(r))
 
     incidents = inject(traffic, Quiet(quiet_calls), first_day, args.days)
-    raised, seconds = feed(injected(quiet, incidents, traffic), args.batch, config)
+    injected_calls = injected(quiet, incidents, traffic)
+    raised, seconds = feed(injected_calls, args.batch, config)
     print(f"\nIncident run: {len(incidents)} incidents injected into the evaluated days; detectors {seconds:.1f} s")
     print(f"  {'incident':<48}{'expected alert':<62}{'started':<17}{'caught':<8}{'time to detect':>14}")
     caught = 0
@@ -226,6 +272,15 @@ def main() -> None:
     if args.list:
         for r in other:
             print(describe(r))
+    messages, replies = threads(injected_calls, raised)
+    print(
+        f"  in Slack: {messages + len(replies)} incidents opened, {messages} as messages of their own, {len(replies)} "
+        "as replies in the thread of an open incident that explains them (alerts.inhibit)"
+    )
+    for incident in incidents:
+        first = next((r for r in raised if matches(incident, r)), None)
+        if first is not None and id(first) in replies:
+            print(f"    {incident.name}: a reply to {replies[id(first)]}")
 
 
 if __name__ == "__main__":
