@@ -1,14 +1,19 @@
 """Scheduled checks against ClickHouse, run by the alerter with apscheduler.
 
 A stream window sees the calls of its worker's partitions as they pass; ClickHouse's daily rollup
-sees every worker's calls at once. Two things are checked from there:
+sees every worker's calls at once. Three things are checked from there:
 
 - ``daily_spend``: yesterday's (UTC) spend of each key against its daily average over the week before, raised as a
   ``spend_spike`` with a one-day window, unless the stream already raised a spend_spike for that
   key since that day began (one page per problem);
-- morning digests: yesterday's spend, against the week before, with its top keys, to each channel
-  whose config asks for one. A digest is recorded in the ``digests`` table once Slack took it, so
-  a failed one is tried again at the next check and none is posted twice, across restarts too.
+- ``budget_forecast``: each key with a monthly budget whose month is projected to end above it
+  (:mod:`streams.forecast`), with the day it will pass it; raised once per key and month, and again (in
+  the incident's thread) only when it gets worse: critical after a warning, or a projection 25% above
+  the one last raised. A key already past its limit is ``budget_threshold``'s;
+- morning digests: yesterday's spend, against the week before, with its top keys, the month-end
+  forecasts, to each channel whose config asks for one. A digest is recorded in the ``digests`` table
+  once Slack took it, so a failed one is tried again at the next check and none is posted twice,
+  across restarts too.
 """
 
 from __future__ import annotations
@@ -25,22 +30,28 @@ from apscheduler.triggers.interval import IntervalTrigger
 from clickhouse_connect.driver.client import Client
 
 from alerting.slack import Posters, SlackDeliveryError
-from schemas.alert import DAY_WINDOW, Alert, alert_id_for
+from schemas.alert import DAY_WINDOW, Alert, Severity, alert_id_for
 from schemas.config import DigestConfig, SpendstreamConfig
 from schemas.exceptions import SpendstreamError
 from sinks.batch import CallRows, alert_row
+from sinks.burn import KeyForecast, budget_forecasts, org_forecast
+from sinks.clickhouse import sql_string
+from sinks.report import RUNS
 from sinks.sink import ClickHouseSink
 from streams.detectors.spend import hourly_query
+from streams.forecast import Forecast, describe, history_start
 
 logger = logging.getLogger(__name__)
 
 BASELINE_DAYS = 7
+WORSE = 1.25
+"""A budget forecast already raised this month is raised again when its projection grows by this factor."""
 
 
 @dataclass(frozen=True, slots=True)
 class CheckRound:
     raised: int
-    """New daily_spend alerts (published and stored)."""
+    """New daily_spend and budget_forecast alerts (published and stored)."""
     digests: int
     """Digests posted."""
     failed_digests: int
@@ -59,6 +70,8 @@ class ScheduledChecks:
         self._client_factory = client_factory
         self._database = database
         self._daily = config.detectors.daily_spend
+        self._forecast = config.detectors.budget_forecast
+        self._budgets = config.budgets
         self._digests = config.alerts.digests
         self._interval = config.alerts.check_minutes
         self._posters = posters
@@ -66,7 +79,7 @@ class ScheduledChecks:
         self._sink = ClickHouseSink(client_factory, database)
 
     def run_once(self, now: datetime | None = None) -> CheckRound:
-        """Check yesterday's spend and post the digests that are due.
+        """Check yesterday's spend and the monthly budgets' forecasts, and post the digests that are due.
 
         Raises:
             AlertPublishError: the alerts topic did not take the new alerts (nothing is stored; next check).
@@ -74,6 +87,8 @@ class ScheduledChecks:
         now = now or datetime.now(UTC)
         client = self._client_factory()
         raised = self.daily_spend(client, now) if self._daily.enabled else []
+        if self._forecast.enabled:
+            raised += self.budget_forecast(client, now)
         if raised:
             self._publish(raised)
             self._sink.add(CallRows(), [], alerts=[alert_row(a) for a in raised])
@@ -138,6 +153,36 @@ class ScheduledChecks:
             raised.append(alert)
         return raised
 
+    def budget_forecast(self, client: Client, now: datetime) -> list[Alert]:
+        """Keys whose month is projected to end above their monthly budget: new ones, and those that got worse."""
+        config = self._forecast
+        month = now.astimezone(UTC).date().replace(day=1)
+        over = {
+            f"budget_forecast:{f.scope}:{month.isoformat()}": f
+            for f in budget_forecasts(client, self._budgets, now, self._database)
+            if f.forecast.over and not f.forecast.passed and f.forecast.history_days >= config.min_history_days
+        }
+        if not over:
+            return []
+        before = {
+            dedup_key: (bool(critical), float(projected))
+            for dedup_key, critical, projected in client.query(
+                f"SELECT dedup_key, max(severity = 'critical'), max(value) FROM `{self._database}`.alerts FINAL "
+                "WHERE kind = 'budget_forecast' AND dedup_key IN %(keys)s GROUP BY dedup_key",
+                parameters={"keys": sorted(over)},
+            ).result_rows
+        }
+        raised = []
+        for dedup_key, found in sorted(over.items()):
+            forecast = found.forecast
+            critical = (forecast.share or 0.0) >= config.critical_share
+            if dedup_key in before:
+                was_critical, projected = before[dedup_key]
+                if not (critical and not was_critical) and forecast.projected_usd < WORSE * projected:
+                    continue
+            raised.append(_forecast_alert(found, dedup_key, "critical" if critical else "warning", now))
+        return raised
+
     def _post_digest(self, client: Client, digest: DigestConfig, now: datetime) -> bool | None:
         """True: posted; False: Slack did not take it; None: not due, or posted before."""
         day = now.date() - timedelta(days=1)
@@ -150,7 +195,7 @@ class ScheduledChecks:
         ).result_rows[0][0]
         if done:
             return None
-        text, blocks = self.digest_message(client, digest, day)
+        text, blocks = self.digest_message(client, digest, day, now)
         try:
             self._posters.for_channel(digest.channel).post_blocks(digest.channel, text, blocks)
         except SlackDeliveryError as exc:
@@ -163,8 +208,12 @@ class ScheduledChecks:
         )
         return True
 
-    def digest_message(self, client: Client, digest: DigestConfig, day: date) -> tuple[str, list[dict[str, Any]]]:
-        """The day's total against the week before, the top keys per dimension, and the incidents raised."""
+    def digest_message(
+        self, client: Client, digest: DigestConfig, day: date, now: datetime | None = None
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """The day's total against the week before, its cost per 1,000 calls and runs, the top keys per
+        dimension, the month-end forecasts (as of ``now``, by default the end of ``day``) and the incidents."""
+        now = now or datetime.combine(day + timedelta(days=1), time(), UTC)
         start = _sql_day(day)
         days = (
             f"(SELECT greatest(1, uniqExactIf(bucket, cost_usd > 0)) FROM `{self._database}`.rollup_day "
@@ -185,6 +234,11 @@ class ScheduledChecks:
             "GROUP BY kind ORDER BY kind",
             parameters={"mode": digest.data_mode},
         ).result_rows
+        runs = client.query(
+            f"SELECT {RUNS} FROM `{self._database}`.llm_calls WHERE data_mode = %(mode)s "
+            f"AND ts >= {start} AND ts < {start} + INTERVAL 1 DAY",
+            parameters={"mode": digest.data_mode},
+        ).result_rows[0][0]
         by_dimension: dict[str, list[tuple[str, float, int, float]]] = defaultdict(list)
         for dimension, key, spent, calls, normal in rows:
             by_dimension[dimension].append((key, spent, calls, normal))
@@ -193,8 +247,9 @@ class ScheduledChecks:
             text = f"{title}: no spend was stored that day."
             return text, [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
         _, total, calls, normal = by_dimension["all"][0]
-        headline = f"*${total:,.2f}* over {calls:,} calls ({_change(total, normal)} vs the daily average"
-        headline += f" of ${normal:,.2f} over the week before); ${1000 * total / max(calls, 1):,.2f} per 1,000 calls"
+        headline = f"*${total:,.2f}* over {calls:,} calls in {runs:,} runs ({_change(total, normal)} vs the daily"
+        headline += f" average of ${normal:,.2f} over the week before); ${1000 * total / max(calls, 1):,.2f} per"
+        headline += f" 1,000 calls, ${1000 * total / max(runs, 1):,.2f} per 1,000 runs"
         blocks: list[dict[str, Any]] = [
             {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
             {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
@@ -210,9 +265,24 @@ class ScheduledChecks:
             blocks.append(
                 {"type": "section", "text": {"type": "mrkdwn", "text": f"*Top {dimension}*\n" + "\n".join(lines)}}
             )
+        blocks.append(self._forecast_block(client, digest, now))
         raised = ", ".join(f"{count} {kind}" for kind, count in alerts) or "none"
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"Incidents that day: {raised}"}]})
         return f"{title}: ${total:,.2f} ({_change(total, normal)} vs the week before)", blocks
+
+    def _forecast_block(self, client: Client, digest: DigestConfig, now: datetime) -> dict[str, Any]:
+        """The organisation's month-end forecast and, for real calls, the monthly budgets' (highest share first)."""
+        org = org_forecast(client, digest.data_mode, now, self._database)
+        lines = [f"*Month-end forecast*: {describe(org)}"]
+        budgets = budget_forecasts(client, self._budgets, now, self._database) if digest.data_mode == "real" else []
+        for found in budgets[: digest.top]:
+            forecast = found.forecast
+            lines.append(
+                f"• {found.dimension} `{found.key}`: ${forecast.spent_usd:,.2f} of ${forecast.limit_usd or 0:,.2f}"
+                f" so far, projected ${forecast.projected_usd:,.2f} ({100 * (forecast.share or 0):.0f}%)"
+                + _crossing(forecast)
+            )
+        return {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}}
 
     def start(self) -> BackgroundScheduler:
         """Run the checks now and then every ``alerts.check_minutes``, in a background thread."""
@@ -238,6 +308,40 @@ class ScheduledChecks:
 
 def _sql_day(day: date) -> str:
     return f"toDateTime('{day.isoformat()} 00:00:00', 'UTC')"
+
+
+def _crossing(forecast: Forecast) -> str:
+    if forecast.crosses_on is None:
+        return ""
+    if forecast.passed:
+        return f", passed it on {forecast.crosses_on:%b %d}"
+    return f", passes it on {forecast.crosses_on:%b %d}"
+
+
+def _forecast_alert(found: KeyForecast, dedup_key: str, severity: Severity, now: datetime) -> Alert:
+    forecast = found.forecast
+    limit = forecast.limit_usd or 0.0
+    crosses = forecast.crosses_on
+    days = (crosses - now.astimezone(UTC).date()).days if crosses is not None else 0
+    when = "today" if days == 0 else f"in {days} day{'s' if days > 1 else ''}"
+    since = history_start(now).isoformat()
+    return Alert(
+        alert_id=alert_id_for(f"{dedup_key}:{severity}:{forecast.projected_usd:.2f}"), ts=now,
+        kind="budget_forecast", severity=severity, dimension=found.dimension, key=found.key,
+        value=round(forecast.projected_usd, 4), baseline=round(forecast.spent_usd, 4), threshold=limit,
+        window="1mo", dedup_key=dedup_key,
+        message=(
+            f"{found.dimension} {found.key} is projected to spend ${forecast.projected_usd:,.2f} by "
+            f"{forecast.last_day:%b %d} ({100 * (forecast.share or 0):.0f}% of its monthly budget of ${limit:,.2f}) "
+            f"and to pass it on {crosses:%a %b %d} ({when}): {describe(forecast)}. Past it, its budget's "
+            f"action applies ({found.action}). The query shows its spend per day."
+        ),
+        query=(
+            "SELECT toDate(bucket) AS day, round(sum(cost_usd), 4) AS usd, sum(calls) AS n_calls FROM rollup_day "
+            f"WHERE dimension = {sql_string(found.dimension)} AND key = {sql_string(found.key)} "
+            f"AND data_mode = 'real' AND bucket >= toDateTime('{since}', 'UTC') GROUP BY day ORDER BY day"
+        ),
+    )  # fmt: skip
 
 
 def _change(value: float, normal: float) -> str:

@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 AlertKind = Literal[
     "spend_spike", "hourly_burn", "latency_p95", "loop_detected", "session_budget", "budget_threshold", "error_rate",
-    "unpriced_model", "unattributed_spend", "prompt_version_regression", "tenant_concentration",
+    "unpriced_model", "unattributed_spend", "prompt_version_regression", "tenant_concentration", "budget_forecast",
 ]  # fmt: skip
 Severity = Literal["info", "warning", "critical"]
 AlertStatus = Literal["firing", "resolved"]

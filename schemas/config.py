@@ -266,6 +266,17 @@ class DailySpendConfig(_Detector):
     dimensions: list[SpendDimension] = Field(default_factory=lambda: list(_SPEND_DIMENSIONS))
 
 
+class BudgetForecastConfig(_Detector):
+    """Scheduled, from the daily rollup: a monthly budget whose month is projected to end above it
+    (``streams.forecast``), raised once per key and month, and again only when it gets worse."""
+
+    min_history_days: Annotated[int, Field(ge=1, le=28)] = 3
+    """Complete days of its own history a key needs before its projection may page (a new key's first
+    days say little of its month)."""
+    critical_share: Annotated[float, Field(gt=1)] = 1.2
+    """A projection at this share of the limit or above is critical; above the limit and below it, a warning."""
+
+
 class DetectorsConfig(BaseModel):
     """Thresholds of the stream detectors; every field has a default."""
 
@@ -283,6 +294,7 @@ class DetectorsConfig(BaseModel):
     prompt_version_regression: PromptRegressionConfig = Field(default_factory=PromptRegressionConfig)
     tenant_concentration: TenantConcentrationConfig = Field(default_factory=TenantConcentrationConfig)
     daily_spend: DailySpendConfig = Field(default_factory=DailySpendConfig)
+    budget_forecast: BudgetForecastConfig = Field(default_factory=BudgetForecastConfig)
 
     @model_validator(mode="after")
     def _critical_above_warning(self) -> DetectorsConfig:

@@ -1,22 +1,35 @@
-"""The spend report: today and this month, the top keys, cost per 1,000 calls and per outcome, the trend.
+"""The spend report: today and this month, the top keys, cost per 1,000 calls, runs and outcomes, the trend, and
+the month-end forecasts.
 
 Read from the daily rollup (and, for outcomes and agents, the documented queries of ``sql/queries``),
-so it costs a few small queries whatever the volume.
+so it costs a few small queries whatever the volume; the runs of the month are counted in ``llm_calls``
+(the trace ids of the month's calls of the top keys).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from schemas.config import BudgetConfig
+from sinks.burn import KeyForecast, budget_forecasts, org_forecast
 from sinks.migrations import SQL_DIR
 from sinks.traces import agents_by_workflow
+from streams.forecast import Forecast
 
 EXAMPLES = SQL_DIR / "queries" / "examples.sql"
 DIMENSIONS = ("feature", "model", "agent_id", "tenant_id", "prompt_version")
+RUNS = "uniqExactIf(trace_id, trace_id != '') + countIf(trace_id = '')"
+"""Runs among calls of ``llm_calls``: a run is a request, one trace (however many calls and agents it took); a
+call without a ``trace_id`` is a run of its own."""
+_RUN_KEYS = {  # the rollups' key of each dimension, from a call's columns
+    "all": "'all'", "feature": "toString(feature)", "model": "toString(model)", "agent_id": "agent_id",
+    "tenant_id": "tenant_id", "prompt_version": "concat(toString(feature), '@', toString(prompt_version))",
+}  # fmt: skip
 
 
 def example_query(question: str, data_mode: str = "real") -> str:
@@ -37,10 +50,16 @@ class TopRow:
     month_calls: int
     last7_usd: float
     prev7_usd: float
+    month_runs: int = 0
+    """Runs (requests) this month that the key took part in: a run of several keys counts for each."""
 
     @property
     def per_1k_calls(self) -> float:
         return 1000 * self.month_usd / self.month_calls if self.month_calls else 0.0
+
+    @property
+    def per_1k_runs(self) -> float:
+        return 1000 * self.month_usd / self.month_runs if self.month_runs else 0.0
 
     @property
     def trend(self) -> float | None:
@@ -61,9 +80,19 @@ class Report:
     agents: list[tuple[Any, ...]]
     """workflow, agent, calls, traces, USD, USD per trace, share (last 7 days)."""
     generated_at: datetime
+    forecast: Forecast | None = None
+    """The month-end forecast of all the calls of ``data_mode``."""
+    budgets: list[KeyForecast] = field(default_factory=list)
+    """The month-end forecasts of the keys with a monthly budget (real calls only), highest share first."""
 
 
-def build_report(client: Client, data_mode: str = "real", top: int = 5, now: datetime | None = None) -> Report:
+def build_report(
+    client: Client,
+    data_mode: str = "real",
+    top: int = 5,
+    now: datetime | None = None,
+    budgets: Sequence[BudgetConfig] = (),
+) -> Report:
     now = now or datetime.now(UTC)
     day = now.date()
     month = day.replace(day=1)
@@ -89,10 +118,12 @@ def build_report(client: Client, data_mode: str = "real", top: int = 5, now: dat
             "top": top,
         },
     ).result_rows
+    runs = month_runs(client, data_mode, month, [(d, k) for d, k, *_ in rows])
     by_dimension: dict[str, list[TopRow]] = {d: [] for d in DIMENSIONS}
     total = TopRow("all", 0.0, 0.0, 0, 0.0, 0.0)
     for dimension, key, today_usd, month_usd, month_calls, last7, prev7 in rows:
-        row = TopRow(key, float(today_usd), float(month_usd), int(month_calls), float(last7), float(prev7))
+        row = TopRow(key, float(today_usd), float(month_usd), int(month_calls), float(last7), float(prev7),
+                     runs.get((dimension, key), 0))  # fmt: skip
         if dimension == "all":
             total = row
         else:
@@ -113,4 +144,25 @@ def build_report(client: Client, data_mode: str = "real", top: int = 5, now: dat
         ).result_rows
     ]
     agents = [tuple(row) for row in agents_by_workflow(client, data_mode, 7)]
-    return Report(day, data_mode, total, daily, by_dimension, outcomes, agents, now)
+    forecast = org_forecast(client, data_mode, now)
+    keys = budget_forecasts(client, budgets, now) if data_mode == "real" else []
+    return Report(day, data_mode, total, daily, by_dimension, outcomes, agents, now, forecast, keys)
+
+
+def month_runs(
+    client: Client, data_mode: str, month: date, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """The runs since ``month`` began of each (dimension, key) of ``keys``."""
+    found: dict[tuple[str, str], int] = {}
+    for dimension in dict.fromkeys(d for d, _ in keys):
+        wanted = [k for d, k in keys if d == dimension]
+        column = _RUN_KEYS[dimension]
+        found.update(
+            ((dimension, key), int(runs))
+            for key, runs in client.query(
+                f"SELECT {column} AS key, {RUNS} AS runs FROM llm_calls WHERE data_mode = %(mode)s "
+                "AND ts >= toDateTime(%(month)s, 'UTC') AND key IN %(keys)s GROUP BY key",
+                parameters={"mode": data_mode, "month": month.isoformat(), "keys": wanted},
+            ).result_rows
+        )
+    return found

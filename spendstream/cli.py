@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
 import orjson
@@ -18,6 +18,12 @@ from schemas.call_event import CallEvent
 from schemas.exceptions import SpendstreamError
 from spendstream.exceptions import StackError
 from spendstream.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from sinks.burn import KeyForecast
+    from streams.forecast import Forecast
 
 
 def _settings() -> Settings:
@@ -483,10 +489,12 @@ def unkill(all_calls: bool, **named: str | None) -> None:
 @main.command()
 @click.option("--timeout", default=15.0, show_default=True, help="seconds to wait for the budgets topic")
 def budgets(timeout: float) -> None:
-    """List the budget states and kill switches the guards see now."""
+    """List the budget states and kill switches the guards see now, and the month-end forecasts of the monthly
+    budgets and of the whole organisation (from ClickHouse)."""
     from rich.table import Table
 
     from producers import BudgetGuard
+    from streams.forecast import describe
 
     settings = _settings()
     guard = BudgetGuard(
@@ -502,6 +510,7 @@ def budgets(timeout: float) -> None:
         states = guard.states()
     finally:
         guard.close()
+    forecasts, org, why = _forecasts(settings)
     table = Table(title=f"{len(states)} budget states and kill switches")
     for column in ("scope", "state", "spent USD", "limit USD", "left USD", "period", "reason"):
         table.add_column(column, justify="right" if "USD" in column else "left")
@@ -511,7 +520,39 @@ def budgets(timeout: float) -> None:
             "" if state.limit_usd is None else f"{state.limit_usd:,.2f}",
             "" if state.remaining_usd is None else f"{state.remaining_usd:,.2f}", state.period, state.reason,
         )  # fmt: skip
-    _wide_console().print(table)
+    console = _wide_console()
+    console.print(table)
+    if why:
+        console.print(f"month-end forecasts not shown: {why}")
+        return
+    if forecasts:
+        console.print(forecast_table(forecasts))
+    if org is not None:
+        console.print(f"month-end forecast of every real call: {describe(org)}")
+
+
+def _forecasts(settings: Settings) -> tuple[list[KeyForecast], Forecast | None, str]:
+    """The monthly budgets' and the organisation's month-end forecasts, or why they cannot be read."""
+    from datetime import UTC
+
+    from sinks.burn import budget_forecasts, org_forecast
+    from spendstream.clickhouse_target import client_for_command
+
+    try:
+        budgets = settings.load_config().budgets
+    except SpendstreamError as exc:
+        return [], None, str(exc)
+    try:
+        client = client_for_command(settings, database=settings.database)
+        now = datetime.now(UTC)
+        return budget_forecasts(client, budgets, now), org_forecast(client, "real", now), ""
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        return (
+            [],
+            None,
+            f"cannot read ClickHouse ({first}): is `spendstream up` running, or SPENDSTREAM_CLICKHOUSE_URL set?",
+        )
 
 
 @main.command()
@@ -527,10 +568,16 @@ def report(data_mode: str, top: int, html_file: Path | None) -> None:
     from sinks.report import DIMENSIONS, build_report
     from spendstream.clickhouse_target import client_for_command
     from spendstream.report_html import render_html
+    from streams.forecast import describe
 
     settings = _settings()
     try:
-        built = build_report(client_for_command(settings, database=settings.database), data_mode, top)
+        budgets = settings.load_config().budgets
+    except SpendstreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        client = client_for_command(settings, database=settings.database)
+        built = build_report(client, data_mode, top, budgets=budgets)
     except Exception as exc:
         raise _read_failed(exc) from exc
     console = _wide_console()
@@ -538,20 +585,23 @@ def report(data_mode: str, top: int, html_file: Path | None) -> None:
     trend = f"{100 * (total.trend - 1):+.0f}%" if total.trend is not None else "no spend the week before"
     console.print(
         f"[bold]{built.day} ({data_mode} calls)[/bold]: today ${total.today_usd:,.2f}; this month "
-        f"${total.month_usd:,.2f} over {total.month_calls:,} calls (${total.per_1k_calls:,.2f} per 1,000 calls); "
+        f"${total.month_usd:,.2f} over {total.month_calls:,} calls in {total.month_runs:,} runs "
+        f"(${total.per_1k_calls:,.2f} per 1,000 calls, ${total.per_1k_runs:,.2f} per 1,000 runs); "
         f"last 7 days ${total.last7_usd:,.2f}, {trend} against the 7 before"
     )
+    if built.forecast is not None:
+        console.print(f"month-end forecast: {describe(built.forecast)}")
     for dimension in DIMENSIONS:
         rows = built.top[dimension]
         if not rows:
             continue
         table = Table(title=f"top {dimension}")
-        for column in (dimension, "today", "this month", "per 1,000 calls", "7 days vs 7 before"):
+        for column in (dimension, "today", "this month", "per 1,000 calls", "per 1,000 runs", "7 days vs 7 before"):
             table.add_column(column, justify="left" if column == dimension else "right")
         for row in rows:
             change = "new" if row.trend is None else f"{100 * (row.trend - 1):+.0f}%"
             table.add_row(row.key or "(none)", f"${row.today_usd:,.2f}", f"${row.month_usd:,.2f}",
-                          f"${row.per_1k_calls:,.4f}", change)  # fmt: skip
+                          f"${row.per_1k_calls:,.4f}", f"${row.per_1k_runs:,.4f}", change)  # fmt: skip
         console.print(table)
     if built.outcomes:
         table = Table(title="cost per outcome, last 7 days (the requests that reached it)")
@@ -560,9 +610,32 @@ def report(data_mode: str, top: int, html_file: Path | None) -> None:
         for outcome, n, usd, per in built.outcomes:
             table.add_row(outcome, f"{n:,}", f"${usd:,.2f}", f"${per:,.4f}")
         console.print(table)
+    if built.budgets:
+        console.print(forecast_table(built.budgets))
     if html_file is not None:
         html_file.write_text(render_html(built))
         console.print(f"HTML report: {html_file}")
+
+
+def forecast_table(forecasts: list[KeyForecast]) -> Table:
+    """The month-end forecast of each key with a monthly budget."""
+    from rich.table import Table
+
+    table = Table(title="monthly budgets: month-end forecast (real calls)")
+    for column in ("scope", "spent USD", "limit USD", "projected USD", "of limit", "passes", "weekday USD",
+                   "weekend day USD", "trend a week", "action"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("scope", "passes", "action") else "right")
+    for found in forecasts:
+        f = found.forecast
+        passes = "" if f.crosses_on is None else f"{'passed' if f.passed else 'on'} {f.crosses_on:%a %b %d}"
+        rates = ("", "", "") if not f.history_days else (
+            f"{f.weekday_usd:,.2f}", f"{f.weekend_usd:,.2f}", f"{100 * (f.trend - 1):+.0f}%"
+        )  # fmt: skip
+        table.add_row(
+            found.scope, f"{f.spent_usd:,.2f}", f"{f.limit_usd or 0:,.2f}", f"{f.projected_usd:,.2f}",
+            f"{100 * (f.share or 0):.0f}%", passes, *rates, found.action,
+        )  # fmt: skip
+    return table
 
 
 @main.command(name="schema")

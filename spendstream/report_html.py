@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from html import escape
 
+from sinks.burn import KeyForecast
 from sinks.report import DIMENSIONS, Report, TopRow
+from streams.forecast import describe
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2rem auto;max-width:1000px;color:#1d2433}
@@ -25,6 +27,13 @@ def _trend(row: TopRow) -> str:
         return "new" if row.last7_usd else ""
     change = 100 * (row.trend - 1)
     return f'<span class="{"up" if change > 0 else "down"}">{change:+.0f}%</span>'
+
+
+def _passes(found: KeyForecast) -> str:
+    crosses = found.forecast.crosses_on
+    if crosses is None:
+        return ""
+    return f"{'passed' if found.forecast.passed else 'on'} {crosses:%a %b %d}"
 
 
 def daily_chart(report: Report, width: int = 960, height: int = 180) -> str:
@@ -76,10 +85,13 @@ def render_html(report: Report) -> str:
             ("Today", _usd(total.today_usd), ""),
             ("This month", _usd(total.month_usd), f"{total.month_calls:,} calls"),
             ("Per 1,000 calls", _usd(total.per_1k_calls), "this month"),
+            ("Per 1,000 runs", _usd(total.per_1k_runs), f"this month, {total.month_runs:,} runs"),
             ("Last 7 days", _usd(total.last7_usd), f" {_trend(total)} against the 7 before"),
         )
     )
     sections = [f"<h2>Spend per day</h2>{daily_chart(report)}"]
+    if report.forecast is not None:
+        sections.append(f"<p>Month-end forecast: {escape(describe(report.forecast))}</p>")
     for dimension in DIMENSIONS:
         rows = report.top.get(dimension, [])
         if not rows:
@@ -87,13 +99,26 @@ def render_html(report: Report) -> str:
         body = "".join(
             f"<tr><td>{escape(r.key or '(none)')}</td><td class=n>{_usd(r.today_usd)}</td>"
             f"<td class=n>{_usd(r.month_usd)}</td><td class=n>{_usd(r.per_1k_calls)}</td>"
+            f"<td class=n>{_usd(r.per_1k_runs)}</td>"
             f"<td class=n>{_trend(r)}</td></tr>"
             for r in rows
         )
         sections.append(
             f"<h2>Top {escape(dimension)}</h2>{share_chart(rows, total.month_usd)}"
-            "<table><tr><th>key</th><th>today</th><th>this month</th><th>per 1,000 calls</th>"
+            "<table><tr><th>key</th><th>today</th><th>this month</th><th>per 1,000 calls</th><th>per 1,000 runs</th>"
             f"<th>last 7 days vs the 7 before</th></tr>{body}</table>"
+        )
+    if report.budgets:
+        body = "".join(
+            f"<tr><td>{escape(k.scope)}</td><td class=n>{_usd(k.forecast.spent_usd)}</td>"
+            f"<td class=n>{_usd(k.forecast.limit_usd or 0)}</td><td class=n>{_usd(k.forecast.projected_usd)}</td>"
+            f"<td class=n>{100 * (k.forecast.share or 0):.0f}%</td><td>{_passes(k)}</td>"
+            f"<td>{escape(k.action)}</td></tr>"
+            for k in report.budgets
+        )
+        sections.append(
+            "<h2>Monthly budgets: month-end forecast</h2><table><tr><th>scope</th><th>spent</th><th>limit</th>"
+            f"<th>projected</th><th>of limit</th><th>passes</th><th>action</th></tr>{body}</table>"
         )
     if report.outcomes:
         body = "".join(

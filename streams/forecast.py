@@ -134,6 +134,16 @@ def forecast_month(days: Mapping[date, float], now: datetime, limit_usd: float |
     return Forecast(month, last_day, spent, projected, history, weekday, weekend, trend, limit_usd, crosses)
 
 
+def describe(forecast: Forecast) -> str:
+    """``$X spent so far, $Y projected by Dec 31 ($a a weekday, $b a weekend day, +n% a week)``."""
+    text = f"${forecast.spent_usd:,.2f} spent so far, ${forecast.projected_usd:,.2f} projected by "
+    text += f"{forecast.last_day:%b %d}"
+    if not forecast.history_days:
+        return text + " (no complete day of history yet: what was spent so far)"
+    trend = f", {100 * (forecast.trend - 1):+.0f}% a week" if round(forecast.trend, 2) != 1 else ""
+    return text + f" (${forecast.weekday_usd:,.2f} a weekday, ${forecast.weekend_usd:,.2f} a weekend day{trend})"
+
+
 def _samples(today: date, first: date, weekend: bool) -> list[date]:
     """The latest days of the kind before today, within the window and the key's history; else of any kind."""
     window = [today - timedelta(days=n) for n in range(1, WINDOW_DAYS + 1) if today - timedelta(days=n) >= first]
