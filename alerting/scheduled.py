@@ -39,7 +39,7 @@ from sinks.clickhouse import sql_string
 from sinks.report import RUNS
 from sinks.sink import ClickHouseSink
 from streams.detectors.spend import hourly_query
-from streams.forecast import Forecast, describe, history_start
+from streams.forecast import Forecast, describe, history_start, rates
 
 logger = logging.getLogger(__name__)
 
@@ -328,13 +328,14 @@ def _forecast_alert(found: KeyForecast, dedup_key: str, severity: Severity, now:
     return Alert(
         alert_id=alert_id_for(f"{dedup_key}:{severity}:{forecast.projected_usd:.2f}"), ts=now,
         kind="budget_forecast", severity=severity, dimension=found.dimension, key=found.key,
-        value=round(forecast.projected_usd, 4), baseline=round(forecast.spent_usd, 4), threshold=limit,
+        value=round(forecast.projected_usd, 4), threshold=limit,
         window="1mo", dedup_key=dedup_key,
         message=(
             f"{found.dimension} {found.key} is projected to spend ${forecast.projected_usd:,.2f} by "
-            f"{forecast.last_day:%b %d} ({100 * (forecast.share or 0):.0f}% of its monthly budget of ${limit:,.2f}) "
-            f"and to pass it on {crosses:%a %b %d} ({when}): {describe(forecast)}. Past it, its budget's "
-            f"action applies ({found.action}). The query shows its spend per day."
+            f"{forecast.last_day:%b %d}, {100 * (forecast.share or 0):.0f}% of its monthly budget of ${limit:,.2f}, "
+            f"and to pass it on {crosses:%a %b %d} ({when}): ${forecast.spent_usd:,.2f} spent so far, the days left "
+            f"at its recent rates ({rates(forecast)}). Past the budget, its action applies ({found.action}). "
+            "The query shows its spend per day."
         ),
         query=(
             "SELECT toDate(bucket) AS day, round(sum(cost_usd), 4) AS usd, sum(calls) AS n_calls FROM rollup_day "

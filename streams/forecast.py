@@ -137,11 +137,15 @@ def forecast_month(days: Mapping[date, float], now: datetime, limit_usd: float |
 def describe(forecast: Forecast) -> str:
     """``$X spent so far, $Y projected by Dec 31 ($a a weekday, $b a weekend day, +n% a week)``."""
     text = f"${forecast.spent_usd:,.2f} spent so far, ${forecast.projected_usd:,.2f} projected by "
-    text += f"{forecast.last_day:%b %d}"
+    return text + f"{forecast.last_day:%b %d} ({rates(forecast)})"
+
+
+def rates(forecast: Forecast) -> str:
+    """``$a a weekday, $b a weekend day, +n% a week``: what the days left were projected at."""
     if not forecast.history_days:
-        return text + " (no complete day of history yet: what was spent so far)"
+        return "no complete day of history yet: what was spent so far"
     trend = f", {100 * (forecast.trend - 1):+.0f}% a week" if round(forecast.trend, 2) != 1 else ""
-    return text + f" (${forecast.weekday_usd:,.2f} a weekday, ${forecast.weekend_usd:,.2f} a weekend day{trend})"
+    return f"${forecast.weekday_usd:,.2f} a weekday, ${forecast.weekend_usd:,.2f} a weekend day{trend}"
 
 
 def _samples(today: date, first: date, weekend: bool) -> list[date]:

@@ -20,6 +20,25 @@ FROM rollup_day
 WHERE dimension = 'feature' AND bucket >= today() - 7 AND data_mode = 'real'
 GROUP BY feature ORDER BY usd_per_1k_calls DESC;
 
+-- Q: cost per 1,000 runs and per 1,000 calls per feature, last 7 days: a run is a request, one trace however
+-- many calls and agents it took, and a call without a trace_id is a run of its own. A run that touched several
+-- features counts for each (counted from llm_calls: the rollups hold calls, not traces)
+SELECT toString(feature) AS feature, round(sum(ifNull(cost_usd, 0)), 4) AS spend_usd, count() AS n_calls,
+       uniqExactIf(trace_id, trace_id != '') + countIf(trace_id = '') AS n_runs,
+       round(1000 * spend_usd / n_calls, 4) AS usd_per_1k_calls, round(1000 * spend_usd / n_runs, 4) AS usd_per_1k_runs
+FROM llm_calls
+WHERE ts >= today() - 7 AND data_mode = 'real'
+GROUP BY feature ORDER BY usd_per_1k_runs DESC;
+
+-- Q: a budget's burn: a tenant's spend per day this month and the four weeks before (the month-end forecast's
+-- input: `spendstream budgets` and the report show the projection)
+SELECT toDate(bucket) AS day, toDayOfWeek(day) >= 6 AS weekend, round(sum(cost_usd), 4) AS spend_usd,
+       round(sum(spend_usd) OVER (PARTITION BY toStartOfMonth(day) ORDER BY day), 4) AS month_to_date_usd
+FROM rollup_day
+WHERE dimension = 'tenant_id' AND key = 'tenant_acme' AND data_mode = 'real'
+  AND bucket >= least(toStartOfMonth(today()), today() - 28)
+GROUP BY day ORDER BY day;
+
 -- Q: spend and tokens per call by prompt version (key is 'feature@version')
 SELECT key AS feature_at_version, round(sum(cost_usd), 4) AS spend_usd, sum(calls) AS n_calls,
        round(sum(input_tokens + output_tokens) / sum(calls)) AS tokens_per_call
