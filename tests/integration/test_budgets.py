@@ -185,6 +185,7 @@ def test_downgrade_names_the_cheaper_model_and_the_kill_switch_stops_the_agents_
     assert cent_call(tracker, agent_id="reviewer") == "large"
     listed = cli(up, "budgets")
     assert listed.returncode == 0 and "agent_id=coder" in listed.stdout and "downgrade" in listed.stdout
+    assert "month-end forecast of every real call: $" in listed.stdout  # read from ClickHouse through `up`
     assert cli(up, "kill", "--agent", "a", "--feature", "b", "--reason", "x").returncode == 2
     emitter.close()
     guard.close()
