@@ -106,11 +106,14 @@ def forecast_month(days: Mapping[date, float], now: datetime, limit_usd: float |
         return Forecast(month, last_day, spent, spent, 0, 0.0, 0.0, 1.0, limit_usd, crosses)
     assert first is not None
     trend = weekly_trend({d.toordinal(): usd for d, usd in days.items()}, today.toordinal(), first.toordinal())
-    samples = {weekend: _samples(today, first, weekend) for weekend in (False, True)}
+    # what a day of each kind spends now: its samples, each moved forward to today by the trend
+    level = {
+        weekend: math.fsum(days.get(d, 0.0) * math.pow(trend, (today - d).days / 7) for d in found) / len(found)
+        for weekend, found in ((w, _samples(today, first, w)) for w in (False, True))
+    }
 
     def expected(day: date) -> float:
-        found = samples[is_weekend(day)]
-        return math.fsum(days.get(d, 0.0) * trend ** ((day - d).days / 7) for d in found) / len(found)
+        return level[is_weekend(day)] * math.pow(trend, (day - today).days / 7)
 
     spent_today = days.get(today, 0.0)
     left_of_today = 1 - (now - datetime.combine(today, time(), UTC)).total_seconds() / 86_400
@@ -127,11 +130,9 @@ def forecast_month(days: Mapping[date, float], now: datetime, limit_usd: float |
             if running >= limit_usd:
                 crosses = day
                 break
-    weekday, weekend = (
-        math.fsum(days.get(d, 0.0) * trend ** ((today - d).days / 7) for d in found) / len(found)
-        for found in (samples[False], samples[True])
-    )
-    return Forecast(month, last_day, spent, projected, history, weekday, weekend, trend, limit_usd, crosses)
+        else:
+            crosses = last_day if projected > limit_usd else None  # a sum in another order, a cent's rounding
+    return Forecast(month, last_day, spent, projected, history, level[False], level[True], trend, limit_usd, crosses)
 
 
 def describe(forecast: Forecast) -> str:
