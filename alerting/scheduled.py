@@ -39,7 +39,7 @@ from sinks.clickhouse import sql_string
 from sinks.report import RUNS
 from sinks.sink import ClickHouseSink
 from streams.detectors.spend import hourly_query
-from streams.forecast import Forecast, describe, history_start, rates
+from streams.forecast import crossing, describe, history_start, rates
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ class ScheduledChecks:
             lines.append(
                 f"• {found.dimension} `{found.key}`: ${forecast.spent_usd:,.2f} of ${forecast.limit_usd or 0:,.2f}"
                 f" so far, projected ${forecast.projected_usd:,.2f} ({100 * (forecast.share or 0):.0f}%)"
-                + _crossing(forecast)
+                + (f", {crossing(forecast)}" if forecast.crosses_on else "")
             )
         return {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}}
 
@@ -308,14 +308,6 @@ class ScheduledChecks:
 
 def _sql_day(day: date) -> str:
     return f"toDateTime('{day.isoformat()} 00:00:00', 'UTC')"
-
-
-def _crossing(forecast: Forecast) -> str:
-    if forecast.crosses_on is None:
-        return ""
-    if forecast.passed:
-        return f", passed it on {forecast.crosses_on:%b %d}"
-    return f", passes it on {forecast.crosses_on:%b %d}"
 
 
 def _forecast_alert(found: KeyForecast, dedup_key: str, severity: Severity, now: datetime) -> Alert:

@@ -621,19 +621,20 @@ def forecast_table(forecasts: list[KeyForecast]) -> Table:
     """The month-end forecast of each key with a monthly budget."""
     from rich.table import Table
 
+    from streams.forecast import crossing
+
     table = Table(title="monthly budgets: month-end forecast (real calls)")
-    for column in ("scope", "spent USD", "limit USD", "projected USD", "of limit", "passes", "weekday USD",
+    for column in ("scope", "spent USD", "limit USD", "projected USD", "of limit", "the budget", "weekday USD",
                    "weekend day USD", "trend a week", "action"):  # fmt: skip
-        table.add_column(column, justify="left" if column in ("scope", "passes", "action") else "right")
+        table.add_column(column, justify="left" if column in ("scope", "the budget", "action") else "right")
     for found in forecasts:
         f = found.forecast
-        passes = "" if f.crosses_on is None else f"{'passed' if f.passed else 'on'} {f.crosses_on:%a %b %d}"
         rates = ("", "", "") if not f.history_days else (
             f"{f.weekday_usd:,.2f}", f"{f.weekend_usd:,.2f}", f"{100 * (f.trend - 1):+.0f}%"
         )  # fmt: skip
         table.add_row(
             found.scope, f"{f.spent_usd:,.2f}", f"{f.limit_usd or 0:,.2f}", f"{f.projected_usd:,.2f}",
-            f"{100 * (f.share or 0):.0f}%", passes, *rates, found.action,
+            f"{100 * (f.share or 0):.0f}%", crossing(f), *rates, found.action,
         )  # fmt: skip
     return table
 

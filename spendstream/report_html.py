@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from html import escape
 
-from sinks.burn import KeyForecast
 from sinks.report import DIMENSIONS, Report, TopRow
-from streams.forecast import describe
+from streams.forecast import crossing, describe
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2rem auto;max-width:1000px;color:#1d2433}
@@ -27,13 +26,6 @@ def _trend(row: TopRow) -> str:
         return "new" if row.last7_usd else ""
     change = 100 * (row.trend - 1)
     return f'<span class="{"up" if change > 0 else "down"}">{change:+.0f}%</span>'
-
-
-def _passes(found: KeyForecast) -> str:
-    crosses = found.forecast.crosses_on
-    if crosses is None:
-        return ""
-    return f"{'passed' if found.forecast.passed else 'on'} {crosses:%a %b %d}"
 
 
 def daily_chart(report: Report, width: int = 960, height: int = 180) -> str:
@@ -112,13 +104,13 @@ def render_html(report: Report) -> str:
         body = "".join(
             f"<tr><td>{escape(k.scope)}</td><td class=n>{_usd(k.forecast.spent_usd)}</td>"
             f"<td class=n>{_usd(k.forecast.limit_usd or 0)}</td><td class=n>{_usd(k.forecast.projected_usd)}</td>"
-            f"<td class=n>{100 * (k.forecast.share or 0):.0f}%</td><td>{_passes(k)}</td>"
+            f"<td class=n>{100 * (k.forecast.share or 0):.0f}%</td><td>{crossing(k.forecast)}</td>"
             f"<td>{escape(k.action)}</td></tr>"
             for k in report.budgets
         )
         sections.append(
             "<h2>Monthly budgets: month-end forecast</h2><table><tr><th>scope</th><th>spent</th><th>limit</th>"
-            f"<th>projected</th><th>of limit</th><th>passes</th><th>action</th></tr>{body}</table>"
+            f"<th>projected</th><th>of limit</th><th>the budget</th><th>action</th></tr>{body}</table>"
         )
     if report.outcomes:
         body = "".join(

@@ -141,6 +141,13 @@ def describe(forecast: Forecast) -> str:
     return text + f"{forecast.last_day:%b %d} ({rates(forecast)})"
 
 
+def crossing(forecast: Forecast) -> str:
+    """``passes it on Fri Nov 27``, ``passed it on Mon Nov 23``, or nothing (not this month)."""
+    if forecast.crosses_on is None:
+        return ""
+    return f"{'passed' if forecast.passed else 'passes'} it on {forecast.crosses_on:%a %b %d}"
+
+
 def rates(forecast: Forecast) -> str:
     """``$a a weekday, $b a weekend day, +n% a week``: what the days left were projected at."""
     if not forecast.history_days:

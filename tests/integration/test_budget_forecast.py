@@ -160,7 +160,7 @@ def test_the_digest_and_the_report_show_the_forecasts_and_the_cost_per_1000_runs
     assert "*$50.00* over 6 calls in 4 runs" in body
     assert "$8,333.33 per 1,000 calls, $12,500.00 per 1,000 runs" in body
     assert "Month-end forecast" in body and "tenant_id `tenant_acme`: $625.00 of $850.00" in body
-    assert "projected $930.00 (109%), passes it on Nov 27" in body
+    assert "projected $930.00 (109%), passes it on Fri Nov 27" in body
 
     report = build_report(
         connect(chdb_dsn, database=stored), "real", now=NOW, budgets=SpendstreamConfig.model_validate(CONFIG).budgets

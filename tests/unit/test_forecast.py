@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from streams.forecast import Forecast, forecast_month, history_start, is_weekend, month_bounds
+from streams.forecast import Forecast, crossing, describe, forecast_month, history_start, is_weekend, month_bounds
 
 
 def history(now: datetime, spend: Callable[[date], float], first: date | None = None) -> dict[date, float]:
@@ -134,6 +134,11 @@ def test_a_key_past_its_budget_says_the_day_it_passed_and_still_projects_the_res
     assert forecast.spent_usd == pytest.approx(11 * 15)
     assert forecast.projected_usd == pytest.approx(30 * 15)
     assert forecast.share == pytest.approx(4.5)
+    assert crossing(forecast) == "passed it on Sat Nov 07"
+    assert (
+        describe(forecast)
+        == "$165.00 spent so far, $450.00 projected by Nov 30 ($15.00 a weekday, $15.00 a weekend day)"
+    )
 
 
 def test_the_crossing_day_is_the_first_day_the_running_total_reaches_the_limit() -> None:
@@ -147,4 +152,6 @@ def test_the_crossing_day_is_the_first_day_the_running_total_reaches_the_limit()
     assert crosses(200.01) == date(2026, 11, 21)
     assert crosses(300) == date(2026, 11, 30)
     assert crosses(300.01) is None
+    assert crossing(forecast_month(days, now, limit_usd=200)) == "passes it on Fri Nov 20"
+    assert crossing(forecast_month(days, now, limit_usd=400)) == ""
     assert isinstance(forecast_month(days, now, 1.0), Forecast)
