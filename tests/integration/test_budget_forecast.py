@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -21,6 +22,7 @@ from alerting.topic import AlertTopic
 from schemas import topics
 from schemas.call_event import CallEvent
 from schemas.config import SpendstreamConfig
+from sinks.batch import CallRows, alert_row
 from sinks.clickhouse import connect
 from sinks.migrations import migrate
 from sinks.report import build_report
@@ -34,7 +36,7 @@ from tests.slack_standin import SlackStandIn
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # a Friday
-CONFIG = {
+CONFIG: dict[str, Any] = {
     "budgets": [
         {"dimension": "tenant_id", "key": "tenant_acme", "monthly_usd": 850, "action": "deny"},
         {"dimension": "tenant_id", "key": "*", "monthly_usd": 1000},
@@ -92,10 +94,13 @@ def store(calls: list[CallEvent], chdb_dsn: str, database: str) -> None:
     sink.flush()
 
 
-def scheduled(chdb_dsn: str, database: str, slack: SlackStandIn, broker: str) -> ScheduledChecks:
+def scheduled(
+    chdb_dsn: str, database: str, slack: SlackStandIn, broker: str, acme_monthly_usd: float = 850
+) -> ScheduledChecks:
     prefix = f"t{uuid.uuid4().hex[:8]}."
     ensure_topics(broker, 1, {}, prefix)
-    config = SpendstreamConfig.model_validate(CONFIG)
+    budgets = [{**CONFIG["budgets"][0], "monthly_usd": acme_monthly_usd}, *CONFIG["budgets"][1:]]
+    config = SpendstreamConfig.model_validate({**CONFIG, "budgets": budgets})
     posters = Posters(SlackPoster("xoxb-test", slack.url))
     topic = AlertTopic(broker, prefix + topics.ALERTS)
     return ScheduledChecks(lambda: connect(chdb_dsn), database, config, posters, topic.publish)
@@ -178,3 +183,27 @@ def test_the_digest_and_the_report_show_the_forecasts_and_the_cost_per_1000_runs
     assert report.forecast is not None and report.forecast.projected_usd == pytest.approx(930 + 228)
     html = render_html(report)
     assert "Per 1,000 runs" in html and "per 1,000 runs" in html and "Monthly budgets: month-end forecast" in html
+
+
+def test_a_critical_forecast_is_raised_again_only_when_its_projection_grows_by_a_quarter(
+    chdb_dsn: str, stored: str, slack: SlackStandIn, broker: str
+) -> None:
+    """Early in the month, with tenant_acme's budget at $700: critical from the start; bursts that keep it
+    under the limit so far raise it again only once the projection is 25% above the one raised."""
+    checks = scheduled(chdb_dsn, stored, slack, broker, acme_monthly_usd=700)
+    early = datetime(2026, 11, 5, 10, 0, tzinfo=UTC)  # a Thursday; the day's staged $40 is stored already
+
+    def raised(burst: float) -> list[float]:
+        if burst:
+            store([call(early + timedelta(minutes=5), "tenant_acme", burst, f"burst-{burst}")], chdb_dsn, stored)
+        found = checks.budget_forecast(connect(chdb_dsn), early)
+        store_alerts = ClickHouseSink(lambda: connect(chdb_dsn), stored)
+        store_alerts.add(CallRows(), [], alerts=[alert_row(a) for a in found])
+        store_alerts.flush()
+        return [a.value for a in found if a.severity == "critical"]
+
+    [first] = raised(0)
+    assert raised(100) == []  # $100 more: 10% worse
+    [again] = raised(200)  # $300 in all: 31% worse, $470 of $700 spent
+    assert first == pytest.approx(130 + 40 + 40 * 14 / 24 + 17 * 40 + 8 * 10)
+    assert again == pytest.approx(first + 300)
