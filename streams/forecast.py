@@ -7,9 +7,12 @@ for days of that kind:
   or four weekend days (Saturday and Sunday, UTC), within the last :data:`WINDOW_DAYS` days, each moved
   forward by the key's weekly trend. A key that has not lived through a day of that kind yet is
   projected from its latest days of any kind (up to seven);
-- the trend is the key's growth per week as the spend baselines take it
-  (:func:`streams.detectors.baseline.weekly_trend`): the median of the last seven days' spend against
-  the same weekday a week before, bounded to 25% a week either way; 1 without two weeks of history;
+- the trend is the key's growth per week: its spend of the last two weeks against the two weeks
+  before (each holds two weekends), as a rate per week, bounded to 25% a week either way. With two
+  to four weeks of history it is the spend baselines' (:func:`streams.detectors.baseline.weekly_trend`:
+  the median of the last seven days' spend against the same weekday a week before); 1 without two
+  weeks. One week against the one before is too noisy for a month: days swing 10% on their own
+  (``bench.forecast``);
 - the rest of today is what today still needs to reach its expected spend, and at least the expected
   spend of the hours left (a day that already spent more than its normal goes on at its normal rate);
 - the days before the key's first spend are not history: a key with no complete day of history has no
@@ -26,12 +29,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from streams.detectors.baseline import weekly_trend
+from streams.detectors.baseline import MAX_WEEKLY_CHANGE, weekly_trend
 
 WINDOW_DAYS = 14
 """The days before today the rates are taken from."""
 HISTORY_DAYS = 28
-"""The days before today to read: enough to tell a key of two weeks from one first seen in the window."""
+"""The days before today to read: four weeks, for the trend."""
 WEEKDAY_SAMPLES = 5
 WEEKEND_SAMPLES = 4
 ANY_DAY_SAMPLES = 7
@@ -105,7 +108,7 @@ def forecast_month(days: Mapping[date, float], now: datetime, limit_usd: float |
         crosses = _passed_on(days, month, today, limit_usd)
         return Forecast(month, last_day, spent, spent, 0, 0.0, 0.0, 1.0, limit_usd, crosses)
     assert first is not None
-    trend = weekly_trend({d.toordinal(): usd for d, usd in days.items()}, today.toordinal(), first.toordinal())
+    trend = _trend(days, today, first)
     # what a day of each kind spends now: its samples, each moved forward to today by the trend
     level = {
         weekend: math.fsum(days.get(d, 0.0) * math.pow(trend, (today - d).days / 7) for d in found) / len(found)
@@ -154,6 +157,19 @@ def rates(forecast: Forecast) -> str:
         return "no complete day of history yet: what was spent so far"
     trend = f", {100 * (forecast.trend - 1):+.0f}% a week" if round(forecast.trend, 2) != 1 else ""
     return f"${forecast.weekday_usd:,.2f} a weekday, ${forecast.weekend_usd:,.2f} a weekend day{trend}"
+
+
+def _trend(days: Mapping[date, float], today: date, first: date) -> float:
+    """Growth per week: the last two weeks' spend against the two weeks before (each holds two weekends), as a
+    rate per week, bounded; with less than four weeks of history, the baselines' one week against the one before."""
+    if (today - first).days >= 2 * WINDOW_DAYS:
+        recent = math.fsum(days.get(today - timedelta(days=n), 0.0) for n in range(1, WINDOW_DAYS + 1))
+        before = math.fsum(
+            days.get(today - timedelta(days=n), 0.0) for n in range(WINDOW_DAYS + 1, 2 * WINDOW_DAYS + 1)
+        )
+        if recent > 0 and before > 0:
+            return min(MAX_WEEKLY_CHANGE, max(1 / MAX_WEEKLY_CHANGE, math.sqrt(recent / before)))
+    return weekly_trend({d.toordinal(): usd for d, usd in days.items()}, today.toordinal(), first.toordinal())
 
 
 def _samples(today: date, first: date, weekend: bool) -> list[date]:
