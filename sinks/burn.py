@@ -1,7 +1,7 @@
 """Month-end burn forecasts read from the daily rollup: each key with a monthly budget, and the whole organisation.
 
 The arithmetic is :mod:`streams.forecast`'s; this module reads the daily spend it needs (the month so far
-and the four weeks before today) and matches keys to budgets as the worker does (a key's own budget wins
+and the five weeks before today) and matches keys to budgets as the worker does (a key's own budget wins
 over its dimension's ``*``). Budgets count ``real`` calls only, so their forecasts do too.
 """
 
@@ -46,7 +46,7 @@ class KeyForecast:
 def budget_forecasts(
     client: Client, budgets: Sequence[BudgetConfig], now: datetime, database: str | None = None
 ) -> list[KeyForecast]:
-    """The forecast of every key with a monthly budget that spent in the last four weeks or names its own
+    """The forecast of every key with a monthly budget that spent in the last five weeks or names its own
     budget, the highest share of its limit first."""
     monthly = [b for b in budgets if monthly_limit(b) is not None]
     if not monthly:

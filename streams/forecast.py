@@ -33,8 +33,9 @@ from streams.detectors.baseline import MAX_WEEKLY_CHANGE, weekly_trend
 
 WINDOW_DAYS = 14
 """The days before today the rates are taken from."""
-HISTORY_DAYS = 28
-"""The days before today to read: four weeks, for the trend."""
+HISTORY_DAYS = 35
+"""The days before today to read: four weeks for the trend, and one more to tell a key of four weeks from a
+younger one when its first days read were quiet (a key that spends nothing at weekends)."""
 WEEKDAY_SAMPLES = 5
 WEEKEND_SAMPLES = 4
 ANY_DAY_SAMPLES = 7

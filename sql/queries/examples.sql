@@ -30,13 +30,13 @@ FROM llm_calls
 WHERE ts >= today() - 7 AND data_mode = 'real'
 GROUP BY feature ORDER BY usd_per_1k_runs DESC;
 
--- Q: a budget's burn: a tenant's spend per day this month and the four weeks before (the month-end forecast's
+-- Q: a budget's burn: a tenant's spend per day this month and the five weeks before (the month-end forecast's
 -- input: `spendstream budgets` and the report show the projection)
 SELECT toDate(bucket) AS day, toDayOfWeek(day) >= 6 AS weekend, round(sum(cost_usd), 4) AS spend_usd,
        round(sum(spend_usd) OVER (PARTITION BY toStartOfMonth(day) ORDER BY day), 4) AS month_to_date_usd
 FROM rollup_day
 WHERE dimension = 'tenant_id' AND key = 'tenant_acme' AND data_mode = 'real'
-  AND bucket >= least(toStartOfMonth(today()), today() - 28)
+  AND bucket >= least(toStartOfMonth(today()), today() - 35)
 GROUP BY day ORDER BY day;
 
 -- Q: spend and tokens per call by prompt version (key is 'feature@version')

@@ -123,6 +123,17 @@ def test_growth_moves_the_rates_forward_and_is_bounded() -> None:
                                        for n in range(30))  # fmt: skip
 
 
+def test_a_key_quiet_at_weekends_is_seen_to_have_four_weeks_of_history_when_they_began_on_a_weekend() -> None:
+    now = datetime(2026, 11, 14, 12, 0, tzinfo=UTC)  # a Saturday: four weeks ago was a Saturday too
+    start = history_start(now)
+    days = history(now, lambda day: 0.0 if is_weekend(day) else 10 * 1.1 ** ((day - start).days / 7))
+
+    forecast = forecast_month(days, now)
+
+    assert forecast.trend == pytest.approx(1.1) and forecast.weekend_usd == 0
+    assert forecast.history_days > 28
+
+
 def test_a_key_past_its_budget_says_the_day_it_passed_and_still_projects_the_rest() -> None:
     now = datetime(2026, 11, 12, 9, 0, tzinfo=UTC)
     days = history(now, lambda _: 15.0)
