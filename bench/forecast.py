@@ -10,6 +10,8 @@ them. At ``--hour`` UTC of each day of the month it projects each key's month th
 was stored by then, and compares the projection with the month's real total:
 
 - ``forecast``: spendstream's (``streams.forecast``: the latest days of each kind, the weekly trend);
+- ``no day kinds``: the same with every day at the mean of the last seven (its trend applied), weekdays
+  and weekend days alike;
 - ``linear``: the month so far, scaled to the whole month by the share of it elapsed;
 - ``flat 14d``: the month so far, and the time left at the mean day of the last 14.
 
@@ -61,7 +63,8 @@ def main() -> None:
         for key in ("all", f"tenant {tenant}", f"feature {feature}"):
             hours[key][hour] += cost or 0.0
 
-    errors: dict[str, dict[int, list[float]]] = {m: defaultdict(list) for m in ("forecast", "linear", "flat 14d")}
+    methods = ("forecast", "no day kinds", "linear", "flat 14d")
+    errors: dict[str, dict[int, list[float]]] = {m: defaultdict(list) for m in methods}
     for n in range(MONTH_DAYS):
         now = datetime.combine(MONTH + timedelta(days=n), datetime.min.time(), UTC) + timedelta(hours=args.hour)
         for spend in hours.values():
@@ -76,8 +79,10 @@ def main() -> None:
             so_far = sum(usd for day, usd in days.items() if day >= MONTH)
             elapsed = (now - datetime.combine(MONTH, datetime.min.time(), UTC)) / timedelta(days=MONTH_DAYS)
             left = MONTH_DAYS * (1 - elapsed)
+            forecast = forecast_month(days, now)
             projections = {
-                "forecast": forecast_month(days, now).projected_usd,
+                "forecast": forecast.projected_usd,
+                "no day kinds": without_kinds(days, now, forecast.trend),
                 "linear": so_far / elapsed,
                 "flat 14d": so_far + left * statistics.fmean(recent),
             }
@@ -95,6 +100,17 @@ def main() -> None:
             cells.append(f"{statistics.median(found):>8.1f} / {p90:>6.1f}")
         print(f"  {method:<12}" + "".join(f"{c:>18}" for c in cells))
     print(f"  ({sum(len(v) for v in errors['forecast'].values()):,} projections of {len(hours)} keys)")
+
+
+def without_kinds(days: dict[date, float], now: datetime, trend: float) -> float:
+    """The forecast's projection with one rate for every day: the mean of the last seven, moved by the trend."""
+    today = now.date()
+    level = statistics.fmean(days.get(today - timedelta(days=d), 0.0) * trend ** (d / 7) for d in range(1, 8))
+    last = date(today.year, today.month, MONTH_DAYS)
+    left_of_today = 1 - (now - datetime.combine(today, datetime.min.time(), UTC)) / timedelta(days=1)
+    so_far = sum(usd for day, usd in days.items() if day >= today.replace(day=1))
+    rest = max(level - days.get(today, 0.0), level * left_of_today)
+    return so_far + rest + sum(level * trend ** (n / 7) for n in range(1, (last - today).days + 1))
 
 
 if __name__ == "__main__":
