@@ -15,6 +15,7 @@ from pydantic import (
     AliasChoices,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
@@ -147,8 +148,19 @@ Name = Annotated[
 ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT_LENGTH), _Screened(name_kind, name=True)]
 """Free text (an error type): no personal data, secret or key-like token."""
 PromptHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(hash_kind)]
-Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
-Millis = Annotated[float, Field(ge=0, le=MAX_MILLIS)]
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # pydantic reads true as 1 and false as 0 where a number is due: a count or a duration sent as a
+    # boolean is a producer's mistake, not one token
+    if value is True or value is False:
+        raise ValueError("a number, not true or false")
+    return value
+
+
+_NUMBER = BeforeValidator(_not_a_boolean)
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS), _NUMBER]
+Millis = Annotated[float, Field(ge=0, le=MAX_MILLIS), _NUMBER]
 TagKey = Annotated[str, StringConstraints(pattern=f"^{TAG_KEY}$")]
 TagValue = Annotated[str, StringConstraints(max_length=MAX_TAG_VALUE_LENGTH)]
 
@@ -157,8 +169,23 @@ Kind = Literal["llm", "tool"]
 DataMode = Literal["real", "test", "demo"]
 
 
-def _alias(name: str, camel: str) -> AliasChoices:
-    return AliasChoices(name, camel)
+CAMEL_NAMES = {
+    "externalRequestId": "event_id",
+    "endpointTag": "feature",
+    "promptVersion": "prompt_version",
+    "userId": "user_id",
+    "inputTokens": "input_tokens",
+    "outputTokens": "output_tokens",
+    "latencyMs": "latency_ms",
+    "dataMode": "data_mode",
+}
+"""The camelCase names of hosted cost trackers' usage payload, and the contract's names they stand for
+(``schemas.usage_payload`` reads the rest of that payload)."""
+CAMEL_OF = {snake: camel for camel, snake in CAMEL_NAMES.items()}
+
+
+def _alias(name: str) -> AliasChoices:
+    return AliasChoices(name, CAMEL_OF[name])
 
 
 class CallEvent(BaseModel):
@@ -177,7 +204,7 @@ class CallEvent(BaseModel):
     )
 
     # Identity and time.
-    event_id: Id = Field(validation_alias=_alias("event_id", "externalRequestId"))
+    event_id: Id = Field(validation_alias=_alias("event_id"))
     """Client-generated idempotency key: a redelivered event with the same id is counted once."""
     ts: AwareDatetime
     """When the call started: RFC 3339 with an offset, or epoch milliseconds."""
@@ -185,21 +212,21 @@ class CallEvent(BaseModel):
     model: Name
 
     # Attribution.
-    feature: Name | None = Field(default=None, validation_alias=_alias("feature", "endpointTag"))
+    feature: Name | None = Field(default=None, validation_alias=_alias("feature"))
     """The endpoint tag (``sales.email_draft``); missing means the ``unattributed`` bucket."""
-    prompt_version: Name | None = Field(default=None, validation_alias=_alias("prompt_version", "promptVersion"))
+    prompt_version: Name | None = Field(default=None, validation_alias=_alias("prompt_version"))
     agent_id: Id | None = None
     task_id: Id | None = None
     session_id: Id | None = None
     trace_id: Id | None = None
     parent_id: Id | None = None
     """The ``event_id`` of the calling event, for hierarchical rollups."""
-    user_id: UserId | None = Field(default=None, validation_alias=_alias("user_id", "userId"))
+    user_id: UserId | None = Field(default=None, validation_alias=_alias("user_id"))
     """Pseudonymous user id (the SDK HMACs raw ids; so does the worker, given ``SPENDSTREAM_USER_ID_KEY``)."""
     tenant_id: Id | None = None
     team: Name | None = None
     environment: Name = "prod"
-    data_mode: DataMode = Field(default="real", validation_alias=_alias("data_mode", "dataMode"))
+    data_mode: DataMode = Field(default="real", validation_alias=_alias("data_mode"))
     """Only ``real`` calls count in finance rollups."""
     tags: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=MAX_TAGS)
     """Categorical labels only; keys and values that look like personal data or secrets are refused."""
@@ -209,20 +236,20 @@ class CallEvent(BaseModel):
     # Usage.
     kind: Kind = "llm"
     tool_name: Name | None = None
-    input_tokens: Tokens = Field(default=0, validation_alias=_alias("input_tokens", "inputTokens"))
-    output_tokens: Tokens = Field(default=0, validation_alias=_alias("output_tokens", "outputTokens"))
+    input_tokens: Tokens = Field(default=0, validation_alias=_alias("input_tokens"))
+    output_tokens: Tokens = Field(default=0, validation_alias=_alias("output_tokens"))
     cache_read_tokens: Tokens = 0
     cache_write_tokens: Tokens = 0
     reasoning_tokens: Tokens = 0
-    cost_usd: Annotated[float, Field(ge=0, le=MAX_COST_USD)] | None = None
+    cost_usd: Annotated[float, Field(ge=0, le=MAX_COST_USD), _NUMBER] | None = None
     """A cost the caller states (a paid tool, a negotiated rate); otherwise the pipeline prices the call."""
 
     # Behaviour.
-    latency_ms: Millis | None = Field(default=None, validation_alias=_alias("latency_ms", "latencyMs"))
+    latency_ms: Millis | None = Field(default=None, validation_alias=_alias("latency_ms"))
     ttft_ms: Millis | None = None
     status: Status = "success"
     error_type: ShortText | None = None
-    attempt: Annotated[int, Field(ge=1, le=MAX_ATTEMPT)] = 1
+    attempt: Annotated[int, Field(ge=1, le=MAX_ATTEMPT), _NUMBER] = 1
     """1 for the first try; retries are cost multipliers."""
 
     @field_validator("ts")

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from schemas import topics
-from schemas.call_event import CallEvent
 from schemas.exceptions import SpendstreamError
 from spendstream.exceptions import StackError
 from spendstream.settings import Settings
@@ -186,10 +185,17 @@ def sql(query: str, fmt: str) -> None:
 def emit(source: IO[bytes], topic: str | None) -> None:
     """Validate JSON lines (FILE, or - for stdin) and send the good ones to Kafka.
 
-    Each bad line is reported by number and reason; the exit status is 1 if any line was bad.
+    Each bad line is reported by number and reason; the exit status is 1 if any line was bad. A usage
+    payload (camelCase) without ts is sent with the time it is read, as the worker would give it its
+    Kafka record's; with SPENDSTREAM_REQUIRE_FEATURE, a line without feature is bad, as the worker
+    would refuse it.
     """
+    import time
+
     from producers import Emitter
-    from streams.ingest import describe
+    from schemas.call_event import UNATTRIBUTED
+    from schemas.usage_payload import RECORD_TS, USER_ID_AS, model_for
+    from streams.ingest import MISSING_FEATURE_REASON, describe
 
     settings = _settings()
     topic = topic or settings.topic(topics.CALLS)
@@ -199,10 +205,15 @@ def emit(source: IO[bytes], topic: str | None) -> None:
         if not line.strip():
             continue
         try:
-            event = CallEvent.model_validate_json(line)
+            context = {RECORD_TS: int(time.time() * 1000), USER_ID_AS: settings.userid_as}
+            event = model_for(line).model_validate_json(line, context=context)
         except ValidationError as exc:
             bad += 1
             click.echo(f"line {number}: {describe(exc)}", err=True)
+            continue
+        if settings.require_feature and event.feature_or_unattributed == UNATTRIBUTED:
+            bad += 1
+            click.echo(f"line {number}: {MISSING_FEATURE_REASON}", err=True)
             continue
         emitter.emit_raw(orjson.dumps(event.model_dump(mode="json", exclude_none=True)), event.partition_key)
         good += 1

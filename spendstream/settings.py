@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.config import SpendstreamConfig, load_config
 from schemas.privacy import MIN_KEY_BYTES
+from schemas.usage_payload import UserIdAs
 from spendstream.sql_policy import QueryLimits
 
 
@@ -82,6 +83,12 @@ class Settings(BaseSettings):
     """The HMAC key of user ids, the SDK's (at least 16 bytes). On the worker, a ``user_id`` not yet
     pseudonymous (a raw id, an e-mail address) is replaced by the SDK's pseudonym of it, the same for
     the same key. Unset: such a user_id that looks like personal data is refused."""
+    require_feature: bool = False
+    """Tag or reject: refuse every call without a ``feature`` (``error_kind`` ``missing_feature``, in
+    ``rejected_events`` and the dead-letter topic) instead of storing it in the ``unattributed`` bucket."""
+    userid_as: UserIdAs = "user_id"
+    """What the ``userId`` of a hosted cost tracker's usage payload is stored as: ``user_id``, or
+    ``tenant_id`` when those SDKs send a tenant or account hash there. ``user_id`` is unchanged."""
 
     @field_validator("user_id_key")
     @classmethod

@@ -60,6 +60,8 @@ def build_app(settings: Settings, bootstrap: str, config: SpendstreamConfig) -> 
         budgets_topic=settings.topic(topics.BUDGETS),
         budget_spend_topic=settings.topic(topics.BUDGET_SPEND),
         user_id_key=settings.user_id_key.get_secret_value().encode() if settings.user_id_key is not None else None,
+        require_feature=settings.require_feature,
+        user_id_as=settings.userid_as,
     )
     return create_app(
         stream_config,

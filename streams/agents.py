@@ -189,8 +189,12 @@ async def _process(ingestor: Ingestor, batch: list[EventT[RecordChunk]]) -> Inge
 def _raw_events(batch: list[EventT[RecordChunk]]) -> Iterator[RawEvent]:
     for event in batch:
         chunk = cast(RecordChunk, event.value)
-        for value, offset in zip(chunk.values, chunk.offsets, strict=True):
-            yield RawEvent(value, chunk.partition, offset)
+        if not chunk.timestamps:
+            for value, offset in zip(chunk.values, chunk.offsets, strict=True):
+                yield RawEvent(value, chunk.partition, offset)
+            continue
+        for value, offset, timestamp in zip(chunk.values, chunk.offsets, chunk.timestamps, strict=True):
+            yield RawEvent(value, chunk.partition, offset, timestamp)
 
 
 # (key, value, headers, partition or None for the key's) of one Kafka message

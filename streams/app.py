@@ -76,7 +76,10 @@ def create_app(
     dlq = app.topic(config.dlq_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
     alerts = app.topic(config.alerts_topic, value_type=bytes, key_type=bytes, partitions=1)
     outcomes = app.topic(config.outcomes_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
-    ingestor = Ingestor(pricer, config.calls_topic, config.max_event_bytes, user_id_key=config.user_id_key)
+    ingestor = Ingestor(
+        pricer, config.calls_topic, config.max_event_bytes, user_id_key=config.user_id_key,
+        require_feature=config.require_feature, user_id_as=config.user_id_as,
+    )  # fmt: skip
     max_chunks = -(-config.batch_size // chunk_records)
     routing = None
     if budgets:

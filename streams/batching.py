@@ -58,6 +58,8 @@ class RecordChunk:
     partition: int
     offsets: Sequence[int]
     values: Sequence[bytes | None]
+    timestamps: Sequence[int | None] = ()
+    """The records' Kafka timestamps in epoch milliseconds (``None``: a record without one); empty: not known."""
 
 
 class ChunkingConsumer(aiokafka_driver.Consumer):
@@ -123,7 +125,9 @@ class ChunkingConsumer(aiokafka_driver.Consumer):
             gap_from = self._next_offset(tp, part[0].offset)
             if last.offset > gap_from:
                 self._mark_gap(tp, gap_from, last.offset - 1)
-            chunk = RecordChunk(tp.topic, tp.partition, [r.offset for r in part], [r.value for r in part])
+            chunk = RecordChunk(
+                tp.topic, tp.partition, [r.offset for r in part], [r.value for r in part], [r.timestamp for r in part]
+            )
             message = ConsumerMessage(
                 tp.topic,
                 tp.partition,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import topics
+from schemas.usage_payload import UserIdAs
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class StreamConfig:
         kafka_security: librdkafka-style security settings (``security.protocol``, ``sasl.*``, ``ssl.*``).
         user_id_key: the HMAC key of user ids (the SDK's): user ids not yet pseudonymous are
             pseudonymised, not refused (see ``streams.ingest.Ingestor``).
+        require_feature: refuse calls without a feature tag instead of storing them as ``unattributed``.
+        user_id_as: what a usage payload's ``userId`` is stored as (``schemas.usage_payload``).
     """
 
     bootstrap: str
@@ -43,3 +46,5 @@ class StreamConfig:
     budget_spend_topic: str = topics.BUDGET_SPEND
     kafka_security: dict[str, Any] = field(default_factory=dict)
     user_id_key: bytes | None = field(default=None, repr=False)
+    require_feature: bool = False
+    user_id_as: UserIdAs = "user_id"

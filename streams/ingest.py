@@ -7,19 +7,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import NamedTuple, cast
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pydantic_core
 from pydantic import ValidationError
 
-from schemas.call_event import PSEUDONYMS, CallEvent, name_problem
+from schemas.call_event import PSEUDONYMS, UNATTRIBUTED, CallEvent, name_problem
 from schemas.call_event_decoder import ID_TEXT, NAME_TEXT, TEXT_FIELDS, CleanCallEvent, decode_clean
 from schemas.privacy import ID_CANDIDATES, NAME_CANDIDATES, Pseudonyms, redact, redact_raw
+from schemas.usage_payload import RECORD_TS, USAGE_PAYLOAD_ERROR, USER_ID_AS, UserIdAs, model_for
 from sinks import call_block
 from sinks.batch import LLM_CALL_COLUMNS, CallRows, Rejection
 from streams.pricing import CALLER_SOURCE, Pricer
 
 MAX_EVENT_BYTES = 64 * 1024
+MISSING_FEATURE = "missing_feature"
+"""The ``error_kind`` of a call refused for having no feature tag (``require_feature``)."""
+MISSING_FEATURE_REASON = (
+    "feature missing: this worker refuses calls not tagged with the feature they serve "
+    "(SPENDSTREAM_REQUIRE_FEATURE); send feature (endpointTag in the usage payload)"
+)
 
 
 class RawEvent(NamedTuple):
@@ -28,6 +35,9 @@ class RawEvent(NamedTuple):
     value: bytes | None
     partition: int
     offset: int
+    timestamp: int | None = None
+    """The record's Kafka timestamp in epoch milliseconds (``None``: it has none): the time of a
+    usage payload that sends no ``ts`` (``schemas.usage_payload``)."""
 
 
 @dataclass(slots=True)
@@ -65,6 +75,11 @@ def describe(exc: ValidationError) -> str:
             message = "unknown field (see schemas/jsonschema/call_event.schema.json)"
         elif error["type"] == "missing":
             message = "required field missing"
+        elif error["type"] == "int_parsing_size" or (error["type"] == "float_type" and type(error["input"]) is int):
+            message = "a number far too large"  # pydantic's words: a string that is no integer, or no number
+        elif error["type"] == USAGE_PAYLOAD_ERROR:  # it names its fields
+            parts.append(message)
+            continue
         elif error["type"] == "value_error":  # the model's own reason, without pydantic's "Value error, "
             message = str(error.get("ctx", {}).get("error", message))
             if message.startswith(f"{where} "):  # it names its field already: "user_id looks like ..."
@@ -84,16 +99,30 @@ class Ingestor:
         user_id_key: the HMAC key of user ids (``SPENDSTREAM_USER_ID_KEY``, the SDK's): when given, a
             ``user_id`` not yet pseudonymous is replaced by the SDK's pseudonym of it, instead of being
             refused when it looks like personal data.
+        require_feature: refuse calls without a feature tag (``error_kind`` :data:`MISSING_FEATURE`)
+            instead of storing them in the ``unattributed`` bucket (``SPENDSTREAM_REQUIRE_FEATURE``).
+        user_id_as: what a usage payload's ``userId`` is stored as (``SPENDSTREAM_USERID_AS``, see
+            ``schemas.usage_payload``).
     """
 
     def __init__(
-        self, pricer: Pricer, topic: str, max_event_bytes: int = MAX_EVENT_BYTES, user_id_key: bytes | None = None
+        self,
+        pricer: Pricer,
+        topic: str,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        user_id_key: bytes | None = None,
+        *,
+        require_feature: bool = False,
+        user_id_as: UserIdAs = "user_id",
     ) -> None:
         self._pricer = pricer
         self._topic = topic
         self._max_event_bytes = max_event_bytes
         self._pseudonyms = Pseudonyms(user_id_key) if user_id_key else None
-        self._context = {PSEUDONYMS: self._pseudonyms} if self._pseudonyms is not None else None
+        self._require_feature = require_feature
+        self._context: dict[str, object] = {USER_ID_AS: user_id_as}
+        if self._pseudonyms is not None:
+            self._context[PSEUDONYMS] = self._pseudonyms
         self._names_ok: dict[tuple[str, str], bool] = {}
         """Whether the model accepts a (provider, model) pair as sent: only those are priced at first."""
 
@@ -101,6 +130,7 @@ class Ingestor:
         result = IngestResult()
         calls: list[tuple[CallEvent | CleanCallEvent, RawEvent]] = []
         modelled: set[int] = set()  # positions in calls of the events the model validated
+        require_feature = self._require_feature
         for record in records:
             raw = record.value
             unread = unread_reason(raw, self._max_event_bytes)
@@ -108,7 +138,8 @@ class Ingestor:
                 result.rejected.append(rejection(self._topic, record, *unread, keep=self._max_event_bytes))
                 continue
             event: CallEvent | CleanCallEvent | None = decode_clean(raw, self._pseudonyms)  # type: ignore[arg-type]
-            if event is None:
+            # an untagged call refused by require_feature: the model says why, any other reason first
+            if event is None or (require_feature and event.feature == UNATTRIBUTED):
                 event = self._validate(record, result.rejected)
                 if event is None:
                     continue
@@ -126,11 +157,17 @@ class Ingestor:
 
     def _validate(self, record: RawEvent, rejected: list[Rejection]) -> CallEvent | None:
         """The event as the model reads it; ``None`` when refused (added to ``rejected`` with why)."""
+        raw = cast(bytes, record.value)
+        context = self._context if record.timestamp is None else {**self._context, RECORD_TS: record.timestamp}
         try:
-            return CallEvent.model_validate_json(record.value, context=self._context)  # type: ignore[arg-type]
+            event = model_for(raw).model_validate_json(raw, context=context)
         except ValidationError as exc:
             rejected.append(rejection(self._topic, record, error_kind(exc), describe(exc)))
             return None
+        if self._require_feature and event.feature_or_unattributed == UNATTRIBUTED:
+            rejected.append(rejection(self._topic, record, MISSING_FEATURE, MISSING_FEATURE_REASON))
+            return None
+        return event
 
     def _revalidate(
         self,
@@ -345,8 +382,8 @@ def _event_id_of(raw: bytes | None) -> str:
     if not raw:
         return ""
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        data = pydantic_core.from_json(raw)  # as the model reads it: an integer over 64 bits included
+    except ValueError:
         return ""
     if isinstance(data, dict):
         value = data.get("event_id", data.get("externalRequestId", ""))

@@ -70,6 +70,10 @@ def test_missing_feature_is_the_unattributed_bucket() -> None:
         ({"tags": {"k": "v" * 200}}, "at most 128"),
         ({"tags": {f"k{i}": "v" for i in range(40)}}, "at most 32"),
         ({"surprise": 1}, "Extra inputs"),
+        ({"input_tokens": True}, "a number, not true or false"),  # not one token
+        ({"latency_ms": False}, "a number, not true or false"),
+        ({"attempt": True}, "a number, not true or false"),
+        ({"cost_usd": True}, "a number, not true or false"),
     ],
 )
 def test_refuses_bad_events_with_a_reason(overrides: dict[str, object], message: str) -> None:

@@ -219,10 +219,12 @@ def seen(result: IngestResult) -> tuple[list[list[tuple[type, Any]]], list[tuple
     return rows, rejected, result.unpriced_calls
 
 
-def model_only(monkeypatch: pytest.MonkeyPatch, records: list[RawEvent], key: bytes | None = None) -> IngestResult:
+def model_only(
+    monkeypatch: pytest.MonkeyPatch, records: list[RawEvent], key: bytes | None = None, **options: Any
+) -> IngestResult:
     with monkeypatch.context() as patch:
         patch.setattr(ingest, "decode_clean", lambda raw, pseudonyms=None: None)
-        return Ingestor(Pricer(), "llm.calls", user_id_key=key).process(records)
+        return Ingestor(Pricer(), "llm.calls", user_id_key=key, **options).process(records)
 
 
 def test_every_event_reads_the_same_with_and_without_the_fast_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -245,6 +247,21 @@ def test_with_a_user_id_key_every_event_reads_the_same(monkeypatch: pytest.Monke
     assert seen(fast) == seen(model_only(monkeypatch, records, key))
     stored = {row[13] for row in fast.calls.rows}
     assert stored - {""} and all(user_id.startswith("u_") and len(user_id) == 34 for user_id in stored - {""})
+
+
+def test_with_the_attribution_switches_every_event_reads_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    # tag-or-reject, and usage payloads (their userId as the tenant, their time the record's) among them
+    usage = {"externalRequestId": "r-1", "provider": "openai", "model": "gpt-4o", "userId": "acct-1", "status": "ok"}
+    cases = [*every_case(), orjson.dumps(usage), orjson.dumps({**usage, "endpointTag": "sales.email_draft"})]
+    records = [RawEvent(raw, 0, n, NOW_MS - n) for n, raw in enumerate(cases)]
+    options: dict[str, Any] = {"require_feature": True, "user_id_as": "tenant_id"}
+    fast = Ingestor(Pricer(), "llm.calls", **options).process(records)
+    assert seen(fast) == seen(model_only(monkeypatch, records, **options))
+    kinds = {r.error_kind for r in fast.rejected}
+    assert {"missing_feature", "schema"} <= kinds and len(fast.calls) > 1000
+    refused = {r.offset: r.error_kind for r in fast.rejected}
+    assert refused[len(cases) - 2] == "missing_feature" and fast.calls.rows[-1][0] == "r-1"
+    assert fast.calls.rows[-1][14] == "acct-1"  # tenant_id
 
 
 def test_personal_data_in_any_text_field_is_refused_on_the_fast_path_too() -> None:

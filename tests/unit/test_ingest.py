@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 import pytest
@@ -10,6 +11,8 @@ from sinks import call_block
 from sinks.batch import LLM_CALL_COLUMNS
 from streams.ingest import Ingestor, IngestResult, RawEvent
 from streams.pricing import Pricer
+
+NOW_MS = int(time.time() * 1000)
 
 
 def raw(**fields: object) -> bytes:
@@ -150,3 +153,41 @@ def test_an_oversize_record_is_redacted_only_as_far_as_it_is_kept_and_keeps_its_
     [rejected] = result.rejected
     assert rejected.error_kind == "oversize" and rejected.size == len(record)
     assert secret not in rejected.raw and len(rejected.raw) < 65_536 + 8192  # not the whole 2 MB redacted
+
+
+def test_require_feature_refuses_untagged_calls_on_either_path_with_their_own_kind() -> None:
+    records = [
+        RawEvent(raw(event_id="tagged", feature="sales.email_draft"), 0, 1),
+        RawEvent(raw(event_id="untagged"), 0, 2),  # the fast decoder's
+        RawEvent(raw(event_id="null", feature=None), 0, 3),  # the model's
+        RawEvent(raw(event_id="bucket", feature="unattributed"), 0, 4),  # the bucket is no tag
+        RawEvent(raw(event_id="padded", feature="unattributed ", model=" gpt-4o"), 0, 5),  # back to the model
+        RawEvent(raw(event_id="camel", endpointTag="support.triage"), 0, 6),
+        RawEvent(orjson.dumps({"externalRequestId": "camel-untagged", "provider": "p", "model": "m"}), 0, 7, NOW_MS),
+        RawEvent(raw(event_id="bad", input_tokens=-1), 0, 8),  # refused for what it holds first
+    ]  # fmt: skip
+    result = Ingestor(Pricer(), "llm.calls", require_feature=True).process(records)
+    assert [row[0] for row in result.calls.rows] == ["tagged", "camel"]
+    assert result.calls.columns is not None and result.calls.columns.column("event_id").to_pylist() == [
+        "tagged",
+        "camel",
+    ]
+    refused = {r.event_id: r for r in result.rejected}
+    assert sorted(refused) == ["bad", "bucket", "camel-untagged", "null", "padded", "untagged"]
+    assert {r.error_kind for name, r in refused.items() if name != "bad"} == {"missing_feature"}
+    assert refused["bad"].error_kind == "schema" and refused["untagged"].reason == (
+        "feature missing: this worker refuses calls not tagged with the feature they serve "
+        "(SPENDSTREAM_REQUIRE_FEATURE); send feature (endpointTag in the usage payload)"
+    )
+    assert refused["untagged"].raw == records[1].value and (
+        refused["untagged"].partition,
+        refused["untagged"].offset,
+    ) == (0, 2)
+    assert result.unpriced_calls == {}
+
+
+def test_by_default_untagged_calls_are_stored_in_the_unattributed_bucket() -> None:
+    result = Ingestor(Pricer(), "llm.calls").process(
+        [RawEvent(raw(), 0, 1), RawEvent(raw(event_id="e2", feature=None), 0, 2)]
+    )
+    assert [row[6] for row in result.calls.rows] == ["unattributed", "unattributed"] and result.rejected == []
