@@ -3,13 +3,16 @@ sent through Kafka and stored by ``spendstream up``, comes out of ClickHouse to 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from producers import Emitter, Tracker, carry_context, current_trace
 from sinks.traces import agents_by_workflow, trace_report
@@ -99,3 +102,70 @@ def test_a_three_level_request_rolls_up_to_the_exact_cost_per_call_agent_and_dep
         env=up.env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert missing.returncode == 1 and "has no stored root call" in missing.stderr
+
+
+def test_usage_payloads_take_their_records_time_and_tenant_and_untagged_calls_are_refused(
+    start_up: Callable[..., UpProcess], broker: str
+) -> None:
+    # A hosted cost tracker's SDK: camelCase, no ts, its userId an account hash; the worker is strict.
+    up = start_up(SPENDSTREAM_REQUIRE_FEATURE="true", SPENDSTREAM_USERID_AS="tenant_id")
+    producer = Producer({"bootstrap.servers": broker})
+    topic = up.env["SPENDSTREAM_TOPIC_PREFIX"] + "llm.calls"
+    hour_ago = int(time.time() * 1000) - 3_600_000
+
+    def send(payload: dict[str, object] | bytes, stamp: int) -> None:
+        value = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        producer.produce(topic, value, timestamp=stamp)
+
+    def usage(n: int, **fields: object) -> dict[str, object]:
+        payload: dict[str, object] = {
+            "externalRequestId": f"req-{n}", "endpointTag": "support.reply", "promptVersion": "v2",
+            "userId": f"acct_{n % 2}f3e", "inputTokens": 1000, "outputTokens": 100, "latencyMs": 640,
+            "status": "ok", "dataMode": "test", "environment": "production", "provider": "openai", "model": "gpt-4o",
+        }  # fmt: skip
+        return {**payload, **fields}
+
+    for n in range(6):
+        send(usage(n), hour_ago + n * 1000)
+    send(usage(6, endpointTag=None, status=429), hour_ago + 6000)  # null: untagged
+    send({k: v for k, v in usage(7).items() if k != "endpointTag"}, hour_ago + 7000)
+    send(json.dumps({"event_id": "native-untagged", "ts": hour_ago, "provider": "openai", "model": "gpt-4o"}).encode(),
+         hour_ago)  # fmt: skip
+    send(usage(8, event_id="req-8b"), hour_ago)  # twins
+    send({k: v for k, v in usage(9).items() if k != "externalRequestId"}, hour_ago)
+    send(usage(10, inputTokens="lots"), hour_ago)
+    send(json.dumps(usage(11, outputTokens=10**30)).encode(), hour_ago)
+    send(usage(12, model=None), hour_ago)
+    assert producer.flush(30) == 0
+
+    assert up.wait_for("SELECT count() FROM rejected_events", 8) == 8
+    assert up.wait_for("SELECT count() FROM llm_calls", 6) == 6
+    stored = (
+        up.client()
+        .query(
+            "SELECT event_id, toUnixTimestamp64Milli(ts), tenant_id, user_id, feature, prompt_version, status,"
+            " environment, data_mode, priced FROM llm_calls ORDER BY event_id"
+        )
+        .result_rows
+    )
+    assert [tuple(row) for row in stored] == [
+        (f"req-{n}", hour_ago + n * 1000, f"acct_{n % 2}f3e", "", "support.reply", "v2", "success", "prod", "test", 1)
+        for n in range(6)
+    ]
+    assert up.scalar("SELECT round(sum(cost_usd), 6) FROM llm_calls") == 6 * 0.0035
+    rejected = dict(up.client().query("SELECT event_id, error_kind || ': ' || reason FROM rejected_events").result_rows)
+    untagged = (
+        "missing_feature: feature missing: this worker refuses calls not tagged with the feature they serve "
+        "(SPENDSTREAM_REQUIRE_FEATURE); send feature (endpointTag in the usage payload)"
+    )
+    assert rejected == {
+        "req-6": untagged,
+        "req-7": untagged,
+        "native-untagged": untagged,
+        "req-8b": "schema: externalRequestId and event_id both given: send one (externalRequestId is read as event_id)",
+        "": "schema: externalRequestId missing: the call's idempotency key (a call sent twice is counted once)",
+        "req-10": "schema: inputTokens: Input should be a valid integer, unable to parse string as an integer",
+        "req-11": "schema: outputTokens: Input should be less than or equal to 100000000",
+        "req-12": "schema: model missing: a call is priced and rolled up by its provider and model; add them to "
+        "the usage payload",
+    }
