@@ -7,15 +7,19 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from click.testing import CliRunner
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from producers import Emitter, Tracker, carry_context, current_trace
 from sinks.traces import agents_by_workflow, trace_report
+from spendstream.cli import main
 from tests.conftest import UpProcess
 
 pytestmark = pytest.mark.integration
@@ -169,3 +173,39 @@ def test_usage_payloads_take_their_records_time_and_tenant_and_untagged_calls_ar
         "req-12": "schema: model missing: a call is priced and rolled up by its provider and model; add them to "
         "the usage payload",
     }
+
+
+def test_emit_sends_a_usage_payload_in_the_contracts_terms_and_refuses_what_the_worker_would(
+    broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = f"emit-{uuid.uuid4().hex[:8]}"
+    lines = [
+        {"externalRequestId": "req-1", "endpointTag": "support.reply", "userId": "acct_1", "provider": "openai",
+         "model": "gpt-4o", "inputTokens": 10, "status": "failed"},
+        {"externalRequestId": "req-2", "userId": "acct_1", "provider": "openai", "model": "gpt-4o"},
+        {"externalRequestId": "req-3", "event_id": "req-3", "endpointTag": "x", "provider": "p", "model": "m"},
+    ]  # fmt: skip
+    monkeypatch.setenv("SPENDSTREAM_KAFKA_BOOTSTRAP", broker)
+    before = datetime.now(UTC)
+    result = CliRunner().invoke(
+        main, ["emit", "--topic", topic, "-"], input="\n".join(json.dumps(line) for line in lines),
+        env={"SPENDSTREAM_REQUIRE_FEATURE": "true", "SPENDSTREAM_USERID_AS": "tenant_id"},
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "line 2: feature missing: this worker refuses calls not tagged" in result.output
+    assert "line 3: externalRequestId and event_id both given: send one" in result.output
+
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": topic})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in partitions])
+    message = None
+    deadline = time.monotonic() + 30
+    while message is None and time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+    consumer.close()
+    assert message is not None and message.error() is None
+    sent = json.loads(message.value())
+    assert (sent["event_id"], sent["feature"], sent["tenant_id"], sent["status"]) == (
+        "req-1", "support.reply", "acct_1", "error",
+    )  # fmt: skip
+    assert "user_id" not in sent and before <= datetime.fromisoformat(sent["ts"]) <= datetime.now(UTC)
