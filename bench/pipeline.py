@@ -1,6 +1,6 @@
 """Pipeline benchmark: produce N events, then measure end-to-end events/s through spendstream and a raw baseline.
 
-    .venv/bin/python -m bench.pipeline [--events 200000] [--runs 1]
+    .venv/bin/python -m bench.pipeline [--events 200000] [--runs 1] [--payload native|usage]
 
 Per run: the produce rate; the sustained end-to-end rate of ``spendstream up`` (first event produced
 to all rows queryable) and its CPU time per event (all its threads); the same workload through a raw
@@ -8,7 +8,8 @@ baseline in this process (a plain confluent-kafka consumer inserting columnar ba
 clickhouse-connect, no Faust, no validation, no rollups) with its CPU per event; the ratio; and peak
 memory (RSS) of both. With several runs it prints each run and the medians: on a shared machine the
 wall rate of one run swings widely, the ratio to a baseline measured in the same run much less.
-The traffic is ordinary: sessions of eight calls, under the loop detector's caps."""
+The traffic is ordinary: sessions of eight calls, under the loop detector's caps; ``--payload usage``
+sends it as hosted cost trackers' SDKs do (camelCase, no ts: the worker takes the record's time)."""
 
 from __future__ import annotations
 
@@ -25,18 +26,44 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer
 
 from producers import Emitter
+from schemas.call_event import CAMEL_NAMES
 from spendstream.broker import EmbeddedBroker, port_open
 from tests.conftest import free_port
 
 # Calls per agent session: ordinary traffic, under the loop detector's caps (a bench where every
 # session is a runaway loop measures an alert storm, not the pipeline).
 SESSION_CALLS = 8
+
+
+def usage_payloads(n: int) -> list[bytes]:
+    """The same calls as :func:`events`, as the usage payload of hosted cost trackers (no ts)."""
+    return [
+        json.dumps(
+            {
+                "externalRequestId": str(uuid.uuid4()),
+                "provider": "openai",
+                "model": "gpt-4o" if i % 3 else "gpt-4o-mini",
+                "endpointTag": ["sales.email_draft", "sales.proposal_summary", "support.triage", "coordinator.plan"][
+                    i % 4
+                ],
+                "inputTokens": 1200 + i % 500,
+                "outputTokens": 300,
+                "latencyMs": 800.0,
+                "status": "ok",
+                "session_id": f"s{i // SESSION_CALLS}",
+                "tenant_id": f"t{i % 20}",
+                "userId": f"u{i % 300}",
+            }
+        ).encode()
+        for i in range(n)
+    ]
 
 
 def events(n: int) -> list[bytes]:
@@ -123,6 +150,16 @@ def spendstream_rate(
         proc.wait(30)
 
 
+def _native(row: dict[str, Any], timestamp: int) -> dict[str, Any]:
+    """A usage payload's row under the contract's names, at its record's time (a native row as it is)."""
+    if "ts" in row:
+        return row
+    return {CAMEL_NAMES.get(name, name): value for name, value in row.items()} | {
+        "ts": timestamp,
+        "cache_read_tokens": 0,
+    }
+
+
 def baseline_rate(bootstrap: str, topic: str, n: int, client: Client, table: str) -> tuple[float, float]:
     """Rate and CPU µs per event of a plain confluent-kafka consumer inserting columns into chDB."""
     client.command("CREATE DATABASE IF NOT EXISTS raw")
@@ -146,7 +183,7 @@ def baseline_rate(bootstrap: str, topic: str, n: int, client: Client, table: str
             continue
         if start is None:
             start, cpu_start = time.perf_counter(), time.process_time()
-        rows = [json.loads(m.value()) for m in messages if m.error() is None]
+        rows = [_native(json.loads(m.value()), m.timestamp()[1]) for m in messages if m.error() is None]
         columns = [[r[c] for r in rows] for c in names]
         columns[1] = [datetime.fromtimestamp(t / 1000, UTC) for t in columns[1]]
         client.insert(f"raw.{table}", columns, column_names=names, column_oriented=True)
@@ -172,8 +209,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=1, help="repeat, and print each run and the medians")
+    parser.add_argument("--payload", choices=["native", "usage"], default="native", help="the SDK's, or camelCase")
     args = parser.parse_args()
-    payloads = events(args.events)
+    payloads = events(args.events) if args.payload == "native" else usage_payloads(args.events)
     with tempfile.TemporaryDirectory() as tmp:
         raw = clickhouse_connect.get_client(dsn=f"chdb://{tmp}/raw")  # one chDB data path per process
         runs = [one_run(payloads, Path(tmp), raw, number) for number in range(args.runs)]
