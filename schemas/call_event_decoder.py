@@ -4,7 +4,7 @@ Validating with :class:`~schemas.call_event.CallEvent` takes about 8 µs per eve
 field set: each text field is screened), the largest share of the pipeline's work per call.
 :func:`decode_clean` decodes an event with a msgspec struct built from the same constraints in
 about 1.5 µs (5 with every field set), and answers only when it is sure the model accepts
-the event and reads the same values from it. For anything else (a camelCase alias, a timestamp in a
+the event and reads the same values from it. For anything else (a camelCase name, a timestamp in a
 form it does not parse, an event the model refuses) it returns ``None``, and the caller validates
 with the model: the model stays the one definition of a valid event and the one source of
 rejection reasons. ``tests/unit/test_call_event_decoder.py`` holds the two to that.
@@ -16,6 +16,11 @@ field. The decoder does none of that; a value of :data:`TEXT_FIELDS` that is not
 without surrounding spaces, and a value of :data:`ID_TEXT` or :data:`NAME_TEXT` in which
 ``schemas.privacy``'s candidate patterns find something, must go through the model. Tags are the
 exception: the decoder screens them itself, as the model does.
+
+:func:`decode_usage` does the same for the usage payload of hosted cost trackers
+(``schemas.usage_payload``), read as :class:`~schemas.usage_payload.UsageCallEvent` reads it: its
+camelCase names, its statuses and environments, its time the record's when it sends none, its
+``userId`` as the tenant when the worker is told so.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from schemas.call_event import (
     personal_data_in,
 )
 from schemas.privacy import Pseudonyms
+from schemas.usage_payload import ENVIRONMENTS, STATUSES, UserIdAs
 
 TEXT_FIELDS: tuple[str, ...] = (
     "event_id", "provider", "model", "feature", "prompt_version", "agent_id", "task_id", "session_id",
@@ -132,7 +138,31 @@ class CleanCallEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, g
 ROW_FIELDS = 30
 """The struct's first fields are the first columns of an ``llm_calls`` row (``sinks.batch``), in order."""
 
+
+class CleanUsagePayload(CleanCallEvent, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """A usage payload as :func:`decode_usage` reads it: a :class:`CleanCallEvent` under the payload's names.
+
+    Only its camelCase names are read (a snake_case twin is an unknown field: the model says why),
+    and ``externalRequestId`` is required.
+    """
+
+    event_id: _Id = msgspec.field(name="externalRequestId")
+    if TYPE_CHECKING:
+        status: Status
+    else:
+        ts: int | str | None = None  # no ts: the record's
+        status: str = "success"  # the payload's word, until decode_usage maps it
+    feature: _Name = msgspec.field(default=UNATTRIBUTED, name="endpointTag")
+    prompt_version: _Name = msgspec.field(default="", name="promptVersion")
+    user_id: _Id = msgspec.field(default="", name="userId")
+    data_mode: DataMode = msgspec.field(default="real", name="dataMode")
+    input_tokens: _Tokens = msgspec.field(default=0, name="inputTokens")
+    output_tokens: _Tokens = msgspec.field(default=0, name="outputTokens")
+    latency_ms: _Millis | None = msgspec.field(default=None, name="latencyMs")
+
+
 _decode = msgspec.json.Decoder(CleanCallEvent).decode
+_decode_usage = msgspec.json.Decoder(CleanUsagePayload).decode
 
 
 def decode_clean(raw: bytes, pseudonyms: Pseudonyms | None = None) -> CleanCallEvent | None:
@@ -146,7 +176,40 @@ def decode_clean(raw: bytes, pseudonyms: Pseudonyms | None = None) -> CleanCallE
         event = _decode(raw)
     except (msgspec.MsgspecError, UnicodeDecodeError):
         return None
-    sent = cast(int | str, event.ts)  # as sent, until replaced below
+    return _checked(event, cast(int | str, event.ts), pseudonyms)
+
+
+def decode_usage(
+    raw: bytes, record_ts: int | None, pseudonyms: Pseudonyms | None = None, user_id_as: UserIdAs = "user_id"
+) -> CleanCallEvent | None:
+    """A usage payload, when :class:`~schemas.usage_payload.UsageCallEvent` would read these values from it.
+
+    ``record_ts``: the Kafka record's timestamp (epoch milliseconds), its time when it sends no
+    ``ts``; ``user_id_as``: what its ``userId`` is stored as. Otherwise as :func:`decode_clean`.
+    """
+    try:
+        event = _decode_usage(raw)
+    except (msgspec.MsgspecError, UnicodeDecodeError):
+        return None
+    status = STATUSES.get(event.status.strip().lower())
+    if status is None:  # an HTTP code, or a word it does not know: the model maps it or says why
+        return None
+    event.status = cast(Status, status)
+    event.environment = ENVIRONMENTS.get(event.environment.strip().lower(), event.environment)
+    if user_id_as == "tenant_id" and event.user_id:
+        if event.tenant_id:  # both given: the model says why
+            return None
+        event.tenant_id, event.user_id = event.user_id, ""
+    sent = cast(int | str | None, event.ts)
+    if sent is None:
+        if record_ts is None or record_ts < 0:
+            return None
+        sent = record_ts
+    return _checked(event, sent, pseudonyms)
+
+
+def _checked(event: CleanCallEvent, sent: int | str, pseudonyms: Pseudonyms | None) -> CleanCallEvent | None:
+    """``event`` with its time read from ``sent`` and its user id pseudonymised, when the model would agree."""
     if isinstance(sent, str) and _RFC3339(sent) is None:
         return None
     try:

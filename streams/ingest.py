@@ -13,9 +13,9 @@ import pydantic_core
 from pydantic import ValidationError
 
 from schemas.call_event import PSEUDONYMS, UNATTRIBUTED, CallEvent, name_problem
-from schemas.call_event_decoder import ID_TEXT, NAME_TEXT, TEXT_FIELDS, CleanCallEvent, decode_clean
+from schemas.call_event_decoder import ID_TEXT, NAME_TEXT, TEXT_FIELDS, CleanCallEvent, decode_clean, decode_usage
 from schemas.privacy import ID_CANDIDATES, NAME_CANDIDATES, Pseudonyms, redact, redact_raw
-from schemas.usage_payload import RECORD_TS, USAGE_PAYLOAD_ERROR, USER_ID_AS, UserIdAs, model_for
+from schemas.usage_payload import RECORD_TS, USAGE_PAYLOAD_ERROR, USER_ID_AS, UsageCallEvent, UserIdAs, model_for
 from sinks import call_block
 from sinks.batch import LLM_CALL_COLUMNS, CallRows, Rejection
 from streams.pricing import CALLER_SOURCE, Pricer
@@ -120,6 +120,7 @@ class Ingestor:
         self._max_event_bytes = max_event_bytes
         self._pseudonyms = Pseudonyms(user_id_key) if user_id_key else None
         self._require_feature = require_feature
+        self._user_id_as: UserIdAs = user_id_as
         self._context: dict[str, object] = {USER_ID_AS: user_id_as}
         if self._pseudonyms is not None:
             self._context[PSEUDONYMS] = self._pseudonyms
@@ -138,6 +139,8 @@ class Ingestor:
                 result.rejected.append(rejection(self._topic, record, *unread, keep=self._max_event_bytes))
                 continue
             event: CallEvent | CleanCallEvent | None = decode_clean(raw, self._pseudonyms)  # type: ignore[arg-type]
+            if event is None and model_for(raw) is UsageCallEvent:  # type: ignore[arg-type]
+                event = decode_usage(raw, record.timestamp, self._pseudonyms, self._user_id_as)  # type: ignore[arg-type]
             # an untagged call refused by require_feature: the model says why, any other reason first
             if event is None or (require_feature and event.feature == UNATTRIBUTED):
                 event = self._validate(record, result.rejected)

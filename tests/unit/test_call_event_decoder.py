@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from producers.demo import DemoTraffic
-from schemas.call_event import CallEvent
-from schemas.call_event_decoder import CleanCallEvent, decode_clean
+from schemas.call_event import CAMEL_OF, CallEvent
+from schemas.call_event_decoder import CleanCallEvent, decode_clean, decode_usage
 from streams import ingest
 from streams.ingest import Ingestor, IngestResult, RawEvent
 from streams.pricing import Pricer
@@ -224,6 +224,7 @@ def model_only(
 ) -> IngestResult:
     with monkeypatch.context() as patch:
         patch.setattr(ingest, "decode_clean", lambda raw, pseudonyms=None: None)
+        patch.setattr(ingest, "decode_usage", lambda *args: None)
         return Ingestor(Pricer(), "llm.calls", user_id_key=key, **options).process(records)
 
 
@@ -262,6 +263,78 @@ def test_with_the_attribution_switches_every_event_reads_the_same(monkeypatch: p
     refused = {r.offset: r.error_kind for r in fast.rejected}
     assert refused[len(cases) - 2] == "missing_feature" and fast.calls.rows[-1][0] == "r-1"
     assert fast.calls.rows[-1][14] == "acct-1"  # tenant_id
+
+
+# The usage payload of hosted cost trackers: their names, words and forms, and twins of the contract's.
+USAGE_VARIANTS: dict[str, list[Any]] = {
+    "status": ["ok", " OK ", "Failed", "timed_out", "throttled", "canceled", "weird", "", 200, 429, 302, True, None],
+    "environment": ["production", " Production ", "development", "prod ", "staging", "", 5, None],
+    "userId": [*TEXTS, *PRIVATE],
+    "externalRequestId": [*TEXTS, *PRIVATE],
+    "endpointTag": [*TEXTS, *PRIVATE, "unattributed"],
+    "ts": [None, NOW_MS, STAMP + "Z", STAMP, "yesterday", 5],
+    "tenant_id": ["acme", "", None],
+    "event_id": ["e-twin"],  # twins
+    "user_id": ["u_twin"],
+    "inputTokens": [0, -1, 5.0, "5", True, 2**70, None],
+    "latencyMs": [800, -1, "800", True, None],
+    "dataMode": ["real", "live", None],
+}
+
+
+def usage_payload(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` as a hosted cost tracker's SDK sends it: camelCase names, no ts, its userId the only id of whom."""
+    payload = {CAMEL_OF.get(name, name): value for name, value in event.items() if name not in ("ts", "tenant_id")}
+    payload["status"] = "ok"
+    return payload
+
+
+def every_usage_case() -> list[bytes]:
+    rng = random.Random(20261204)
+    cases = [orjson.dumps(usage_payload(full_event()))]
+    for field, values in USAGE_VARIANTS.items():
+        for value in values:
+            payload = usage_payload(full_event(len(cases)))
+            payload[field] = value
+            cases.append(json.dumps(payload).encode())
+    for n in range(1500):
+        payload = usage_payload(full_event(len(cases) + n))
+        for field in rng.sample(sorted(USAGE_VARIANTS), rng.choice([1, 2, 3])):
+            if field in ("event_id", "user_id") and rng.random() < 0.8:
+                continue
+            value = rng.choice(USAGE_VARIANTS[field])
+            if value is None and rng.random() < 0.5:
+                payload.pop(field, None)
+            else:
+                payload[field] = value
+        cases.append(json.dumps(payload).encode())
+    return cases
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"user_id_as": "tenant_id"}, {"require_feature": True}, {"key": b"0123456789abcdef"}],
+    ids=["default", "userId as tenant", "tag or reject", "user id key"],
+)
+def test_every_usage_payload_reads_the_same_with_and_without_the_fast_decoder(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]
+) -> None:
+    cases = every_usage_case()
+    records = [RawEvent(raw, 0, n, NOW_MS - n if n % 50 else None) for n, raw in enumerate(cases)]
+    key = options.pop("key", None)
+    fast = Ingestor(Pricer(), "llm.calls", user_id_key=key, **options).process(records)
+    assert seen(fast) == seen(model_only(monkeypatch, records, key, **options))
+    decoded = sum(decode_usage(r.value, r.timestamp) is not None for r in records)  # type: ignore[arg-type]
+    assert decoded > 500 and len(cases) - decoded > 500
+    assert len(fast.calls) > 400 and len(fast.rejected) > 400
+
+
+def test_what_hosted_cost_trackers_send_takes_the_fast_path() -> None:
+    sent = orjson.dumps(usage_payload(full_event()))
+    event = decode_usage(sent, NOW_MS, user_id_as="tenant_id")
+    assert isinstance(event, CleanCallEvent) and event.ts == datetime.fromtimestamp(NOW_MS / 1000, UTC)
+    assert (event.event_id, event.status, event.tenant_id, event.user_id) == ("e-0", "success", "u_4f2a", "")
+    assert decode_usage(sent, None) is None  # no time at all: the model says so
 
 
 def test_personal_data_in_any_text_field_is_refused_on_the_fast_path_too() -> None:
