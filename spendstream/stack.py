@@ -201,6 +201,16 @@ def _open_on_assignment(app: faust.App, broker: EmbeddedBroker) -> None:
     app.on_partitions_assigned.connect(on_assigned, weak=False)
 
 
+def _attribution(settings: Settings) -> str:
+    """What the worker does otherwise than by default with a call's attribution, for the start-up line."""
+    told = []
+    if settings.require_feature:
+        told.append("calls without feature refused (SPENDSTREAM_REQUIRE_FEATURE)")
+    if settings.userid_as != "user_id":
+        told.append(f"a usage payload's userId stored as {settings.userid_as} (SPENDSTREAM_USERID_AS)")
+    return "".join(f"; {line}" for line in told)
+
+
 def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -> None:
     """Run broker (unless external), migrations, SQL endpoint (chDB only) and the worker until stopped."""
     config = settings.load_config()  # refuse a bad config before starting anything
@@ -249,7 +259,7 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
             say(f"SQL: {endpoint.url}/?query=SELECT+count()+FROM+llm_calls  (ClickHouse HTTP interface, sandboxed)")
         threading.Thread(target=alerter.run, args=(alerter_stop,), name="alerter", daemon=True).start()
         say(f"alerter: {alerter.describe()}")
-        say("worker: pricing calls into ClickHouse; Ctrl-C stops everything")
+        say(f"worker: pricing calls into ClickHouse{_attribution(settings)}; Ctrl-C stops everything")
         app = build_app(settings, settings.bootstrap, config)
         if broker is not None:
             _open_on_assignment(app, broker)

@@ -143,6 +143,9 @@ def test_usage_payloads_take_their_records_time_and_tenant_and_untagged_calls_ar
     assert producer.flush(30) == 0
 
     assert up.wait_for("SELECT count() FROM rejected_events", 8) == 8
+    started = up.log.read_text()
+    assert "calls without feature refused (SPENDSTREAM_REQUIRE_FEATURE)" in started
+    assert "a usage payload's userId stored as tenant_id (SPENDSTREAM_USERID_AS)" in started
     assert up.wait_for("SELECT count() FROM llm_calls", 6) == 6
     stored = (
         up.client()
