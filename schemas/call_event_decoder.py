@@ -53,7 +53,7 @@ from schemas.call_event import (
     personal_data_in,
 )
 from schemas.privacy import Pseudonyms
-from schemas.usage_payload import ENVIRONMENTS, STATUSES, UserIdAs
+from schemas.usage_payload import ENVIRONMENTS, STATUSES, UserIdAs, status_of_http
 
 TEXT_FIELDS: tuple[str, ...] = (
     "event_id", "provider", "model", "feature", "prompt_version", "agent_id", "task_id", "session_id",
@@ -151,7 +151,7 @@ class CleanUsagePayload(CleanCallEvent, kw_only=True, forbid_unknown_fields=True
         status: Status
     else:
         ts: int | str | None = None  # no ts: the record's
-        status: str = "success"  # the payload's word, until decode_usage maps it
+        status: str | int = "success"  # the payload's word or HTTP status code, until decode_usage maps it
     feature: _Name = msgspec.field(default=UNATTRIBUTED, name="endpointTag")
     prompt_version: _Name = msgspec.field(default="", name="promptVersion")
     user_id: _Id = msgspec.field(default="", name="userId")
@@ -191,8 +191,9 @@ def decode_usage(
         event = _decode_usage(raw)
     except (msgspec.MsgspecError, UnicodeDecodeError):
         return None
-    status = STATUSES.get(event.status.strip().lower())
-    if status is None:  # an HTTP code, or a word it does not know: the model maps it or says why
+    sent_status = cast(str | int, event.status)
+    status = status_of_http(sent_status) if isinstance(sent_status, int) else STATUSES.get(sent_status.strip().lower())
+    if status is None:  # a word or a code it does not know: the model says why
         return None
     event.status = cast(Status, status)
     event.environment = ENVIRONMENTS.get(event.environment.strip().lower(), event.environment)

@@ -266,8 +266,10 @@ def test_with_the_attribution_switches_every_event_reads_the_same(monkeypatch: p
 
 
 # The usage payload of hosted cost trackers: their names, words and forms, and twins of the contract's.
+SENT_STATUSES = ["ok", " OK ", "Failed", "timed_out", "throttled", "canceled", "weird", "", 200, 429, 503, 302,
+                 200.0, 10**30, True, None]  # fmt: skip
 USAGE_VARIANTS: dict[str, list[Any]] = {
-    "status": ["ok", " OK ", "Failed", "timed_out", "throttled", "canceled", "weird", "", 200, 429, 302, True, None],
+    "status": SENT_STATUSES,
     "environment": ["production", " Production ", "development", "prod ", "staging", "", 5, None],
     "userId": [*TEXTS, *PRIVATE],
     "externalRequestId": [*TEXTS, *PRIVATE],
