@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -191,3 +192,16 @@ def test_by_default_untagged_calls_are_stored_in_the_unattributed_bucket() -> No
         [RawEvent(raw(), 0, 1), RawEvent(raw(event_id="e2", feature=None), 0, 2)]
     )
     assert [row[6] for row in result.calls.rows] == ["unattributed", "unattributed"] and result.rejected == []
+
+
+def test_a_number_far_too_large_is_refused_saying_so_and_its_event_keeps_its_id() -> None:
+    base = {"ts": "2026-11-01T10:00:00Z", "provider": "openai", "model": "gpt-4o"}
+    sent = [{**base, "event_id": "float", "input_tokens": 1e300}, {**base, "event_id": "int", "latency_ms": 10**400},
+            {**base, "event_id": "big", "output_tokens": 10**30}]  # fmt: skip
+    records = [RawEvent(json.dumps(event).encode(), 0, n) for n, event in enumerate(sent)]  # orjson writes no such int
+    refused = {r.event_id: r.reason for r in Ingestor(Pricer(), "llm.calls").process(records).rejected}
+    assert refused == {
+        "float": "input_tokens: a number far too large",
+        "int": "latency_ms: a number far too large",
+        "big": "output_tokens: Input should be less than or equal to 100000000",
+    }
