@@ -293,7 +293,12 @@ def usage_payload(event: dict[str, Any]) -> dict[str, Any]:
 
 def every_usage_case() -> list[bytes]:
     rng = random.Random(20261204)
-    cases = [orjson.dumps(usage_payload(full_event()))]
+    clean = orjson.dumps(usage_payload(full_event()))
+    cases = [
+        clean, clean.replace(b"{", b'{"externalRequestId":"first",', 1),  # a name twice: the last counts
+        clean.replace(b"{", b'{"userId":"jane@example.com",', 1), clean.replace(b'"userId"', b'"user\\u0049d"'),
+        clean.replace(b"}", b',"ts":null}'), clean.replace(b"}", b',"ts":' + str(NOW_MS).encode() + b"}"),
+    ]  # fmt: skip
     for field, values in USAGE_VARIANTS.items():
         for value in values:
             payload = usage_payload(full_event(len(cases)))
