@@ -145,8 +145,10 @@ Name = Annotated[
     _Screened(_name_kind, name=True, printable=True),
 ]
 """A name (a model, a feature, a team...): printable, no personal data, secret or key-like token."""
-ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT_LENGTH), _Screened(name_kind, name=True)]
-"""Free text (an error type): no personal data, secret or key-like token."""
+ShortText = Annotated[
+    str, StringConstraints(max_length=MAX_SHORT_TEXT_LENGTH), _Screened(name_kind, name=True, printable=True)
+]
+"""Short text (an error type): printable, no personal data, secret or key-like token."""
 PromptHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(hash_kind)]
 
 
@@ -305,11 +307,15 @@ def implausible_time(seconds: float) -> str | None:
 
 
 def personal_data_in(tags: dict[str, str]) -> str | None:
-    """Why ``tags`` are refused (a key or value that looks like personal data or a secret), or ``None``."""
+    """Why ``tags`` are refused (a key or value that looks like personal data or a secret, or a value that
+    holds an invisible character), or ``None``."""
     for key, value in tags.items():
         kind = id_kind(key)
         if kind is not None:  # the key is not repeated: the reason is stored and published
             return f"a tag key looks like {kind}: tags hold categorical labels only"
+        invisible = unprintable(f"tag {key!r}", value)
+        if invisible is not None:
+            return invisible
         kind = sensitive_kind(value)
         if kind is not None:
             return f"tag {key!r} looks like {kind}: tags hold categorical labels only"

@@ -151,6 +151,16 @@ def test_ids_and_names_refuse_control_invisible_and_bidi_characters(field: str, 
         CallEvent.model_validate(event(**{field: f"gpt{char}4o"}))
 
 
+@pytest.mark.parametrize("char", ["\x1b", "\x07", "\u200b", "\u202e", "\u2066", "\ufeff"])
+def test_error_types_and_tag_values_refuse_control_invisible_and_bidi_characters(char: str) -> None:
+    with pytest.raises(ValidationError, match=f"error_type holds U\\+{ord(char):04X} .*must be printable"):
+        CallEvent.model_validate(event(status="error", error_type=f"Rate{char}LimitError"))
+    with pytest.raises(ValidationError, match=f"tag 'tier' holds U\\+{ord(char):04X} .*must be printable"):
+        CallEvent.model_validate(event(tags={"tier": f"gold{char}"}))
+    kept = CallEvent.model_validate(event(status="error", error_type="RateLimitError: 429", tags={"city": "Zürich"}))
+    assert kept.error_type == "RateLimitError: 429" and kept.tags == {"city": "Zürich"}
+
+
 def test_a_model_name_with_a_zero_width_space_is_refused_not_stored_unpriced() -> None:
     with pytest.raises(ValidationError, match=r"model holds U\+200B \(ZERO WIDTH SPACE\)"):
         CallEvent.model_validate(event(model="gpt-4o\u200b"))
