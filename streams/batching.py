@@ -188,6 +188,10 @@ class ChunkingTransport(aiokafka_driver.Transport):
     Consumer: ClassVar[type[ConsumerT]] = ChunkingConsumer
 
 
+STOP_WAIT_SECONDS = 5.0
+"""How long a stopping worker waits for the events it took to be stored (see ``ChunkingApp``)."""
+
+
 class PromptTableManager(TableManager):
     """Faust's table manager without the second it sleeps at start.
 
@@ -220,6 +224,34 @@ class ChunkingApp(faust.App):
 
     def _new_transport(self) -> TransportT:
         return cast(TransportT, self._transport_class(self.conf.broker_consumer, self))
+
+    async def _consumer_wait_empty(self, consumer: ConsumerT, logger: Any) -> None:
+        """Wait for the agents to acknowledge what they took; when stopping, ``STOP_WAIT_SECONDS`` at most.
+
+        An agent acknowledges a batch once ClickHouse stored it; while ClickHouse is down it retries
+        and acknowledges nothing, and Faust's stop waited for it for ever (a SIGTERM of the worker
+        hung). What it never acknowledged is not committed: a stop that gives up on it loses
+        nothing, the next start reads it again. A rebalance still waits for the batch in hand.
+        """
+        if not self.should_stop:
+            await super()._consumer_wait_empty(consumer, logger)
+            return
+        # Faust's own wait cannot be bounded from outside: it swallows the cancellation of a timeout
+        waiting = cast(Any, consumer)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_WAIT_SECONDS
+        while waiting._unacked_messages:
+            if loop.time() >= deadline:
+                logger.warning(
+                    "stopping with events not stored yet (ClickHouse did not take them within %.0f s): they are "
+                    "not acknowledged, and the next start reads them again",
+                    STOP_WAIT_SECONDS,
+                )
+                break
+            await consumer.commit()
+            await asyncio.sleep(0.05)
+            waiting._clean_unacked_messages()
+        await consumer.commit()
 
 
 async def take_chunks(
