@@ -44,7 +44,7 @@ from clickhouse_connect.driver.client import Client
 from alerting.inhibition import Causes
 from alerting.routes import channel_for
 from alerting.scheduled import ScheduledChecks
-from alerting.slack import Poster, Posters, SlackDeliveryError
+from alerting.slack import CLOCK_SKEW, Poster, Posters, SlackDeliveryError
 from schemas.alert import Alert
 from schemas.config import Route
 from sinks.batch import ALERT_COLUMNS
@@ -57,8 +57,6 @@ _STATE_COLUMNS = (
     "updated_at",
 )  # fmt: skip
 ROUND_LIMIT = 500
-CLOCK_SKEW = 60.0
-"""Seconds before an attempt began from which the channel is read for its message (clocks differ)."""
 
 
 @dataclass(frozen=True, slots=True)

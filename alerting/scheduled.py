@@ -13,11 +13,14 @@ sees every worker's calls at once. Three things are checked from there:
 - morning digests: yesterday's spend, against the week before, with its top keys, the month-end
   forecasts, to each channel whose config asks for one. A digest is recorded in the ``digests`` table
   once Slack took it, so a failed one is tried again at the next check and none is posted twice,
-  across restarts too.
+  across restarts too. Its message carries an attempt id made from its day and channel: before a
+  post the channel is read for it, so a digest whose answer was lost (Slack posted it) is recorded,
+  not posted again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,7 +32,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from clickhouse_connect.driver.client import Client
 
-from alerting.slack import Posters, SlackDeliveryError
+from alerting.slack import CLOCK_SKEW, Poster, Posters, SlackDeliveryError
 from schemas.alert import DAY_WINDOW, Alert, Severity, alert_id_for
 from schemas.config import DigestConfig, SpendstreamConfig
 from schemas.exceptions import SpendstreamError
@@ -195,9 +198,15 @@ class ScheduledChecks:
         ).result_rows[0][0]
         if done:
             return None
-        text, blocks = self.digest_message(client, digest, day, now)
+        due = datetime.combine(now.date(), time(digest.hour_utc), UTC)
+        attempt_id = _digest_attempt_id(day, digest, due)
         try:
-            self._posters.for_channel(digest.channel).post_blocks(digest.channel, text, blocks)
+            poster = self._posters.for_channel(digest.channel)
+            if self._already_posted(poster, digest.channel, attempt_id, due):
+                logger.info("digest for %s to %s was posted: its answer had been lost", day, digest.channel)
+            else:
+                text, blocks = self.digest_message(client, digest, day, now)
+                poster.post_blocks(digest.channel, text, blocks, attempt_id=attempt_id)
         except SlackDeliveryError as exc:
             logger.warning("digest for %s to %s not posted yet: %s", day, digest.channel, exc.reason)
             return False
@@ -207,6 +216,22 @@ class ScheduledChecks:
             column_names=["day", "channel", "data_mode"],
         )
         return True
+
+    def _already_posted(self, poster: Poster, channel: str, attempt_id: str, due: datetime) -> bool:
+        """Whether the channel holds the digest posted with ``attempt_id`` (an earlier post whose answer was lost).
+
+        Raises:
+            SlackDeliveryError: Slack did not answer (transient): the digest waits for the next check.
+        """
+        if not poster.can_check:
+            return False
+        try:
+            return poster.find(channel, attempt_id, None, due.timestamp() - CLOCK_SKEW) is not None
+        except SlackDeliveryError as exc:
+            if exc.transient:
+                raise
+            logger.warning("cannot read %s for an earlier digest (%s): a lost answer may show it twice", channel, exc)
+            return False
 
     def digest_message(
         self, client: Client, digest: DigestConfig, day: date, now: datetime | None = None
@@ -304,6 +329,12 @@ class ScheduledChecks:
         else:
             if result.raised or result.digests or result.failed_digests:
                 logger.info("scheduled checks: %s", result)
+
+
+def _digest_attempt_id(day: date, digest: DigestConfig, due: datetime) -> str:
+    """The attempt id of a digest: the same at every try, in the alerter's form (when it was due, a hash)."""
+    of = hashlib.blake2b(f"{day}|{digest.channel}|{digest.data_mode}".encode(), digest_size=8).hexdigest()
+    return f"{due.timestamp() * 1000:.0f}-{of}"
 
 
 def _sql_day(day: date) -> str:

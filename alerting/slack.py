@@ -37,6 +37,10 @@ def mark(alert: Alert) -> str:
     return RESOLVED_MARK if alert.status == "resolved" else SEVERITY_MARK[alert.severity]
 
 
+CLOCK_SKEW = 60.0
+"""Seconds before an attempt began from which a channel is read for its message (clocks differ)."""
+
+
 class SlackDeliveryError(Exception):
     """A message Slack did not take. ``transient``: try again later (``retry_after`` seconds at least).
 

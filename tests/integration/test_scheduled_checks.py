@@ -135,3 +135,19 @@ def test_the_morning_digest_is_posted_once_after_its_hour_and_survives_a_slack_o
     assert message.text.startswith(f"Spend digest for {SPIKE_DAY.isoformat()} (UTC, demo calls): ${total:,.2f}")
     body = json.dumps(message.blocks)
     assert "Top feature" in body and SPIKE_FEATURE in body and "per 1,000 calls" in body
+
+
+def test_a_digest_whose_answer_was_lost_is_posted_once(
+    chdb_dsn: str, ch: Client, stored_week: str, slack: SlackStandIn, broker: str
+) -> None:
+    checks_, _ = checks(chdb_dsn, stored_week, slack, broker)
+    ch.command(f"TRUNCATE TABLE {stored_week}.digests")
+    slack.lose_answers = 1  # Slack posts it, and the connection drops before its answer
+
+    lost = checks_.run_once(MORNING_AFTER)
+    found = checks_.run_once(MORNING_AFTER + timedelta(minutes=10))
+    again = checks_.run_once(MORNING_AFTER + timedelta(minutes=20))
+
+    assert (lost.failed_digests, found.digests, again.digests) == (1, 1, 0)
+    [message] = slack.posted
+    assert message.text.startswith(f"Spend digest for {SPIKE_DAY.isoformat()}")
