@@ -61,7 +61,8 @@ class Emitter:
         topic: the topic of call events.
         max_queued: the most events waiting locally; more are dropped and counted.
         spill_path: where undeliverable events are appended, to be replayed later.
-        kafka_config: more librdkafka settings (security, client.id, ...).
+        kafka_config: more librdkafka settings (security, client.id, ...); an ``error_cb`` in it is
+            called too, after the emitter has counted the error.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class Emitter:
     ) -> None:
         self._topic = topic
         self._spill_path = Path(spill_path) if spill_path is not None else None
+        self._app_error_cb = (kafka_config or {}).get("error_cb")
         self._config = {
             "bootstrap.servers": bootstrap,
             "enable.idempotence": False,
@@ -164,7 +166,10 @@ class Emitter:
         return stats
 
     def _on_error(self, error: KafkaError) -> None:
+        """Count outages for ``stats()``, then call the application's own ``error_cb`` (``kafka_config``), if any."""
         self._last_error = error.str()
+        if self._app_error_cb is not None:
+            self._app_error_cb(error)
         if error.code() == KafkaError._ALL_BROKERS_DOWN and self._down_since is None:
             self._down_since = time.monotonic()
             self._outages += 1

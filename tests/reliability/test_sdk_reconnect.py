@@ -90,3 +90,16 @@ def test_events_no_broker_acknowledged_by_close_are_spilled(tmp_path: Path) -> N
 
     assert (stats.sent, stats.failed, stats.in_flight, stats.outages, stats.reconnects) == (5, 5, 0, 1, 0)
     assert [orjson.loads(line)["event_id"] for line in spill.read_bytes().splitlines()] == [f"e-{n}" for n in range(5)]
+
+
+def test_the_applications_own_error_callback_still_hears_of_broker_errors(tmp_path: Path) -> None:
+    heard: list[str] = []
+    emitter = Emitter(
+        f"127.0.0.1:{free_port()}", topic=TOPIC, spill_path=tmp_path / "spill.jsonl",
+        kafka_config={"error_cb": lambda error: heard.append(error.str())},
+    )  # fmt: skip
+    emitter.emit(call("e-0", "s-0"))
+
+    stats = emitter.close(1)
+
+    assert stats.outages == 1 and heard  # the emitter counted the outage, and the application was told
