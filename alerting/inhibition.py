@@ -88,17 +88,20 @@ def explains(client: Client, database: str, cause: OpenIncident, alert: Alert) -
         column = "ttft_ms" if alert.dedup_key.endswith(":ttft") else "latency_ms"
         value = f"quantileIf(0.95)({column}, status = 'success' AND {outside})"
     scope = "" if family == "spend" else "AND kind = 'llm' "
-    until = int(alert.ts.timestamp() * 1000)
+    # detectors count calls a minute at a time: the window ends with the minute of the alert's clock
+    until = -(-int(alert.ts.timestamp() * 1000) // 60_000) * 60_000
     parameters = {
         "cause": cause.key, "key": alert.key, "mode": alert.data_mode, "since": until - seconds * 1000, "until": until,
     }  # fmt: skip
     rows = client.query(
-        f"SELECT {value} FROM `{database}`.llm_calls "
+        f"SELECT {value}, count() FROM `{database}`.llm_calls "
         f"WHERE {alert.dimension} = %(key)s AND data_mode = %(mode)s {scope}"
         "AND ts > fromUnixTimestamp64Milli(%(since)s, 'UTC') AND ts <= fromUnixTimestamp64Milli(%(until)s, 'UTC')",
         parameters=parameters,
     ).result_rows
-    without = rows[0][0] if rows else None
+    if not rows or not rows[0][1]:
+        return False  # none of its calls in sight (not stored yet, or its clock behind them): nothing to judge by
+    without = rows[0][0]
     return without is None or without != without or float(without) <= alert.threshold  # NaN: no calls left
 
 

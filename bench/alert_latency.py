@@ -1,16 +1,18 @@
 """Event-to-Slack latency: from an incident's first event produced to its message posted, under load.
 
-    .venv/bin/python -m bench.alert_latency [--incidents 10] [--rate 5000] [--group-wait 10] [--busy 2]
+    .venv/bin/python -m bench.alert_latency [--incidents 10] [--rate 5000] [--kind mixed] [--busy 2]
 
 Starts a tansu broker, ``spendstream up`` (its own chDB) and a local Slack Web API stand-in. A
 background producer sends ordinary calls at ``--rate`` events/s (sessions of four calls), stamped
-with the time they are sent, for the whole run: it raises no alert of its own. Every few seconds
-a runaway session starts: one model call and one tool call with the same prompt hash and tool,
-five times, sent at once. The clock of an incident runs from its first event handed to the
-producer until the stand-in has recorded the message naming its session in #agent-loops. Prints
-p50, p95 and max; ``--group-wait 0`` shows the pipeline without the alerter's group wait; ``--busy N``
-starts N other runaway sessions a second, routed to another channel, and the stand-in takes
-``--slack-seconds`` to answer each post, so the alerter is busy with other incidents meanwhile.
+with the time they are sent, for the whole run: it raises no alert of its own. Every ``--spacing``
+seconds an incident starts, sent at once: a runaway session (one model call and one tool call with
+the same prompt hash and tool, five times: ``loop_detected``, to #agent-loops) or a rate-limit
+storm (40 calls of a new feature refused by the provider: ``error_rate``, to #llm-costs); ``mixed``
+takes them in turn. The clock of an incident runs from its first event handed to the producer
+until the stand-in has recorded the message naming it. Prints p50, p95 and max; ``--group-wait 0``
+shows the pipeline without the alerter's group wait; ``--busy N`` starts N other runaway sessions
+a second, routed to another channel, and the stand-in takes ``--slack-seconds`` to answer each
+post, so the alerter is busy with other incidents meanwhile.
 """
 
 from __future__ import annotations
@@ -68,6 +70,20 @@ def runaway(session: str) -> list[dict[str, object]]:
     return events
 
 
+def storm(feature: str) -> list[dict[str, object]]:
+    """A rate-limit storm: 40 calls of a feature, all refused by the provider, at once."""
+    now = int(time.time() * 1000)
+    return [
+        {"event_id": str(uuid.uuid4()), "ts": now, "provider": "openai", "model": "gpt-4o-mini", "feature": feature,
+         "input_tokens": 900, "output_tokens": 0, "latency_ms": 150.0, "status": "rate_limited",
+         "error_type": "RateLimitError", "session_id": f"{feature}-{n}", "tenant_id": "t1", "data_mode": "test"}
+        for n in range(40)
+    ]  # fmt: skip
+
+
+INCIDENTS = {"loop": ("bench-loop", runaway), "errors": ("bench-storm", storm)}
+
+
 def load(emitter: Emitter, rate: int, stop: threading.Event, sent: list[int]) -> None:
     """Send ordinary calls at ``rate`` per second, in 10 ms steps, until ``stop``."""
     n = 0
@@ -81,15 +97,17 @@ def load(emitter: Emitter, rate: int, stop: threading.Event, sent: list[int]) ->
     sent.append(n)
 
 
-def diagnose(sql_port: int, session: str) -> str:
+def diagnose(sql_port: int, name: str) -> str:
     """What the stack had when an incident's message did not come."""
     client = clickhouse_connect.get_client(host="127.0.0.1", port=sql_port, database="spendstream")
     stored = client.query("SELECT count(), max(ts) FROM llm_calls").result_rows[0]
-    of_session = client.query(f"SELECT count() FROM llm_calls WHERE session_id = '{session}'").result_rows[0][0]
+    of_session = client.query(
+        f"SELECT count() FROM llm_calls WHERE session_id = '{name}' OR feature = '{name}'"
+    ).result_rows[0][0]
     alerts = client.query(
-        f"SELECT kind, delivery_state, delivery_error FROM alerts FINAL WHERE key = '{session}'"
+        f"SELECT kind, delivery_state, delivery_error FROM alerts FINAL WHERE key = '{name}'"
     ).result_rows
-    return f"no message: {stored[0]:,} calls stored (latest {stored[1]}), {of_session} of the session; alerts {alerts}"
+    return f"no message: {stored[0]:,} calls stored (latest {stored[1]}), {of_session} of the incident; alerts {alerts}"
 
 
 def main() -> None:
@@ -102,6 +120,10 @@ def main() -> None:
         "--busy", type=float, default=0.0, help="other runaway sessions per second, routed to #llm-oncall"
     )
     parser.add_argument("--slack-seconds", type=float, default=0.2, help="how long Slack takes to answer a post")
+    parser.add_argument(
+        "--kind", choices=["loop", "errors", "mixed"], default="mixed",
+        help="runaway sessions (loop_detected), rate-limit storms of a feature (error_rate), or both in turn",
+    )  # fmt: skip
     args = parser.parse_args()
     slack = SlackStandIn(post_seconds=args.slack_seconds)
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,6 +134,7 @@ def main() -> None:
             f"alerts:\n  group_wait_seconds: {args.group_wait}\n  routes:\n"
             "    - {match: {kind: loop_detected, key: 'busy-*'}, channel: '#llm-oncall'}\n"
             "    - {match: {kind: loop_detected}, channel: '#agent-loops'}\n"
+            "    - {match: {kind: error_rate}, channel: '#llm-costs'}\n"
         )
         sql_port = free_port()
         prefix = f"bench{uuid.uuid4().hex[:6]}."
@@ -133,19 +156,21 @@ def main() -> None:
             if args.busy:
                 threading.Thread(target=busy, args=(stop, emitter, args.busy), daemon=True).start()
             latencies = []
+            kinds = ["loop", "errors"] if args.kind == "mixed" else [args.kind]
             for n in range(args.incidents):
-                session = f"bench-loop-{n}"
-                events = runaway(session)
+                kind = kinds[n % len(kinds)]
+                prefix_of, make = INCIDENTS[kind]
+                name = f"{prefix_of}-{n}"
                 started = time.perf_counter()
-                for event in events:
-                    emitter.emit_raw(orjson.dumps(event), session)
+                for event in make(name):
+                    emitter.emit_raw(orjson.dumps(event), str(event.get("session_id", name)))
                 deadline = started + 120
-                while not any(session in p.text for p in slack.posted) and time.perf_counter() < deadline:
+                while not any(name in p.text for p in slack.posted) and time.perf_counter() < deadline:
                     time.sleep(0.05)
                 latencies.append(time.perf_counter() - started)
                 if time.perf_counter() >= deadline:
-                    print(diagnose(sql_port, session), flush=True)
-                print(f"incident {n + 1}: {latencies[-1]:.2f} s", flush=True)
+                    print(diagnose(sql_port, name), flush=True)
+                print(f"incident {n + 1} ({kind}): {latencies[-1]:.2f} s", flush=True)
                 time.sleep(max(0.0, args.spacing - latencies[-1]))
             stop.set()
             loader.join()
@@ -160,7 +185,12 @@ def main() -> None:
         raise SystemExit("p95 needs two incidents at least: --incidents 2")
     quantiles = statistics.quantiles(latencies, n=20, method="inclusive")
     print(f"background load:         {args.rate:,} events/s ({sent[0] if sent else 0:,} sent)")
-    print(f"incidents:               {len(latencies)} runaway sessions, group wait {args.group_wait:g} s")
+    what = {
+        "loop": "runaway sessions",
+        "errors": "rate-limit storms",
+        "mixed": "runaway sessions and rate-limit storms",
+    }
+    print(f"incidents:               {len(latencies)} {what[args.kind]}, group wait {args.group_wait:g} s")
     others = sum(p.channel == "#llm-oncall" for p in slack.posted)
     print(f"alerter busy with:       {args.busy:g} other incidents/s ({others} messages)")
     print(f"Slack answers a post in: {args.slack_seconds:g} s")

@@ -270,6 +270,10 @@ def test_a_new_incident_an_open_one_explains_is_a_reply_in_its_thread(
         "[warning] hourly_burn user_id=u3",
     ]  # fmt: skip
 
+    # an incident none of whose calls are in sight (its clock behind them) is not taken as explained
+    raise_(spend_alert("hourly_burn", "user_id", "ghost", 2.0, 0.3))
+    assert slack.messages()[-1].text.startswith("[warning] hourly_burn user_id=ghost")
+
     # switched off, every new incident is its own message
     plain = Alerter(
         lambda: connect(chdb_dsn), database, [Route(channel="#llm-costs")],
@@ -281,7 +285,7 @@ def test_a_new_incident_an_open_one_explains_is_a_reply_in_its_thread(
     sink.add(CallRows(), [], alerts=[alert_row(spend_alert("hourly_burn", "user_id", "u4", 4.0, 0.3))])
     sink.flush()
     plain.deliver_pending()
-    assert len(slack.messages()) == 5
+    assert len(slack.messages()) == 6
 
 
 def test_a_route_with_an_incoming_webhook_posts_through_it_and_survives_its_outage(
