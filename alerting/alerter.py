@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +41,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from alerting.inhibition import Causes
+from alerting.inhibition import Answers, Causes
 from alerting.routes import channel_for
 from alerting.scheduled import ScheduledChecks
 from alerting.slack import CLOCK_SKEW, Poster, Posters, SlackDeliveryError
@@ -117,6 +117,7 @@ class Alerter:
         self._checks = checks
         self._recheck_after = recheck_after
         self._inhibit = inhibit
+        self._answers: Answers = OrderedDict()
         self._last_write = 0.0
 
     def describe(self) -> str:
@@ -142,7 +143,7 @@ class Alerter:
         updates: list[tuple[Any, ...]] = []
         counts = {"delivered": len(settled), "messages": 0, "unrouted": 0, "failed": 0, "held": 0}
         replies: dict[tuple[str, str], list[_Pending]] = defaultdict(list)
-        causes = Causes(client, self._database) if self._inhibit else None
+        causes = Causes(client, self._database, self._answers) if self._inhibit else None
         groups: dict[tuple[str, str, str], list[_Pending]] = defaultdict(list)
         for item in pending:
             if item.channel is None:

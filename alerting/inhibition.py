@@ -18,6 +18,7 @@ only for a new incident of these families while another of its family is open.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
@@ -122,13 +123,23 @@ def open_incidents(client: Client, database: str, data_mode: str, family: str) -
     ]
 
 
-class Causes:
-    """Finds the cause of new incidents for one delivery round (each family's open incidents read once)."""
+Answers = OrderedDict[tuple[str, str], bool]
+"""Per (alert id, cause's dedup key): whether the cause explains the alert, asked once (see :class:`Causes`)."""
+MAX_ANSWERS = 4096
 
-    def __init__(self, client: Client, database: str) -> None:
+
+class Causes:
+    """Finds the cause of new incidents for one delivery round (each family's open incidents read once).
+
+    ``answers`` outlives the round: an incident held for its group wait is asked about each round,
+    and ClickHouse is asked once per (incident, cause).
+    """
+
+    def __init__(self, client: Client, database: str, answers: Answers) -> None:
         self._client = client
         self._database = database
         self._open: dict[tuple[str, str], list[OpenIncident]] = {}
+        self._answers = answers
 
     def of(self, alert: Alert, channel: str) -> OpenIncident | None:
         """The oldest open incident posted to ``channel`` before ``alert`` that explains it, if any."""
@@ -146,7 +157,16 @@ class Causes:
                 cause.channel == channel
                 and cause.dedup_key != alert.dedup_key
                 and cause.opened <= raised
-                and explains(self._client, self._database, cause, alert)
+                and self._explains(cause, alert)
             ):
                 return cause
         return None
+
+    def _explains(self, cause: OpenIncident, alert: Alert) -> bool:
+        key = (alert.alert_id, cause.dedup_key)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = explains(self._client, self._database, cause, alert)
+            if len(self._answers) > MAX_ANSWERS:
+                self._answers.popitem(last=False)
+        return answer
