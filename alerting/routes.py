@@ -21,5 +21,14 @@ def channel_for(alert: Alert, routes: Sequence[Route]) -> str | None:
             continue
         if match.key is not None and not fnmatchcase(alert.key, match.key):
             continue
+        if match.threshold_pct is not None and threshold_pct(alert) != match.threshold_pct:
+            continue
         return route.channel
     return None
+
+
+def threshold_pct(alert: Alert) -> int | None:
+    """A ``budget_threshold`` alert's threshold in percent of its limit (``threshold`` / ``baseline``)."""
+    if alert.kind != "budget_threshold" or alert.threshold is None or not alert.baseline:
+        return None
+    return round(100 * alert.threshold / alert.baseline)

@@ -4,8 +4,9 @@ A background thread reads the compacted topic ``spendstream.budgets`` from its s
 latest state of every scope in memory, so :meth:`BudgetGuard.check` makes no network call. Before
 a model or tool call, the guard looks at the kill switch (global, and the call's agent, feature,
 tool, prompt version, tenant and session) and at the budget of each of the call's keys (user,
-tenant, feature, agent, team, environment); the strictest wins: deny, then downgrade, then
-throttle, then allow.
+tenant, feature, agent, team, environment, session); the strictest wins: deny, then downgrade, then
+throttle, then allow, and a call downgraded by one budget is still delayed by a throttle in force
+(of that budget's thresholds, or of another budget).
 
 When the guard has not read the topic to its end yet, or has lost the brokers, what it has read
 still holds: a kill switch or a denying budget it knows of keeps denying, whatever ``fail`` says
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("spendstream.guard")
 
-BUDGET_DIMENSIONS = ("user_id", "tenant_id", "feature", "agent_id", "team", "environment")
+BUDGET_DIMENSIONS = ("user_id", "tenant_id", "feature", "agent_id", "team", "environment", "session_id")
 FailMode = Literal["open", "closed"]
 
 
@@ -53,7 +54,7 @@ class Decision:
     model: str | None = None
     """The model to call: the cheaper one on ``downgrade``, else the one asked for."""
     delay_seconds: float = 0.0
-    """How long to wait before the call (``throttle``)."""
+    """How long to wait before the call (``throttle``, or a ``downgrade`` with a throttle in force)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,19 +136,24 @@ class BudgetGuard:
             candidates = [self._states.get(kill_scope())]
             candidates += [self._states.get(kill_scope(d, str(keys[d]))) for d in KILL_DIMENSIONS if keys.get(d)]
             candidates += [self._states.get(budget_scope(d, str(keys[d]))) for d in BUDGET_DIMENSIONS if keys.get(d)]
+        delay = 0.0
         for state in candidates:
             if state is None or (state.period_end is not None and state.period_end <= now):
                 continue
             found = _decide(state, model, estimated_usd)
+            delay = max(delay, found.delay_seconds)
             if SEVERITY_ORDER[found.action] > SEVERITY_ORDER[decision.action]:
                 decision = found
+        if decision.action in ("throttle", "downgrade") and delay > decision.delay_seconds:
+            decision = replace(decision, delay_seconds=delay)  # a throttle of another budget holds too
         return decision if self.ready else self._unknown(decision)
 
     def enforce(
         self, *, model: str | None = None, estimated_usd: float | None = None, wait: bool = True, **keys: Any
     ) -> Decision:
-        """:meth:`check`, then act on it: raise on deny, wait on throttle (unless ``wait`` is False: the
-        caller waits ``delay_seconds``, as an async caller does); returns the decision (its ``model``).
+        """:meth:`check`, then act on it: raise on deny, wait ``delay_seconds`` on throttle (and on a downgrade
+        with a throttle in force) unless ``wait`` is False (the caller waits, as an async caller does);
+        returns the decision (its ``model``).
 
         Raises:
             BudgetExceededError: a budget or kill switch denies the call.
@@ -156,12 +162,12 @@ class BudgetGuard:
         if decision.action == "deny":
             self._counts["denied"] += 1
             raise BudgetExceededError(decision)
-        if decision.action == "throttle":
+        if decision.action == "downgrade":
+            self._counts["downgraded"] += 1
+        if decision.delay_seconds > 0:
             self._counts["throttled"] += 1
             if wait:
                 time.sleep(decision.delay_seconds)
-        elif decision.action == "downgrade":
-            self._counts["downgraded"] += 1
         return decision
 
     def estimate_usd(self, provider: str, model: str, input_tokens: int, max_output_tokens: int) -> float | None:
@@ -304,19 +310,28 @@ class BudgetGuard:
 
 
 def _decide(state: BudgetState, model: str | None, estimated_usd: float | None) -> Decision:
-    action = state.state
+    """The decision of one state: what is in force, or what a call whose estimate passes the next
+    action's mark (or, without thresholds, the limit) is treated as having reached."""
+    action: GuardState = state.state
     reason = state.reason
-    would_pass = (
+    downgrade_to, throttle = state.downgrade_to, state.throttle_seconds
+    step = state.next
+    if step is not None:
+        if (
+            estimated_usd is not None
+            and estimated_usd > step.usd
+            and SEVERITY_ORDER[step.state] >= SEVERITY_ORDER[action]
+        ):
+            action, downgrade_to, throttle = step.state, step.downgrade_to, step.throttle_seconds
+            reason = f"{reason}; this call's estimate (${estimated_usd:,.4f}) would pass the {step.at_pct}% threshold"
+    elif (
         action == "allow" and estimated_usd is not None and state.remaining_usd is not None
         and estimated_usd > state.remaining_usd and state.action != "alert"
-    )  # fmt: skip
-    if would_pass:
-        action = "throttle" if state.action == "throttle" else state.action  # type: ignore[assignment]
+    ):  # fmt: skip
+        action = state.action
         reason = f"{reason}; this call's estimate (${estimated_usd:,.4f}) would pass the limit"
+    delay = (throttle or 0.0) if action in ("throttle", "downgrade") else 0.0
     if action == "downgrade":
-        return Decision("downgrade", f"{reason}: use {state.downgrade_to}", state.scope, state.remaining_usd,
-                        model=state.downgrade_to)  # fmt: skip
-    if action == "throttle":
-        return Decision("throttle", reason, state.scope, state.remaining_usd, model=model,
-                        delay_seconds=state.throttle_seconds or 0.0)  # fmt: skip
-    return Decision(action, reason, state.scope, state.remaining_usd, model=model)
+        return Decision("downgrade", f"{reason}: use {downgrade_to}", state.scope, state.remaining_usd,
+                        model=downgrade_to, delay_seconds=delay)  # fmt: skip
+    return Decision(action, reason, state.scope, state.remaining_usd, model=model, delay_seconds=delay)

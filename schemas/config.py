@@ -53,6 +53,9 @@ class RouteMatch(BaseModel):
     severity: Severity | None = None
     dimension: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     key: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    threshold_pct: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """A ``budget_threshold`` alert's threshold, in percent of its limit (the threshold's ``at``): send 100%
+    to finance and 120% to an escalation channel."""
 
 
 class Route(BaseModel):
@@ -329,15 +332,69 @@ class DigestConfig(BaseModel):
 AlertsConfig.model_rebuild()
 
 
-BudgetDimension = Literal["user_id", "tenant_id", "feature", "agent_id", "team", "environment"]
+BudgetDimension = Literal[
+    "user_id", "tenant_id", "feature", "agent_id", "team", "environment", "session_id", "workflow"
+]
 BudgetAction = Literal["alert", "throttle", "downgrade", "deny"]
+BudgetPeriod = Literal["day", "month", "rolling_24h", "rolling_30d"]
+LimitPeriod = Literal["daily", "monthly", "rolling_24h", "rolling_30d"]
+"""How a budget state names its period: the config's ``day`` and ``month`` are ``daily`` and ``monthly``."""
+_LIMIT_PERIOD: dict[str, LimitPeriod] = {"day": "daily", "month": "monthly", "rolling_24h": "rolling_24h",
+                                         "rolling_30d": "rolling_30d"}  # fmt: skip
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ThrottleSeconds = Annotated[float, Field(gt=0, le=300)]
+DEFAULT_THROTTLE_SECONDS = 5.0
+
+
+class BudgetThreshold(BaseModel):
+    """A mark on a budget's limit: reaching it raises a ``budget_threshold`` alert, and its ``action``
+    holds from there on (with the actions of the thresholds below it: throttled past 90% and downgraded
+    past 100% is both)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: Annotated[int, Field(ge=1, le=1000)]
+    """Percent of the limit."""
+    severity: Severity | None = None
+    """Of its alert; by default ``warning`` below 100% and ``critical`` from 100% (routes match on it, and on
+    ``threshold_pct``)."""
+    action: BudgetAction = "alert"
+    """What the SDK's guard does from this threshold on: ``alert`` adds nothing to the thresholds below."""
+    throttle_seconds: ThrottleSeconds | None = None
+    """How long the guard delays each call (``action: throttle``; 5 s when not given)."""
+    downgrade_to: ModelName | None = None
+    """The cheaper model to use (``action: downgrade``)."""
+
+    @property
+    def alert_severity(self) -> Severity:
+        return self.severity or ("warning" if self.at < 100 else "critical")
+
+    @property
+    def delay_seconds(self) -> float:
+        return self.throttle_seconds or DEFAULT_THROTTLE_SECONDS
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BudgetThreshold:
+        if self.action == "downgrade" and self.downgrade_to is None:
+            raise ValueError(f"the {self.at}% threshold's action downgrade needs downgrade_to: the cheaper model")
+        if self.action != "downgrade" and self.downgrade_to is not None:
+            raise ValueError(f"the {self.at}% threshold's downgrade_to is only used with action downgrade")
+        if self.action != "throttle" and self.throttle_seconds is not None:
+            raise ValueError(f"the {self.at}% threshold's throttle_seconds is only used with action throttle")
+        return self
+
+
+DEFAULT_THRESHOLDS = (BudgetThreshold(at=70), BudgetThreshold(at=100), BudgetThreshold(at=120))
+"""70% (a warning), 100% and 120% (critical); alerts only."""
 
 
 class BudgetConfig(BaseModel):
-    """A spend limit for one key of a dimension, or for each key (``*``), per UTC day and/or month.
+    """A spend limit for one key of a dimension, or for each key (``*``), and its thresholds.
 
-    Past the limit, ``action`` says what the SDK's guard does: ``alert`` only, ``throttle`` (delay
-    each call), ``downgrade`` (use ``downgrade_to`` instead), or ``deny``.
+    The limit is ``limit_usd`` per ``period`` (a UTC ``day`` or ``month``, or the last 24 hours or 30 days),
+    or, as before thresholds existed, ``daily_usd`` and/or ``monthly_usd``. Each threshold raises its
+    alert once per period and says what the SDK's guard does from there on; without ``thresholds``, the
+    defaults (70%, 100%, 120%), with the budget's ``action`` from 100%.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -345,23 +402,76 @@ class BudgetConfig(BaseModel):
     dimension: BudgetDimension
     key: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     """A key of the dimension, or ``*`` for each key on its own (a key's own budget wins over ``*``)."""
+    limit_usd: Annotated[float, Field(gt=0)] | None = None
+    period: BudgetPeriod | None = None
+    """Of ``limit_usd``: ``day`` and ``month`` are UTC calendar periods; ``rolling_24h`` (to the minute) and
+    ``rolling_30d`` (to the hour) slide, spend leaving them as it ages."""
     daily_usd: Annotated[float, Field(gt=0)] | None = None
     monthly_usd: Annotated[float, Field(gt=0)] | None = None
-    action: BudgetAction = "alert"
-    downgrade_to: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
-    """The cheaper model to use past the limit (``action: downgrade``)."""
-    throttle_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
-    """How long the guard delays each call past the limit (``action: throttle``)."""
+    thresholds: list[BudgetThreshold] | None = Field(default=None, min_length=1, max_length=10)
+    """In any order; none given: 70%, 100% and 120% (with ``action`` from 100%)."""
+    action: BudgetAction | None = None
+    """Without ``thresholds``: what the guard does from 100% (``alert`` when not given)."""
+    downgrade_to: ModelName | None = None
+    """Without ``thresholds``: the cheaper model of ``action: downgrade``."""
+    throttle_seconds: ThrottleSeconds | None = None
+    """Without ``thresholds``: the delay of ``action: throttle`` (5 s when not given)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> BudgetConfig:
-        if self.daily_usd is None and self.monthly_usd is None:
-            raise ValueError("a budget needs daily_usd, monthly_usd or both")
-        if self.action == "downgrade" and self.downgrade_to is None:
-            raise ValueError("action downgrade needs downgrade_to: the cheaper model to use")
-        if self.action != "downgrade" and self.downgrade_to is not None:
-            raise ValueError(f"downgrade_to is only used with action downgrade, not {self.action}")
+        budget = f"budget {self.dimension} {self.key!r}"
+        if self.limit_usd is None and self.period is None and self.daily_usd is None and self.monthly_usd is None:
+            raise ValueError(f"{budget} needs limit_usd with a period (or daily_usd, monthly_usd or both)")
+        if (self.limit_usd is None) != (self.period is None):
+            given, missing = ("limit_usd", "period") if self.period is None else ("period", "limit_usd")
+            raise ValueError(f"{budget} gives {given} without {missing}: give both")
+        if self.limit_usd is not None and (self.daily_usd is not None or self.monthly_usd is not None):
+            raise ValueError(f"{budget} gives limit_usd and daily_usd/monthly_usd: use one form")
+        if self.thresholds is not None:
+            legacy = [n for n in ("action", "downgrade_to", "throttle_seconds") if getattr(self, n) is not None]
+            if legacy:
+                raise ValueError(f"{budget} gives thresholds and {', '.join(legacy)}: put them on a threshold")
+            ats = [t.at for t in self.thresholds]
+            if len(set(ats)) != len(ats):
+                raise ValueError(f"{budget} has two thresholds at the same percent ({sorted(ats)})")
+            denied = min((t.at for t in self.thresholds if t.action == "deny"), default=None)
+            after = [t for t in self.thresholds if denied is not None and t.at > denied and t.action != "alert"]
+            if after:
+                raise ValueError(
+                    f"{budget}: the {after[0].at}% threshold's {after[0].action} comes after deny at {denied}%, "
+                    "when every call is refused: move it below or drop it"
+                )
+            return self
+        action = self.action or "alert"
+        if action == "downgrade" and self.downgrade_to is None:
+            raise ValueError(f"{budget}: action downgrade needs downgrade_to: the cheaper model to use")
+        if action != "downgrade" and self.downgrade_to is not None:
+            raise ValueError(f"{budget}: downgrade_to is only used with action downgrade, not {action}")
         return self
+
+    @property
+    def limits(self) -> tuple[tuple[LimitPeriod, float], ...]:
+        """Each limit with its period; the thresholds apply to each."""
+        if self.limit_usd is not None and self.period is not None:
+            return ((_LIMIT_PERIOD[self.period], self.limit_usd),)
+        limits: list[tuple[LimitPeriod, float]] = []
+        if self.daily_usd is not None:
+            limits.append(("daily", self.daily_usd))
+        if self.monthly_usd is not None:
+            limits.append(("monthly", self.monthly_usd))
+        return tuple(limits)
+
+    @property
+    def levels(self) -> tuple[BudgetThreshold, ...]:
+        """The thresholds in increasing order; without ``thresholds``, the defaults with ``action`` at 100%."""
+        if self.thresholds is not None:
+            return tuple(sorted(self.thresholds, key=lambda t: t.at))
+        action = self.action or "alert"
+        at_limit = BudgetThreshold(
+            at=100, action=action, downgrade_to=self.downgrade_to,
+            throttle_seconds=self.throttle_seconds if action == "throttle" else None,
+        )  # fmt: skip
+        return DEFAULT_THRESHOLDS[0], at_limit, DEFAULT_THRESHOLDS[2]
 
 
 class SpendstreamConfig(BaseModel):
@@ -381,10 +491,21 @@ class SpendstreamConfig(BaseModel):
             if (budget.dimension, budget.key) in seen:
                 raise ValueError(
                     f"budgets.{n}: a second budget for {budget.dimension} {budget.key!r}: "
-                    "put its daily_usd and monthly_usd in one entry"
+                    "put its limits in one entry (daily_usd and monthly_usd, or limit_usd with a period)"
                 )
             seen.add((budget.dimension, budget.key))
         return self
+
+
+def _budget_named(data: dict[str, object], loc: tuple[int | str, ...], reason: str) -> str:
+    """``reason`` naming the budget it is about (``budgets.3`` says which entry, not which budget)."""
+    budgets = data.get("budgets")
+    if len(loc) < 2 or loc[0] != "budgets" or not isinstance(loc[1], int) or not isinstance(budgets, list):
+        return reason
+    entry = budgets[loc[1]] if loc[1] < len(budgets) else None
+    if not isinstance(entry, dict) or f"budget {entry.get('dimension')} {entry.get('key')!r}" in reason:
+        return reason
+    return f"budget {entry.get('dimension')} {entry.get('key')!r}: {reason}"
 
 
 def load_config(path: Path | str | None) -> SpendstreamConfig:
@@ -412,6 +533,7 @@ def load_config(path: Path | str | None) -> SpendstreamConfig:
         reason = first["msg"]
         if first["type"] == "extra_forbidden":
             reason = "unknown field: check its spelling against the README's configuration section"
+        reason = _budget_named(data, first["loc"], reason)
         more = len(exc.errors()) - 1
         if more:
             reason += f" (and {more} more problem{'s' if more > 1 else ''})"

@@ -3,7 +3,7 @@
 Spends arrive on ``spendstream.budget-spend`` in the partition of their scope (``partition_of``),
 so each budget key's total lives in exactly one worker, and no two workers can each think there
 is room left. When a worker is given partitions (at start, or when the group rebalances), and every
-few minutes, it reads the current day's and month's totals from ClickHouse up to a cut
+few minutes, it reads the totals of the budgets' current periods from ClickHouse up to a cut
 (``ingested_at`` 5 s before the read), adds back the spends it counted lately whose calls were
 stored after the cut, and from then on counts only the spends of calls stored after it: a spend
 whose call was already in the read totals is recognised by asking ClickHouse, batch by batch,
@@ -33,7 +33,8 @@ from schemas.alert import Alert
 from schemas.budget import BudgetState
 from sinks.sink import ClickHouseSink
 from streams.backoff import Backoff
-from streams.budgets import BudgetBook, Spend, period_bounds
+from streams.budget_periods import ROLLING_BUCKET_SECONDS, bounds, bucket_of, is_rolling, window
+from streams.budgets import BudgetBook, Spend
 
 logger = logging.getLogger(__name__)
 
@@ -54,24 +55,51 @@ def partition_of(scope: str, partitions: int) -> int:
 
 
 def warm_up_budgets(book: BudgetBook, client: Client, database: str, now: datetime) -> float:
-    """Load today's and this month's totals of every budgeted key; returns the cut (epoch seconds)."""
+    """Load every budgeted key's totals of its current periods; returns the cut (epoch seconds).
+
+    Calendar periods are read as today's and this month's sums; rolling ones per minute (24 h) or per
+    hour (30 d) over their window, so that spend leaves them as it ages.
+    """
     cut_ms = int(client.query(f"SELECT toUnixTimestamp64Milli(now64(3)) - {CUT_LAG_SECONDS * 1000}").result_rows[0][0])
-    month_start, month_end = period_bounds("monthly", now)
-    day = now.astimezone(UTC).date()
+    stored = f"ingested_at <= fromUnixTimestamp64Milli(toInt64({cut_ms}), 'UTC')"
     book.reset()
     for dimension in book.budgets.dimensions:
-        rows = client.query(
-            f"SELECT {dimension}, ifNull(sumIf(cost_usd, toDate(ts) = toDate('{day.isoformat()}')), 0), "
-            f"ifNull(sum(cost_usd), 0) FROM `{database}`.llm_calls "
-            f"WHERE data_mode = 'real' AND {dimension} != '' "
-            f"AND ts >= toDateTime('{month_start:%Y-%m-%d %H:%M:%S}', 'UTC') "
-            f"AND ts < toDateTime('{month_end:%Y-%m-%d %H:%M:%S}', 'UTC') "
-            f"AND ingested_at <= fromUnixTimestamp64Milli(toInt64({cut_ms}), 'UTC') GROUP BY {dimension}"
-        ).result_rows
-        for key, day_usd, month_usd in rows:
-            if book.budgets.of(dimension, key) is not None:
-                book.load(dimension, key, day, float(day_usd), float(month_usd))
+        periods = book.budgets.periods(dimension)
+        if periods & {"daily", "monthly"}:
+            _warm_up_calendar(book, client, database, dimension, now, stored)
+        for period in sorted(p for p in periods if is_rolling(p)):
+            size = ROLLING_BUCKET_SECONDS[period]
+            first = window(period, now)[0]
+            rows = client.query(
+                f"SELECT {dimension}, intDiv(toUnixTimestamp(ts), {size}) AS bucket, ifNull(sum(cost_usd), 0) "
+                f"FROM `{database}`.llm_calls WHERE data_mode = 'real' AND {dimension} != '' "
+                f"AND ts >= fromUnixTimestamp64Milli(toInt64({first * size * 1000}), 'UTC') AND {stored} "
+                f"GROUP BY {dimension}, bucket"
+            ).result_rows
+            for key, bucket, usd in rows:
+                if book.budgets.of(dimension, key) is not None:
+                    book.load(dimension, key, period, int(bucket), float(usd))
     return cut_ms / 1000
+
+
+def _warm_up_calendar(
+    book: BudgetBook, client: Client, database: str, dimension: str, now: datetime, stored: str
+) -> None:
+    month_start, month_end = bounds("monthly", now)
+    assert month_end is not None
+    day = now.astimezone(UTC).date()
+    rows = client.query(
+        f"SELECT {dimension}, ifNull(sumIf(cost_usd, toDate(ts) = toDate('{day.isoformat()}')), 0), "
+        f"ifNull(sum(cost_usd), 0) FROM `{database}`.llm_calls "
+        f"WHERE data_mode = 'real' AND {dimension} != '' "
+        f"AND ts >= toDateTime('{month_start:%Y-%m-%d %H:%M:%S}', 'UTC') "
+        f"AND ts < toDateTime('{month_end:%Y-%m-%d %H:%M:%S}', 'UTC') AND {stored} GROUP BY {dimension}"
+    ).result_rows
+    today, month = bucket_of("daily", now.timestamp()), bucket_of("monthly", now.timestamp())
+    for key, day_usd, month_usd in rows:
+        if book.budgets.of(dimension, key) is not None:
+            book.load(dimension, key, "daily", today, float(day_usd))
+            book.load(dimension, key, "monthly", month, float(month_usd))
 
 
 def counted_before(client: Client, database: str, spends: Sequence[Spend], cut: float) -> set[str]:
@@ -176,7 +204,9 @@ def register_budgets(
             await owner.ensure_warm()
             states, alerts = owner.settle()
         if states:
-            await send(budgets, [(s.scope.encode(), s.model_dump_json().encode(), None, None) for s in states])
+            await send(
+                budgets, [(s.scope.encode(), s.model_dump_json(exclude_none=True).encode(), None, None) for s in states]
+            )
             for state in states:
                 if state.state != "allow":
                     logger.warning("budget %s: %s (%s)", state.scope, state.state, state.reason)

@@ -4,33 +4,36 @@ The ingest agent turns every stored call into one :class:`Spend` per budgeted di
 it to ``spendstream.budget-spend`` keyed by the budget's scope (``tenant_id=tenant_acme``), so one
 partition, and one worker, owns each key's total. That worker's :class:`BudgetBook` adds the
 spends (each ``(event_id, dimension)`` once), decides the state the SDK's guard applies (allow,
-throttle, downgrade, deny), and raises a ``budget_threshold`` alert once per threshold (70%, 100%,
-120%) per period. Periods are UTC days and months of the calls' event time; only ``real`` calls
-count (not the demo's, not tests').
+throttle, downgrade, deny: the actions of every threshold reached, the strictest named), and
+raises a ``budget_threshold`` alert once per threshold per period (a rolling period's at most once
+per window length). Periods follow the calls' event time (``streams.budget_periods``); only
+``real`` calls count (not the demo's, not tests').
 """
 
 from __future__ import annotations
 
-import calendar
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 
 import orjson
 
-from schemas.alert import Alert, Severity, alert_id_for
-from schemas.budget import BudgetState, GuardState, Period, budget_scope
-from schemas.config import BudgetConfig
+from schemas.alert import Alert, alert_id_for
+from schemas.budget import SEVERITY_ORDER, BudgetState, GuardState, NextStep, budget_scope
+from schemas.config import BudgetAction, BudgetConfig, BudgetThreshold, LimitPeriod
 from sinks.clickhouse import sql_string
+from streams.budget_periods import NAME, ROLLING_BUCKETS, WINDOW_LABEL, bounds, bucket_of, is_rolling, window
 from streams.detectors import calls as c
 
-THRESHOLDS = (70, 100, 120)
 SEEN_LIMIT = 1_000_000
 """How many recent (event_id, dimension) pairs a book remembers to count a redelivered spend once."""
+EPSILON_USD = 1e-9
+"""Spend this close below a threshold's amount has reached it: ten $0.01 calls add up to $0.0999...9."""
+SWEEP_SECONDS = 600
+"""How often (wall clock) a book forgets the keys with no spend left in their periods."""
 _COLUMN = {dimension: c.column(dimension) for dimension in ("user_id", "tenant_id", "feature", "agent_id", "team",
-                                                             "environment")}  # fmt: skip
-_ACTION_STATE: dict[str, GuardState] = {"alert": "allow", "throttle": "throttle", "downgrade": "downgrade",
-                                        "deny": "deny"}  # fmt: skip
+                                                             "environment", "session_id")}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,13 @@ class Budgets:
         self._own: dict[tuple[str, str], BudgetConfig] = {(b.dimension, b.key): b for b in budgets if b.key != "*"}
         self._each: dict[str, BudgetConfig] = {b.dimension: b for b in budgets if b.key == "*"}
         self.dimensions: tuple[str, ...] = tuple(dict.fromkeys(b.dimension for b in budgets))
+        self._periods: dict[str, set[LimitPeriod]] = {}
+        for b in budgets:
+            self._periods.setdefault(b.dimension, set()).update(period for period, _ in b.limits)
+
+    def periods(self, dimension: str) -> set[LimitPeriod]:
+        """The periods of the budgets of ``dimension`` (what a warm-up reads)."""
+        return self._periods.get(dimension, set())
 
     def __bool__(self) -> bool:
         return bool(self.dimensions)
@@ -90,14 +100,62 @@ class Budgets:
                     yield Spend(row[c.EVENT_ID], ts, dimension, key, cost, sent)
 
 
-def period_bounds(period: Period, at: datetime) -> tuple[datetime, datetime]:
-    """Start and end (UTC) of the day or month containing ``at``."""
-    day = at.astimezone(UTC).date()
-    if period == "daily":
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        return start, start + timedelta(days=1)
-    start = datetime(day.year, day.month, 1, tzinfo=UTC)
-    return start, start + timedelta(days=calendar.monthrange(day.year, day.month)[1])
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What the guard does once some thresholds are reached: their actions together."""
+
+    state: GuardState = "allow"
+    throttle_seconds: float | None = None
+    downgrade_to: str | None = None
+
+    @classmethod
+    def of(cls, levels: Iterable[BudgetThreshold]) -> Effects:
+        throttle = downgrade = None
+        deny = False
+        for level in levels:
+            if level.action == "throttle":
+                throttle = level.delay_seconds
+            elif level.action == "downgrade":
+                downgrade = level.downgrade_to
+            elif level.action == "deny":
+                deny = True
+        state: GuardState = "deny" if deny else "downgrade" if downgrade else "throttle" if throttle else "allow"
+        return cls(state, throttle, downgrade)
+
+    def does(self) -> str:
+        """What happens to calls, for a message."""
+        if self.state == "deny":
+            return "the guard refuses calls"
+        if self.state == "downgrade":
+            slowed = f", delayed {self.throttle_seconds:g} s each" if self.throttle_seconds else ""
+            return f"the guard switches calls to {self.downgrade_to}{slowed}"
+        if self.state == "throttle":
+            return f"the guard delays each call {self.throttle_seconds:g} s"
+        return "calls go on"
+
+
+def reached(spent: float, limit: float, level: BudgetThreshold) -> bool:
+    return spent >= limit * level.at / 100 - EPSILON_USD
+
+
+@dataclass(frozen=True, slots=True)
+class _Standing:
+    """Where one limit of a key stands at a time: its spend, the thresholds reached, the next action."""
+
+    period: LimitPeriod
+    limit: float
+    spent: float
+    top: BudgetThreshold | None
+    """The highest threshold reached."""
+    effects: Effects
+    next_level: BudgetThreshold | None
+    """The first threshold ahead with an action."""
+
+    @property
+    def next_usd(self) -> float | None:
+        if self.next_level is None:
+            return None
+        return max(0.0, self.limit * self.next_level.at / 100 - self.spent)
 
 
 class BudgetBook:
@@ -105,77 +163,109 @@ class BudgetBook:
 
     def __init__(self, budgets: Budgets) -> None:
         self.budgets = budgets
-        self._daily: dict[tuple[str, date], float] = {}
-        """(scope, day) -> USD."""
-        self._monthly: dict[tuple[str, date], float] = {}
-        """(scope, first day of the month) -> USD."""
+        self._totals: dict[tuple[str, LimitPeriod], dict[int, float]] = {}
+        """(scope, period) -> bucket -> USD (``streams.budget_periods``)."""
         self._keys: dict[str, tuple[str, str]] = {}
         self._seen: dict[tuple[str, str], None] = {}
-        self._crossed: set[tuple[str, Period, date, int]] = set()
+        self._crossed: set[tuple[str, LimitPeriod, int, int]] = set()
+        """(scope, period, first bucket of the calendar period, percent): raised in that period."""
+        self._raised: dict[tuple[str, LimitPeriod, int], int] = {}
+        """(scope, rolling period, percent) -> the bucket it was last raised in."""
         self._published: dict[str, tuple[GuardState, float, float]] = {}
         self._dirty: set[str] = set()
+        self._swept = time.monotonic()
 
     def reset(self) -> None:
         """Forget the totals and the counted calls before a warm-up (crossed thresholds stay)."""
-        self._daily.clear()
-        self._monthly.clear()
+        self._totals.clear()
         self._seen.clear()
 
-    def load(self, dimension: str, key: str, day: date, day_usd: float, month_usd: float) -> None:
-        """Totals read from ClickHouse at warm-up: ``day``'s and its month's."""
+    def load(self, dimension: str, key: str, period: LimitPeriod, bucket: int, usd: float) -> None:
+        """A total read from ClickHouse at warm-up: ``usd`` in ``bucket`` of ``period``."""
         scope = budget_scope(dimension, key)
         self._keys[scope] = (dimension, key)
-        self._daily[(scope, day)] = day_usd
-        self._monthly[(scope, day.replace(day=1))] = month_usd
+        self._totals.setdefault((scope, period), {})[bucket] = usd
         self._dirty.add(scope)
 
     def add(self, spend: Spend) -> bool:
         """Count ``spend`` unless this (event, dimension) was counted already; True if counted."""
+        budget = self.budgets.of(spend.dimension, spend.key)
         seen = (spend.event_id, spend.dimension)
-        if seen in self._seen:
+        if budget is None or seen in self._seen:
             return False
         self._seen[seen] = None
         if len(self._seen) > SEEN_LIMIT:
             del self._seen[next(iter(self._seen))]
         scope = spend.scope
         self._keys[scope] = (spend.dimension, spend.key)
-        day = datetime.fromtimestamp(spend.ts, UTC).date()
-        self._daily[(scope, day)] = self._daily.get((scope, day), 0.0) + spend.cost
-        month = day.replace(day=1)
-        self._monthly[(scope, month)] = self._monthly.get((scope, month), 0.0) + spend.cost
+        for period, _ in budget.limits:
+            buckets = self._totals.setdefault((scope, period), {})
+            bucket = bucket_of(period, spend.ts)
+            buckets[bucket] = buckets.get(bucket, 0.0) + spend.cost
         self._dirty.add(scope)
         return True
 
-    def spent(self, scope: str, period: Period, at: datetime) -> float:
-        day = at.astimezone(UTC).date()
-        if period == "daily":
-            return self._daily.get((scope, day), 0.0)
-        return self._monthly.get((scope, day.replace(day=1)), 0.0)
+    def spent(self, scope: str, period: LimitPeriod, at: datetime) -> float:
+        buckets = self._totals.get((scope, period))
+        if not buckets:
+            return 0.0
+        first, last = window(period, at)
+        if first == last:
+            return buckets.get(last, 0.0)
+        return sum(usd for bucket, usd in buckets.items() if first <= bucket <= last)
+
+    def _standings(self, scope: str, budget: BudgetConfig, now: datetime) -> list[_Standing]:
+        levels = budget.levels
+        standings = []
+        for period, limit in budget.limits:
+            spent = self.spent(scope, period, now)
+            done = [level for level in levels if reached(spent, limit, level)]
+            ahead = [level for level in levels if level not in done and level.action != "alert"]
+            standings.append(
+                _Standing(
+                    period, limit, spent, done[-1] if done else None, Effects.of(done), ahead[0] if ahead else None
+                )
+            )
+        return standings
 
     def state(self, scope: str, now: datetime) -> BudgetState:
-        """The guard's state for ``scope`` at ``now``: the tightest of its daily and monthly limits."""
+        """The guard's state for ``scope`` at ``now``: the strictest of its limits' (then the fullest)."""
         dimension, key = self._keys[scope]
         budget = self.budgets.of(dimension, key)
         assert budget is not None
-        limits = _limits(budget)
-        period, limit = max(limits, key=lambda pl: self.spent(scope, pl[0], now) / pl[1])
-        spent = self.spent(scope, period, now)
-        remaining = min(max(0.0, lim - self.spent(scope, p, now)) for p, lim in limits)
-        over = spent >= limit
-        state: GuardState = _ACTION_STATE[budget.action] if over else "allow"
-        what = f"{dimension} {key}: ${spent:,.2f} of the {period} budget of ${limit:,.2f}"
-        if not over:
-            reason = f"{what} spent, ${remaining:,.2f} left"
-        elif budget.action == "alert":
-            reason = f"{what} spent: over budget (action alert: calls go on)"
+        standings = self._standings(scope, budget, now)
+        deciding = max(standings, key=lambda s: (SEVERITY_ORDER[s.effects.state], s.spent / s.limit))
+        effects = deciding.effects
+        remaining = min(max(0.0, s.limit - s.spent) for s in standings)
+        ahead = [s for s in standings if s.next_usd is not None]
+        upcoming = min(ahead, key=lambda s: s.next_usd or 0.0) if ahead else None
+        next_effects = None
+        if upcoming is not None and upcoming.next_level is not None:
+            next_effects = Effects.of(
+                [lvl for lvl in budget.levels if reached(upcoming.limit * upcoming.next_level.at / 100,
+                                                         upcoming.limit, lvl)]
+            )  # fmt: skip
+        legacy = budget.thresholds is None
+        if legacy:  # as before thresholds: the action, what it downgrades to and its delay, in force or not
+            action: BudgetAction = budget.action or "alert"
+            downgrade_to = effects.downgrade_to or (next_effects.downgrade_to if next_effects else None)
+            throttle = effects.throttle_seconds or (next_effects.throttle_seconds if next_effects else None)
+            step = None
         else:
-            reason = f"{what} spent: over budget, calls are {'throttled' if state == 'throttle' else state + 'd'}"
-        throttle = budget.throttle_seconds if budget.action == "throttle" else None
+            action = "deny" if effects.state == "deny" else "alert"
+            downgrade_to, throttle, step = effects.downgrade_to, effects.throttle_seconds, None
+            if upcoming is not None and upcoming.next_level is not None and next_effects is not None:
+                action = upcoming.next_level.action
+                step = NextStep(
+                    at_pct=upcoming.next_level.at, state=next_effects.state, usd=round(upcoming.next_usd or 0.0, 6),
+                    throttle_seconds=next_effects.throttle_seconds, downgrade_to=next_effects.downgrade_to,
+                )  # fmt: skip
         return BudgetState(
-            scope=scope, dimension=dimension, key=key, state=state, action=budget.action, reason=reason,
-            period=period, spent_usd=round(spent, 6), limit_usd=limit, remaining_usd=round(remaining, 6),
-            period_end=period_bounds(period, now)[1], downgrade_to=budget.downgrade_to, throttle_seconds=throttle,
-            updated_at=now,
+            scope=scope, dimension=dimension, key=key, state=effects.state, action=action,
+            reason=_reason(dimension, key, deciding, remaining), period=deciding.period,
+            spent_usd=round(deciding.spent, 6), limit_usd=deciding.limit, remaining_usd=round(remaining, 6),
+            period_end=bounds(deciding.period, now)[1], downgrade_to=downgrade_to, throttle_seconds=throttle,
+            threshold_pct=None if legacy or deciding.top is None else deciding.top.at, next=step, updated_at=now,
         )  # fmt: skip
 
     def settle(self, now: datetime, owns: Callable[[str], bool] | None = None) -> tuple[list[BudgetState], list[Alert]]:
@@ -188,6 +278,8 @@ class BudgetBook:
         states: list[BudgetState] = []
         alerts: list[Alert] = []
         for scope in sorted(scopes):
+            if scope not in self._keys:
+                continue
             state = self.state(scope, now)
             mark = (state.state, round(state.spent_usd, 4), round(state.remaining_usd or 0.0, 4))
             if self._published.get(scope) != mark:
@@ -196,11 +288,31 @@ class BudgetBook:
             alerts.extend(self._crossings(scope, now))
         return states, alerts
 
-    def expire(self) -> None:
-        """Settle again every scope not allowed: one whose period is over starts the next one allowed."""
+    def expire(self, now: datetime | None = None) -> None:
+        """Settle again every scope not allowed: one whose period is over starts the next one allowed, and
+        spend leaves a rolling period as it ages. Every ``SWEEP_SECONDS``, forget the keys that have no
+        spend left in their periods."""
         for scope, (state, *_) in self._published.items():
             if state != "allow":
                 self._dirty.add(scope)
+        if time.monotonic() - self._swept >= SWEEP_SECONDS:
+            self.sweep(now or datetime.now(UTC))
+
+    def sweep(self, now: datetime) -> None:
+        """Drop buckets out of their periods, and forget the keys left without any (a session long over)."""
+        self._swept = time.monotonic()
+        for (scope, period), buckets in list(self._totals.items()):
+            first = window(period, now)[0]
+            for bucket in [b for b in buckets if b < first]:
+                del buckets[bucket]
+            if not buckets:
+                del self._totals[(scope, period)]
+        live = {scope for scope, _ in self._totals} | self._dirty
+        for scope in [s for s in self._keys if s not in live]:
+            del self._keys[scope]
+            self._published.pop(scope, None)
+        self._crossed = {c for c in self._crossed if c[0] in live}
+        self._raised = {r: b for r, b in self._raised.items() if r[0] in live}
 
     def scopes(self) -> list[str]:
         return list(self._keys)
@@ -209,56 +321,72 @@ class BudgetBook:
         dimension, key = self._keys[scope]
         budget = self.budgets.of(dimension, key)
         assert budget is not None
-        for period, limit in _limits(budget):
-            spent = self.spent(scope, period, now)
-            start = period_bounds(period, now)[0].date()
-            for pct in THRESHOLDS:
-                crossed = (scope, period, start, pct)
-                if spent < limit * pct / 100 or crossed in self._crossed:
-                    continue
-                self._crossed.add(crossed)
-                yield _threshold_alert(budget, key, period, start, pct, spent, limit, now)
+        for standing in self._standings(scope, budget, now):
+            period = standing.period
+            first, last = window(period, now)
+            for level in budget.levels:
+                if not reached(standing.spent, standing.limit, level):
+                    break
+                if is_rolling(period):
+                    raised = self._raised.get((scope, period, level.at))
+                    if raised is not None and last - raised < ROLLING_BUCKETS[period]:
+                        continue
+                    self._raised[(scope, period, level.at)] = last
+                else:
+                    if (scope, period, first, level.at) in self._crossed:
+                        continue
+                    self._crossed.add((scope, period, first, level.at))
+                yield _threshold_alert(budget, key, standing, level, now)
 
 
-def _limits(budget: BudgetConfig) -> list[tuple[Period, float]]:
-    limits: list[tuple[Period, float]] = []
-    if budget.daily_usd is not None:
-        limits.append(("daily", budget.daily_usd))
-    if budget.monthly_usd is not None:
-        limits.append(("monthly", budget.monthly_usd))
-    return limits
-
-
-_DOES = {
-    "alert": "calls go on (action alert)",
-    "throttle": "the guard delays each call",
-    "downgrade": "the guard switches calls to {model}",
-    "deny": "the guard refuses calls",
-}
+def _reason(dimension: str, key: str, standing: _Standing, remaining: float) -> str:
+    spent, limit = standing.spent, standing.limit
+    what = f"{dimension} {key}: ${spent:,.2f} of the {NAME[standing.period]} budget of ${limit:,.2f} spent"
+    effects = standing.effects
+    pct = f"{100 * spent / limit:.0f}%"
+    if effects.state == "allow":
+        if spent >= limit - EPSILON_USD:
+            return f"{what} ({pct}): over budget (no action set: calls go on)"
+        return f"{what}, ${remaining:,.2f} left"
+    top = standing.top.at if standing.top is not None else 100
+    if effects.state == "deny":
+        does = "calls are denied"
+    elif effects.state == "downgrade":
+        slowed = f" and throttled ({effects.throttle_seconds:g} s)" if effects.throttle_seconds else ""
+        does = f"calls are downgraded to {effects.downgrade_to}{slowed}"
+    else:
+        does = f"calls are throttled ({effects.throttle_seconds or 0:g} s)"
+    return f"{what} ({pct}, past the {top}% threshold): {does}"
 
 
 def _threshold_alert(
-    budget: BudgetConfig, key: str, period: Period, start: date, pct: int, spent: float, limit: float, now: datetime
+    budget: BudgetConfig, key: str, standing: _Standing, level: BudgetThreshold, now: datetime
 ) -> Alert:
+    period, spent, limit = standing.period, standing.spent, standing.limit
     scope = budget_scope(budget.dimension, key)
-    dedup_key = f"budget_threshold:{scope}:{period}:{start.isoformat()}:{pct}"
-    severity: Severity = "warning" if pct < 100 else "critical"
-    does = _DOES[budget.action].format(model=budget.downgrade_to)
-    then = f"past 100% {does}" if pct < 100 else f"now {does}"
-    end = period_bounds(period, now)[1]
+    start, end = bounds(period, now)
+    when = start.isoformat() if is_rolling(period) else start.date().isoformat()
+    dedup_key = f"budget_threshold:{scope}:{period}:{when}:{level.at}"
+    levels = budget.levels
+    here = Effects.of(lvl for lvl in levels if lvl.at <= level.at)
+    later = next((lvl for lvl in levels if lvl.at > level.at and lvl.action != "alert"), None)
+    if here.state != "allow" or later is None:
+        then = f"now {here.does()}"
+    else:
+        then = f"from {later.at}% {Effects.of(lvl for lvl in levels if lvl.at <= later.at).does()}"
+    since = f"ts >= toDateTime('{start:%Y-%m-%d %H:%M:%S}', 'UTC')"
+    until = "" if end is None else f"AND ts < toDateTime('{end:%Y-%m-%d %H:%M:%S}', 'UTC') "
     return Alert(
-        alert_id=alert_id_for(dedup_key), ts=now, kind="budget_threshold", severity=severity,
-        dimension=budget.dimension, key=key, value=round(spent, 4), baseline=limit, threshold=limit * pct / 100,
-        window="1d" if period == "daily" else "1mo", dedup_key=dedup_key,
+        alert_id=alert_id_for(dedup_key), ts=now, kind="budget_threshold", severity=level.alert_severity,
+        dimension=budget.dimension, key=key, value=round(spent, 4), baseline=limit, threshold=limit * level.at / 100,
+        window=WINDOW_LABEL[period], dedup_key=dedup_key,
         message=(
-            f"{budget.dimension} {key} has spent ${spent:,.2f} of its {period} budget of ${limit:,.2f} "
-            f"({100 * spent / limit:.0f}%, past the {pct}% mark); {then}. The query shows where it went."
+            f"{budget.dimension} {key} has spent ${spent:,.2f} of its {NAME[period]} budget of ${limit:,.2f} "
+            f"({100 * spent / limit:.0f}%, past the {level.at}% mark); {then}. The query shows where it went."
         ),
         query=(
             "SELECT feature, model, agent_id, count() AS calls, round(sum(cost_usd), 4) AS usd FROM llm_calls "
-            f"WHERE {budget.dimension} = {sql_string(key)} AND data_mode = 'real' "
-            f"AND ts >= toDateTime('{start.isoformat()} 00:00:00', 'UTC') "
-            f"AND ts < toDateTime('{end.date().isoformat()} 00:00:00', 'UTC') "
+            f"WHERE {budget.dimension} = {sql_string(key)} AND data_mode = 'real' AND {since} {until}"
             "GROUP BY feature, model, agent_id ORDER BY usd DESC LIMIT 20"
         ),
     )  # fmt: skip

@@ -68,7 +68,8 @@ def test_a_keys_own_budget_wins_over_its_dimensions_star_and_each_key_is_apart()
 
 def test_the_next_day_starts_allowed_and_the_monthly_limit_can_bind_first() -> None:
     book = BudgetBook(Budgets(BUDGETS))
-    book.load("tenant_id", "tenant_acme", NOW.date(), 12.0, 95.0)  # warmed up from ClickHouse
+    book.load("tenant_id", "tenant_acme", "daily", NOW.date().toordinal(), 12.0)  # warmed up from ClickHouse
+    book.load("tenant_id", "tenant_acme", "monthly", NOW.year * 12 + NOW.month - 1, 95.0)
     [denied] = book.settle(NOW)[0]
     assert denied.state == "deny" and denied.period_end == datetime(2026, 11, 24, tzinfo=UTC)
 
@@ -91,7 +92,7 @@ def test_only_real_calls_with_a_budgeted_key_are_counted() -> None:
 @pytest.mark.parametrize(
     ("entry", "field", "reason"),
     [
-        ("{dimension: tenant_id, key: a, action: deny}", "budgets.0", "needs daily_usd, monthly_usd or both"),
+        ("{dimension: tenant_id, key: a, action: deny}", "budgets.0", "needs limit_usd with a period"),
         ("{dimension: tenant_id, key: a, daily_usd: 5, action: downgrade}", "budgets.0", "needs downgrade_to"),
         ("{dimension: tenant_id, key: a, daily_usd: -5}", "budgets.0.daily_usd", "greater than 0"),
         ("{dimension: colour, key: a, daily_usd: 5}", "budgets.0.dimension", "Input should be"),
