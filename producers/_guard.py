@@ -4,7 +4,7 @@ A background thread reads the compacted topic ``spendstream.budgets`` from its s
 latest state of every scope in memory, so :meth:`BudgetGuard.check` makes no network call. Before
 a model or tool call, the guard looks at the kill switch (global, and the call's agent, feature,
 tool, prompt version, tenant and session) and at the budget of each of the call's keys (user,
-tenant, feature, agent, team, environment, session); the strictest wins: deny, then downgrade, then
+tenant, feature, agent, team, environment, session, workflow); the strictest wins: deny, then downgrade, then
 throttle, then allow, and a call downgraded by one budget is still delayed by a throttle in force
 (of that budget's thresholds, or of another budget).
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("spendstream.guard")
 
-BUDGET_DIMENSIONS = ("user_id", "tenant_id", "feature", "agent_id", "team", "environment", "session_id")
+BUDGET_DIMENSIONS = ("user_id", "tenant_id", "feature", "agent_id", "team", "environment", "session_id", "workflow")
 FailMode = Literal["open", "closed"]
 
 

@@ -40,7 +40,8 @@ from producers._pseudonym import pseudonymize
 from producers._pseudonym import user_id_key as user_id_key_of
 from producers._stuck import Stuck, StuckRule, StuckWatch
 from producers._usage import Usage, model_from, usage_from
-from schemas.call_event import CallEvent
+from schemas.budget import WORKFLOW_TAG
+from schemas.call_event import MAX_TAGS, CallEvent
 
 if TYPE_CHECKING:
     from schemas.config import PriceOverride
@@ -70,6 +71,8 @@ class EventSink(Protocol):
 class _Span:
     event_id: str
     trace_id: str
+    workflow: str | None = None
+    """The feature of the trace's root call (or the ``workflow`` tag a call of it was given)."""
 
 
 _span: contextvars.ContextVar[_Span | None] = contextvars.ContextVar("spendstream_span", default=None)
@@ -315,6 +318,8 @@ class TrackedCall:
         self.event_id = ""
         self.trace_id = ""
         self.parent_id: str | None = None
+        self.workflow: str | None = None
+        """The feature of the trace's root call, or the ``workflow`` tag given: what workflow budgets count."""
         self.estimated_usd = estimated_usd
         self.estimated_tokens = estimated_tokens
         self.confirm_usd = confirm_usd
@@ -374,6 +379,10 @@ class TrackedCall:
         self.event_id = uuid.uuid4().hex
         self.trace_id = parent.trace_id if parent else str(fields.get("trace_id") or self.event_id)
         self.parent_id = parent.event_id if parent else fields.get("parent_id")
+        tags = keys.get("tags")
+        tagged = tags.get(WORKFLOW_TAG) if isinstance(tags, Mapping) else None
+        # the root's feature; a call continuing a trace of another process knows its workflow only if tagged
+        self.workflow = tagged or (parent.workflow if parent else None if self.parent_id else keys.get("feature"))
         if tracker._governance is not None or tracker._stuck is not None:
             try:
                 self._govern(keys)
@@ -420,6 +429,8 @@ class TrackedCall:
             return None
         asked = {**keys, "user_id": self._tracker._pseudonymous(keys.get("user_id"))}
         asked.pop("model", None)
+        if self.workflow:
+            asked["workflow"] = self.workflow
         self.decision = guard.enforce(model=self._model, estimated_usd=self.estimated_usd, wait=wait, **asked)
         self._model = self.decision.model or self._model
         return self.decision
@@ -449,7 +460,7 @@ class TrackedCall:
         return self._start()
 
     def _start(self) -> TrackedCall:
-        self._token = _span.set(_Span(self.event_id, self.trace_id))
+        self._token = _span.set(_Span(self.event_id, self.trace_id, self.workflow))
         self._ts = datetime.now(UTC)
         self._started = time.perf_counter()
         return self
@@ -472,6 +483,9 @@ class TrackedCall:
             reasoning_tokens=self._usage.reasoning_tokens,
         )
         fields["user_id"] = self._tracker._pseudonymous(fields.get("user_id"))
+        tags = fields.get("tags") or {}
+        if self.workflow and self.parent_id and WORKFLOW_TAG not in tags and len(tags) < MAX_TAGS:
+            fields["tags"] = {**tags, WORKFLOW_TAG: self.workflow}  # a root call's workflow is its own feature
         return fields
 
     def __exit__(

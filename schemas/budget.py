@@ -18,6 +18,9 @@ Period = Literal["daily", "monthly", "rolling_24h", "rolling_30d", "kill"]
 KILL_PREFIX = "kill:"
 KILL_DIMENSIONS = ("agent_id", "feature", "tool_name", "prompt_version", "tenant_id", "session_id")
 """What a kill switch can name besides everything (``kill:*``), as the SDK's guard checks it."""
+WORKFLOW_TAG = "workflow"
+"""The tag naming a call's workflow (the feature of its trace's root call): the SDK sets it on the calls under
+a root; a root call without it is its own feature's."""
 SEVERITY_ORDER: dict[str, int] = {"allow": 0, "throttle": 1, "downgrade": 2, "deny": 3}
 
 

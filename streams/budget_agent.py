@@ -34,7 +34,7 @@ from schemas.budget import BudgetState
 from sinks.sink import ClickHouseSink
 from streams.backoff import Backoff
 from streams.budget_periods import ROLLING_BUCKET_SECONDS, bounds, bucket_of, is_rolling, window
-from streams.budgets import BudgetBook, Spend
+from streams.budgets import BudgetBook, Spend, sql_of
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,10 @@ def warm_up_budgets(book: BudgetBook, client: Client, database: str, now: dateti
             size = ROLLING_BUCKET_SECONDS[period]
             first = window(period, now)[0]
             rows = client.query(
-                f"SELECT {dimension}, intDiv(toUnixTimestamp(ts), {size}) AS bucket, ifNull(sum(cost_usd), 0) "
-                f"FROM `{database}`.llm_calls WHERE data_mode = 'real' AND {dimension} != '' "
+                f"SELECT {sql_of(dimension)} AS budget_key, intDiv(toUnixTimestamp(ts), {size}) AS bucket, "
+                f"ifNull(sum(cost_usd), 0) FROM `{database}`.llm_calls WHERE data_mode = 'real' AND budget_key != '' "
                 f"AND ts >= fromUnixTimestamp64Milli(toInt64({first * size * 1000}), 'UTC') AND {stored} "
-                f"GROUP BY {dimension}, bucket"
+                "GROUP BY budget_key, bucket"
             ).result_rows
             for key, bucket, usd in rows:
                 if book.budgets.of(dimension, key) is not None:
@@ -89,11 +89,12 @@ def _warm_up_calendar(
     assert month_end is not None
     day = now.astimezone(UTC).date()
     rows = client.query(
-        f"SELECT {dimension}, ifNull(sumIf(cost_usd, toDate(ts) = toDate('{day.isoformat()}')), 0), "
+        f"SELECT {sql_of(dimension)} AS budget_key, "
+        f"ifNull(sumIf(cost_usd, toDate(ts) = toDate('{day.isoformat()}')), 0), "
         f"ifNull(sum(cost_usd), 0) FROM `{database}`.llm_calls "
-        f"WHERE data_mode = 'real' AND {dimension} != '' "
+        f"WHERE data_mode = 'real' AND budget_key != '' "
         f"AND ts >= toDateTime('{month_start:%Y-%m-%d %H:%M:%S}', 'UTC') "
-        f"AND ts < toDateTime('{month_end:%Y-%m-%d %H:%M:%S}', 'UTC') AND {stored} GROUP BY {dimension}"
+        f"AND ts < toDateTime('{month_end:%Y-%m-%d %H:%M:%S}', 'UTC') AND {stored} GROUP BY budget_key"
     ).result_rows
     today, month = bucket_of("daily", now.timestamp()), bucket_of("monthly", now.timestamp())
     for key, day_usd, month_usd in rows:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import orjson
 
 from schemas.alert import Alert, alert_id_for
-from schemas.budget import SEVERITY_ORDER, BudgetState, GuardState, NextStep, budget_scope
+from schemas.budget import SEVERITY_ORDER, WORKFLOW_TAG, BudgetState, GuardState, NextStep, budget_scope
 from schemas.config import BudgetAction, BudgetConfig, BudgetThreshold, LimitPeriod
 from sinks.clickhouse import sql_string
 from streams.budget_periods import NAME, ROLLING_BUCKETS, WINDOW_LABEL, bounds, bucket_of, is_rolling, window
@@ -34,6 +34,27 @@ SWEEP_SECONDS = 600
 """How often (wall clock) a book forgets the keys with no spend left in their periods."""
 _COLUMN = {dimension: c.column(dimension) for dimension in ("user_id", "tenant_id", "feature", "agent_id", "team",
                                                              "environment", "session_id")}  # fmt: skip
+_FEATURE, _PARENT_ID, _TAGS = c.column("feature"), c.column("parent_id"), c.column("tags")
+WORKFLOW_SQL = f"if(tags['{WORKFLOW_TAG}'] != '', tags['{WORKFLOW_TAG}'], if(parent_id = '', feature, ''))"
+"""A stored call's workflow in SQL, as :func:`workflow_of` reads it."""
+
+
+def workflow_of(row: c.Row) -> str:
+    """A stored call's workflow: its ``workflow`` tag, else, for a root call (no ``parent_id``), its feature.
+
+    A call under another one without the tag belongs to no workflow: a child is usually stored before its
+    root (a parent call ends, and is sent, after its children), so the worker cannot wait for the root.
+    """
+    tags = row[_TAGS]
+    tagged = tags.get(WORKFLOW_TAG) if isinstance(tags, dict) else None
+    if tagged:
+        return str(tagged)
+    return "" if row[_PARENT_ID] else str(row[_FEATURE])
+
+
+def sql_of(dimension: str) -> str:
+    """The SQL of a budget dimension over ``llm_calls``: its column, or the workflow's expression."""
+    return WORKFLOW_SQL if dimension == "workflow" else dimension
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +116,7 @@ class Budgets:
                 continue
             ts = row[c.TS].timestamp()
             for dimension in self.dimensions:
-                key = row[_COLUMN[dimension]]
+                key = workflow_of(row) if dimension == "workflow" else row[_COLUMN[dimension]]
                 if self.of(dimension, key) is not None:
                     yield Spend(row[c.EVENT_ID], ts, dimension, key, cost, sent)
 
@@ -386,7 +407,7 @@ def _threshold_alert(
         ),
         query=(
             "SELECT feature, model, agent_id, count() AS calls, round(sum(cost_usd), 4) AS usd FROM llm_calls "
-            f"WHERE {budget.dimension} = {sql_string(key)} AND data_mode = 'real' AND {since} {until}"
+            f"WHERE {sql_of(budget.dimension)} = {sql_string(key)} AND data_mode = 'real' AND {since} {until}"
             "GROUP BY feature, model, agent_id ORDER BY usd DESC LIMIT 20"
         ),
     )  # fmt: skip

@@ -17,6 +17,7 @@ from schemas.alert import Alert
 from schemas.budget import BudgetState
 from schemas.config import BudgetConfig, BudgetThreshold, load_config
 from schemas.exceptions import ConfigError
+from sinks.batch import LLM_CALL_COLUMNS
 from streams.budgets import BudgetBook, Budgets, Spend
 from tests.unit.test_track import Collected
 
@@ -316,3 +317,63 @@ def test_a_throttle_of_one_budget_delays_a_call_another_budget_downgrades(guard:
     guard._apply(downgraded.scope.encode(), downgraded.model_dump_json(exclude_none=True).encode())
     decision = guard.check(model="large", tenant_id="tenant_acme", agent_id="coder")
     assert (decision.action, decision.model, decision.delay_seconds) == ("downgrade", "small", 2.0)
+
+
+# -- session and workflow budgets ------------------------------------------------------------------
+
+
+def row(
+    event_id: str, feature: str, parent_id: str = "", tags: dict[str, str] | None = None, **more: object
+) -> tuple[object, ...]:
+    """A stored call row (``llm_calls`` columns), $1, real."""
+    values: dict[str, object] = dict.fromkeys(LLM_CALL_COLUMNS, "")
+    values.update(event_id=event_id, ts=NOW, feature=feature, parent_id=parent_id, tags=tags or {}, cost_usd=1.0,
+                  data_mode="real", **more)  # fmt: skip
+    return tuple(values[column] for column in LLM_CALL_COLUMNS)
+
+
+def test_a_call_counts_toward_its_session_and_the_workflow_of_its_traces_root() -> None:
+    budgets = Budgets([
+        BudgetConfig(dimension="workflow", key="support.chat", limit_usd=10, period="day"),
+        BudgetConfig(dimension="session_id", key="*", limit_usd=1, period="rolling_24h"),
+    ])  # fmt: skip
+    rows = [
+        row("root", "support.chat", session_id="s-1"),  # a root call: its own feature's workflow
+        row("child", "kb.search", parent_id="root", tags={"workflow": "support.chat"}),  # tagged by the SDK
+        row("orphan", "kb.search", parent_id="root"),  # under a root, untagged: no workflow
+        row("other", "kb.search"),  # another workflow's root: no budget
+    ]
+    spends = [(s.event_id, s.dimension, s.key) for s in budgets.spends_of(rows, 0.0)]
+    assert spends == [
+        ("root", "workflow", "support.chat"), ("root", "session_id", "s-1"), ("child", "workflow", "support.chat")
+    ]  # fmt: skip
+
+
+def test_the_sdk_tags_calls_under_a_root_with_its_workflow_and_the_guard_holds_them_to_its_budget(
+    guard: BudgetGuard,
+) -> None:
+    budget = BudgetConfig(dimension="workflow", key="support.chat", limit_usd=1, period="day", thresholds=[
+        BudgetThreshold(at=100, action="deny")
+    ])  # fmt: skip
+    book = BudgetBook(Budgets([budget]))
+    book.add(Spend("e1", datetime.now(UTC).timestamp(), "workflow", "support.chat", 1.0, 0.0))
+    [denied] = book.settle(datetime.now(UTC))[0]
+    sent = Collected()
+    tracker = Tracker(sent, guard=guard)
+    with tracker.track(provider="house", model="large", feature="support.chat") as root:
+        with tracker.track(provider="house", model="large", feature="kb.search") as child:
+            pass
+        guard._apply(denied.scope.encode(), denied.model_dump_json(exclude_none=True).encode())
+        with (
+            pytest.raises(BudgetExceededError, match=r"workflow support\.chat"),
+            tracker.track(provider="house", model="large", feature="kb.search"),
+        ):
+            pytest.fail("a call of a workflow past its budget was made")
+    assert (root.workflow, child.workflow) == ("support.chat", "support.chat")
+    assert [(e.feature, e.tags) for e in sent.events] == [("kb.search", {"workflow": "support.chat"}),
+                                                          ("support.chat", {})]  # fmt: skip
+    with (
+        pytest.raises(BudgetExceededError),
+        tracker.track(provider="house", model="large", feature="support.chat", session_id="s-9"),
+    ):
+        pass  # a new request of the workflow: its root is refused too
