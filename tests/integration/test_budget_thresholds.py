@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -102,5 +102,52 @@ def test_thresholds_are_raised_once_each_to_their_channels_and_the_guard_throttl
         )
     )
     assert posted == [(75, "#llm-costs"), (90, "#llm-costs"), (100, "#finance"), (120, "#llm-oncall")]
+    emitter.close()
+    guard.close()
+
+
+PERIODS = """
+budgets:
+  - {dimension: tenant_id, key: tenant_acme, limit_usd: 0.10, period: rolling_24h}
+  - {dimension: workflow, key: support.chat, limit_usd: 1, period: rolling_30d}
+  - {dimension: session_id, key: "*", limit_usd: 0.05, period: rolling_30d, thresholds: [{at: 100, action: deny}]}
+"""
+
+
+def test_rolling_windows_sessions_and_workflows_are_counted_live_and_warmed_up_from_clickhouse(
+    start_up: Callable[..., UpProcess], broker: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "spendstream.yaml"
+    config.write_text(PRICES + PERIODS)
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    up = start_up(SPENDSTREAM_CONFIG=str(config), SPENDSTREAM_TOPIC_PREFIX=prefix)
+    emitter, guard, _ = guarded_sdk(broker, prefix, "support.chat")
+    now = datetime.now(UTC)
+
+    def cent(event_id: str, hours_ago: float, **fields: object) -> None:
+        event = {"event_id": event_id, "ts": (now - timedelta(hours=hours_ago)).isoformat(), "provider": "house",
+                 "model": "large", "input_tokens": 1000, "tenant_id": "tenant_acme", **fields}  # fmt: skip
+        emitter.emit_raw(orjson.dumps(event))
+
+    cent("old", 25)  # out of the 24 hours
+    for n in range(3):  # roots of the workflow, in session s-1
+        cent(f"root-{n}", 23, feature="support.chat", session_id="s-1")
+    for n in range(2):  # calls under root-0, tagged with its workflow by the SDK
+        cent(f"child-{n}", 0, feature="kb.search", parent_id="root-0", tags={"workflow": "support.chat"},
+             session_id="s-1")  # fmt: skip
+    emitter.flush()
+    wait_state(guard, SCOPE, "allow", spent=0.05)
+    wait_state(guard, "workflow=support.chat", "allow", spent=0.05)
+    session = wait_state(guard, "session_id=s-1", "deny", spent=0.05)
+    assert session.period == "rolling_30d" and session.period_end is None
+
+    up.stop()
+    start_up(home=up.home, SPENDSTREAM_CONFIG=str(config), SPENDSTREAM_TOPIC_PREFIX=prefix)
+    cent("after-restart", 0, parent_id="root-1", tags={"workflow": "support.chat"}, session_id="s-2")
+    emitter.flush()
+    # counted on top of the totals read back from ClickHouse, per minute and per hour
+    wait_state(guard, SCOPE, "allow", spent=0.06, timeout=60)
+    wait_state(guard, "workflow=support.chat", "allow", spent=0.06)
+    wait_state(guard, "session_id=s-2", "allow", spent=0.01)
     emitter.close()
     guard.close()
