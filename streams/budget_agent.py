@@ -33,7 +33,7 @@ from schemas.alert import Alert
 from schemas.budget import BudgetState
 from sinks.sink import ClickHouseSink
 from streams.backoff import Backoff
-from streams.budget_periods import ROLLING_BUCKET_SECONDS, bounds, bucket_of, is_rolling, window
+from streams.budget_periods import ROLLING_BUCKET_SECONDS, WINDOW_LABEL, bounds, bucket_of, is_rolling, window
 from streams.budgets import BudgetBook, Spend, sql_of
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,23 @@ def warm_up_budgets(book: BudgetBook, client: Client, database: str, now: dateti
             for key, bucket, usd in rows:
                 if book.budgets.of(dimension, key) is not None:
                     book.load(dimension, key, period, int(bucket), float(usd))
+    if any(is_rolling(p) for d in book.budgets.dimensions for p in book.budgets.periods(d)):
+        _warm_up_raised(book, client, database, now)
     return cut_ms / 1000
+
+
+def _warm_up_raised(book: BudgetBook, client: Client, database: str, now: datetime) -> None:
+    """The rolling periods' threshold alerts of the last 30 days, so a restart does not raise them again."""
+    windows = {label: period for period, label in WINDOW_LABEL.items() if is_rolling(period)}
+    rows = client.query(
+        f"SELECT dimension, key, window, toUInt32(round(threshold / baseline * 100)), max(ts) "
+        f"FROM `{database}`.alerts WHERE kind = 'budget_threshold' AND window IN %(windows)s AND baseline > 0 "
+        f"AND ts >= fromUnixTimestamp64Milli(toInt64({int((now.timestamp() - 31 * 86_400) * 1000)}), 'UTC') "
+        "GROUP BY dimension, key, window, threshold, baseline",
+        parameters={"windows": sorted(windows)},
+    ).result_rows
+    for dimension, key, label, pct, at in rows:
+        book.raised_before(dimension, key, windows[label], int(pct), at)
 
 
 def _warm_up_calendar(

@@ -14,7 +14,7 @@ from schemas.config import LimitPeriod
 
 ROLLING_BUCKET_SECONDS: dict[str, int] = {"rolling_24h": 60, "rolling_30d": 3600}
 ROLLING_BUCKETS: dict[str, int] = {"rolling_24h": 24 * 60, "rolling_30d": 30 * 24}
-WINDOW_LABEL: dict[str, str] = {"daily": "1d", "monthly": "1mo", "rolling_24h": "24h", "rolling_30d": "30d"}
+WINDOW_LABEL: dict[LimitPeriod, str] = {"daily": "1d", "monthly": "1mo", "rolling_24h": "24h", "rolling_30d": "30d"}
 """The ``window`` of a period's ``budget_threshold`` alerts."""
 NAME: dict[str, str] = {"daily": "daily", "monthly": "monthly", "rolling_24h": "rolling 24-hour",
                         "rolling_30d": "rolling 30-day"}  # fmt: skip

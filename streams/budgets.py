@@ -208,6 +208,13 @@ class BudgetBook:
         self._totals.setdefault((scope, period), {})[bucket] = usd
         self._dirty.add(scope)
 
+    def raised_before(self, dimension: str, key: str, period: LimitPeriod, pct: int, at: datetime) -> None:
+        """A rolling period's threshold alert raised at ``at`` (read from ClickHouse at warm-up): not again
+        within the window's length of it."""
+        mark = (budget_scope(dimension, key), period, pct)
+        bucket = bucket_of(period, at.timestamp())
+        self._raised[mark] = max(bucket, self._raised.get(mark, bucket))
+
     def add(self, spend: Spend) -> bool:
         """Count ``spend`` unless this (event, dimension) was counted already; True if counted."""
         budget = self.budgets.of(spend.dimension, spend.key)

@@ -7,6 +7,7 @@ Real tansu broker, real chDB; calls are priced by overrides, so every amount is 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -135,19 +136,25 @@ def test_rolling_windows_sessions_and_workflows_are_counted_live_and_warmed_up_f
     for n in range(2):  # calls under root-0, tagged with its workflow by the SDK
         cent(f"child-{n}", 0, feature="kb.search", parent_id="root-0", tags={"workflow": "support.chat"},
              session_id="s-1")  # fmt: skip
+    for n in range(2):
+        cent(f"late-{n}", 1)
     emitter.flush()
-    wait_state(guard, SCOPE, "allow", spent=0.05)
+    wait_state(guard, SCOPE, "allow", spent=0.07)  # 70%: its alert raised
     wait_state(guard, "workflow=support.chat", "allow", spent=0.05)
     session = wait_state(guard, "session_id=s-1", "deny", spent=0.05)
     assert session.period == "rolling_30d" and session.period_end is None
 
+    seventy = "SELECT count() FROM alerts FINAL WHERE key = 'tenant_acme' AND window = '24h'"
+    assert up.wait_for(seventy, 1) == 1
     up.stop()
-    start_up(home=up.home, SPENDSTREAM_CONFIG=str(config), SPENDSTREAM_TOPIC_PREFIX=prefix)
+    restarted = start_up(home=up.home, SPENDSTREAM_CONFIG=str(config), SPENDSTREAM_TOPIC_PREFIX=prefix)
     cent("after-restart", 0, parent_id="root-1", tags={"workflow": "support.chat"}, session_id="s-2")
     emitter.flush()
     # counted on top of the totals read back from ClickHouse, per minute and per hour
-    wait_state(guard, SCOPE, "allow", spent=0.06, timeout=60)
+    wait_state(guard, SCOPE, "allow", spent=0.08, timeout=60)
     wait_state(guard, "workflow=support.chat", "allow", spent=0.06)
     wait_state(guard, "session_id=s-2", "allow", spent=0.01)
+    time.sleep(2)  # the alerts of that settle are stored with it
+    assert restarted.scalar(seventy) == 1  # still past 70% of the 24 hours: not raised again after the restart
     emitter.close()
     guard.close()
