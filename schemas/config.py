@@ -530,7 +530,7 @@ def load_config(path: Path | str | None) -> SpendstreamConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"])
-        reason = first["msg"]
+        reason = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             reason = "unknown field: check its spelling against the README's configuration section"
         reason = _budget_named(data, first["loc"], reason)

@@ -185,7 +185,7 @@ def test_routes_send_each_threshold_to_its_channel(tmp_path: Path) -> None:
          "{at: 120, action: throttle}]}", "budgets.0", "the 120% threshold's throttle comes after deny at 100%"),
         ("{dimension: team, key: b, limit_usd: 5, period: day, thresholds: [{at: 100, action: downgrade}]}",
          "budgets.0.thresholds.0",
-         "budget team 'b': Value error, the 100% threshold's action downgrade needs downgrade_to"),
+         "budget team 'b': the 100% threshold's action downgrade needs downgrade_to"),
         ("{dimension: team, key: b, limit_usd: 5, period: day, thresholds: [{at: 0}]}", "budgets.0.thresholds.0.at",
          "budget team 'b': Input should be greater than or equal to 1"),
         ("{dimension: team, key: b, limit_usd: 5, period: day, thresholds: [{at: 90, throttle_seconds: 3}]}",
