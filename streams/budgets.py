@@ -256,12 +256,12 @@ class BudgetBook:
             )
         return standings
 
-    def state(self, scope: str, now: datetime) -> BudgetState:
+    def state(self, scope: str, now: datetime, standings: list[_Standing] | None = None) -> BudgetState:
         """The guard's state for ``scope`` at ``now``: the strictest of its limits' (then the fullest)."""
         dimension, key = self._keys[scope]
         budget = self.budgets.of(dimension, key)
         assert budget is not None
-        standings = self._standings(scope, budget, now)
+        standings = standings or self._standings(scope, budget, now)
         deciding = max(standings, key=lambda s: (SEVERITY_ORDER[s.effects.state], s.spent / s.limit))
         effects = deciding.effects
         remaining = min(max(0.0, s.limit - s.spent) for s in standings)
@@ -306,14 +306,16 @@ class BudgetBook:
         states: list[BudgetState] = []
         alerts: list[Alert] = []
         for scope in sorted(scopes):
-            if scope not in self._keys:
+            budget = self.budgets.of(*self._keys[scope]) if scope in self._keys else None
+            if budget is None:
                 continue
-            state = self.state(scope, now)
+            standings = self._standings(scope, budget, now)  # each total summed once
+            state = self.state(scope, now, standings)
             mark = (state.state, round(state.spent_usd, 4), round(state.remaining_usd or 0.0, 4))
             if self._published.get(scope) != mark:
                 self._published[scope] = mark
                 states.append(state)
-            alerts.extend(self._crossings(scope, now))
+            alerts.extend(self._crossings(scope, budget, standings, now))
         return states, alerts
 
     def expire(self, now: datetime | None = None) -> None:
@@ -345,11 +347,11 @@ class BudgetBook:
     def scopes(self) -> list[str]:
         return list(self._keys)
 
-    def _crossings(self, scope: str, now: datetime) -> Iterator[Alert]:
-        dimension, key = self._keys[scope]
-        budget = self.budgets.of(dimension, key)
-        assert budget is not None
-        for standing in self._standings(scope, budget, now):
+    def _crossings(
+        self, scope: str, budget: BudgetConfig, standings: list[_Standing], now: datetime
+    ) -> Iterator[Alert]:
+        key = self._keys[scope][1]
+        for standing in standings:
             period = standing.period
             first, last = window(period, now)
             for level in budget.levels:
