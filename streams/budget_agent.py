@@ -34,7 +34,8 @@ from schemas.budget import BudgetState
 from sinks.sink import ClickHouseSink
 from streams.backoff import Backoff
 from streams.budget_periods import ROLLING_BUCKET_SECONDS, WINDOW_LABEL, bounds, bucket_of, is_rolling, window
-from streams.budgets import BudgetBook, Spend, sql_of
+from streams.budget_thresholds import sql_of
+from streams.budgets import BudgetBook, Spend
 
 logger = logging.getLogger(__name__)
 

@@ -19,24 +19,20 @@ from datetime import UTC, datetime
 
 import orjson
 
-from schemas.alert import Alert, alert_id_for
+from schemas.alert import Alert
 from schemas.budget import SEVERITY_ORDER, WORKFLOW_TAG, BudgetState, GuardState, NextStep, budget_scope
-from schemas.config import BudgetAction, BudgetConfig, BudgetThreshold, LimitPeriod
-from sinks.clickhouse import sql_string
-from streams.budget_periods import NAME, ROLLING_BUCKETS, WINDOW_LABEL, bounds, bucket_of, is_rolling, window
+from schemas.config import BudgetAction, BudgetConfig, LimitPeriod
+from streams.budget_periods import ROLLING_BUCKETS, bounds, bucket_of, is_rolling, window
+from streams.budget_thresholds import Effects, Standing, reached, reason_of, threshold_alert
 from streams.detectors import calls as c
 
 SEEN_LIMIT = 1_000_000
 """How many recent (event_id, dimension) pairs a book remembers to count a redelivered spend once."""
-EPSILON_USD = 1e-9
-"""Spend this close below a threshold's amount has reached it: ten $0.01 calls add up to $0.0999...9."""
 SWEEP_SECONDS = 600
 """How often (wall clock) a book forgets the keys with no spend left in their periods."""
 _COLUMN = {dimension: c.column(dimension) for dimension in ("user_id", "tenant_id", "feature", "agent_id", "team",
                                                              "environment", "session_id")}  # fmt: skip
 _FEATURE, _PARENT_ID, _TAGS = c.column("feature"), c.column("parent_id"), c.column("tags")
-WORKFLOW_SQL = f"if(tags['{WORKFLOW_TAG}'] != '', tags['{WORKFLOW_TAG}'], if(parent_id = '', feature, ''))"
-"""A stored call's workflow in SQL, as :func:`workflow_of` reads it."""
 
 
 def workflow_of(row: c.Row) -> str:
@@ -50,11 +46,6 @@ def workflow_of(row: c.Row) -> str:
     if tagged:
         return str(tagged)
     return "" if row[_PARENT_ID] else str(row[_FEATURE])
-
-
-def sql_of(dimension: str) -> str:
-    """The SQL of a budget dimension over ``llm_calls``: its column, or the workflow's expression."""
-    return WORKFLOW_SQL if dimension == "workflow" else dimension
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,64 +112,6 @@ class Budgets:
                     yield Spend(row[c.EVENT_ID], ts, dimension, key, cost, sent)
 
 
-@dataclass(frozen=True, slots=True)
-class Effects:
-    """What the guard does once some thresholds are reached: their actions together."""
-
-    state: GuardState = "allow"
-    throttle_seconds: float | None = None
-    downgrade_to: str | None = None
-
-    @classmethod
-    def of(cls, levels: Iterable[BudgetThreshold]) -> Effects:
-        throttle = downgrade = None
-        deny = False
-        for level in levels:
-            if level.action == "throttle":
-                throttle = level.delay_seconds
-            elif level.action == "downgrade":
-                downgrade = level.downgrade_to
-            elif level.action == "deny":
-                deny = True
-        state: GuardState = "deny" if deny else "downgrade" if downgrade else "throttle" if throttle else "allow"
-        return cls(state, throttle, downgrade)
-
-    def does(self) -> str:
-        """What happens to calls, for a message."""
-        if self.state == "deny":
-            return "the guard refuses calls"
-        if self.state == "downgrade":
-            slowed = f", delayed {self.throttle_seconds:g} s each" if self.throttle_seconds else ""
-            return f"the guard switches calls to {self.downgrade_to}{slowed}"
-        if self.state == "throttle":
-            return f"the guard delays each call {self.throttle_seconds:g} s"
-        return "calls go on"
-
-
-def reached(spent: float, limit: float, level: BudgetThreshold) -> bool:
-    return spent >= limit * level.at / 100 - EPSILON_USD
-
-
-@dataclass(frozen=True, slots=True)
-class _Standing:
-    """Where one limit of a key stands at a time: its spend, the thresholds reached, the next action."""
-
-    period: LimitPeriod
-    limit: float
-    spent: float
-    top: BudgetThreshold | None
-    """The highest threshold reached."""
-    effects: Effects
-    next_level: BudgetThreshold | None
-    """The first threshold ahead with an action."""
-
-    @property
-    def next_usd(self) -> float | None:
-        if self.next_level is None:
-            return None
-        return max(0.0, self.limit * self.next_level.at / 100 - self.spent)
-
-
 class BudgetBook:
     """Running totals per budget key and period, and the states and alerts that follow from them."""
 
@@ -242,7 +175,7 @@ class BudgetBook:
             return buckets.get(last, 0.0)
         return sum(usd for bucket, usd in buckets.items() if first <= bucket <= last)
 
-    def _standings(self, scope: str, budget: BudgetConfig, now: datetime) -> list[_Standing]:
+    def _standings(self, scope: str, budget: BudgetConfig, now: datetime) -> list[Standing]:
         levels = budget.levels
         standings = []
         for period, limit in budget.limits:
@@ -250,13 +183,13 @@ class BudgetBook:
             done = [level for level in levels if reached(spent, limit, level)]
             ahead = [level for level in levels if level not in done and level.action != "alert"]
             standings.append(
-                _Standing(
+                Standing(
                     period, limit, spent, done[-1] if done else None, Effects.of(done), ahead[0] if ahead else None
                 )
             )
         return standings
 
-    def state(self, scope: str, now: datetime, standings: list[_Standing] | None = None) -> BudgetState:
+    def state(self, scope: str, now: datetime, standings: list[Standing] | None = None) -> BudgetState:
         """The guard's state for ``scope`` at ``now``: the strictest of its limits' (then the fullest)."""
         dimension, key = self._keys[scope]
         budget = self.budgets.of(dimension, key)
@@ -290,7 +223,7 @@ class BudgetBook:
                 )  # fmt: skip
         return BudgetState(
             scope=scope, dimension=dimension, key=key, state=effects.state, action=action,
-            reason=_reason(dimension, key, deciding, remaining), period=deciding.period,
+            reason=reason_of(dimension, key, deciding, remaining), period=deciding.period,
             spent_usd=round(deciding.spent, 6), limit_usd=deciding.limit, remaining_usd=round(remaining, 6),
             period_end=bounds(deciding.period, now)[1], downgrade_to=downgrade_to, throttle_seconds=throttle,
             threshold_pct=None if legacy or deciding.top is None else deciding.top.at, next=step, updated_at=now,
@@ -347,9 +280,7 @@ class BudgetBook:
     def scopes(self) -> list[str]:
         return list(self._keys)
 
-    def _crossings(
-        self, scope: str, budget: BudgetConfig, standings: list[_Standing], now: datetime
-    ) -> Iterator[Alert]:
+    def _crossings(self, scope: str, budget: BudgetConfig, standings: list[Standing], now: datetime) -> Iterator[Alert]:
         key = self._keys[scope][1]
         for standing in standings:
             period = standing.period
@@ -366,57 +297,4 @@ class BudgetBook:
                     if (scope, period, first, level.at) in self._crossed:
                         continue
                     self._crossed.add((scope, period, first, level.at))
-                yield _threshold_alert(budget, key, standing, level, now)
-
-
-def _reason(dimension: str, key: str, standing: _Standing, remaining: float) -> str:
-    spent, limit = standing.spent, standing.limit
-    what = f"{dimension} {key}: ${spent:,.2f} of the {NAME[standing.period]} budget of ${limit:,.2f} spent"
-    effects = standing.effects
-    pct = f"{100 * spent / limit:.0f}%"
-    if effects.state == "allow":
-        if spent >= limit - EPSILON_USD:
-            return f"{what} ({pct}): over budget (no action set: calls go on)"
-        return f"{what}, ${remaining:,.2f} left"
-    top = standing.top.at if standing.top is not None else 100
-    if effects.state == "deny":
-        does = "calls are denied"
-    elif effects.state == "downgrade":
-        slowed = f" and throttled ({effects.throttle_seconds:g} s)" if effects.throttle_seconds else ""
-        does = f"calls are downgraded to {effects.downgrade_to}{slowed}"
-    else:
-        does = f"calls are throttled ({effects.throttle_seconds or 0:g} s)"
-    return f"{what} ({pct}, past the {top}% threshold): {does}"
-
-
-def _threshold_alert(
-    budget: BudgetConfig, key: str, standing: _Standing, level: BudgetThreshold, now: datetime
-) -> Alert:
-    period, spent, limit = standing.period, standing.spent, standing.limit
-    scope = budget_scope(budget.dimension, key)
-    start, end = bounds(period, now)
-    when = start.isoformat() if is_rolling(period) else start.date().isoformat()
-    dedup_key = f"budget_threshold:{scope}:{period}:{when}:{level.at}"
-    levels = budget.levels
-    here = Effects.of(lvl for lvl in levels if lvl.at <= level.at)
-    later = next((lvl for lvl in levels if lvl.at > level.at and lvl.action != "alert"), None)
-    if here.state != "allow" or later is None:
-        then = f"now {here.does()}"
-    else:
-        then = f"from {later.at}% {Effects.of(lvl for lvl in levels if lvl.at <= later.at).does()}"
-    since = f"ts >= toDateTime('{start:%Y-%m-%d %H:%M:%S}', 'UTC')"
-    until = "" if end is None else f"AND ts < toDateTime('{end:%Y-%m-%d %H:%M:%S}', 'UTC') "
-    return Alert(
-        alert_id=alert_id_for(dedup_key), ts=now, kind="budget_threshold", severity=level.alert_severity,
-        dimension=budget.dimension, key=key, value=round(spent, 4), baseline=limit, threshold=limit * level.at / 100,
-        window=WINDOW_LABEL[period], dedup_key=dedup_key,
-        message=(
-            f"{budget.dimension} {key} has spent ${spent:,.2f} of its {NAME[period]} budget of ${limit:,.2f} "
-            f"({100 * spent / limit:.0f}%, past the {level.at}% mark); {then}. The query shows where it went."
-        ),
-        query=(
-            "SELECT feature, model, agent_id, count() AS calls, round(sum(cost_usd), 4) AS usd FROM llm_calls "
-            f"WHERE {sql_of(budget.dimension)} = {sql_string(key)} AND data_mode = 'real' AND {since} {until}"
-            "GROUP BY feature, model, agent_id ORDER BY usd DESC LIMIT 20"
-        ),
-    )  # fmt: skip
+                yield threshold_alert(budget, key, standing, level, now)

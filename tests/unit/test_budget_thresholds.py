@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
 import producers._guard
@@ -87,6 +88,30 @@ def test_a_budget_without_thresholds_keeps_its_single_action_from_100_percent() 
         "allow", "throttle", 3, None, None
     )  # fmt: skip
     assert "next" not in half.model_dump_json(exclude_none=True)
+
+
+BEFORE_THRESHOLDS = {
+    "scope", "dimension", "key", "state", "action", "reason", "period", "spent_usd", "limit_usd", "remaining_usd",
+    "period_end", "downgrade_to", "throttle_seconds", "updated_at",
+}  # fmt: skip
+"""The fields of a budget state a guard from before thresholds reads (it refuses a state with any other)."""
+
+
+@pytest.mark.parametrize("action", ["alert", "throttle", "downgrade", "deny"])
+@pytest.mark.parametrize("spent", [5.0, 10.0, 13.0])
+def test_a_budget_without_thresholds_publishes_what_a_guard_from_before_thresholds_reads(
+    action: str, spent: float
+) -> None:
+    budget = BudgetConfig.model_validate(
+        {"dimension": "team", "key": "growth", "daily_usd": 10, "monthly_usd": 100, "action": action,
+         **({"downgrade_to": "small"} if action == "downgrade" else {})}
+    )  # fmt: skip
+    book = BudgetBook(Budgets([budget]))
+    book.add(spend(1, spent, dimension="team", key="growth"))
+    [state] = book.settle(NOW)[0]
+    published = orjson.loads(state.model_dump_json(exclude_none=True))
+    assert set(published) <= BEFORE_THRESHOLDS and published["period"] in ("daily", "monthly")
+    assert published["state"] == ("allow" if spent < 10 or action == "alert" else action)
 
 
 def test_ten_cent_calls_reach_a_ten_cent_budget() -> None:
