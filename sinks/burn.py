@@ -16,18 +16,24 @@ from clickhouse_connect.driver.client import Client
 
 from schemas.budget import budget_scope
 from schemas.config import BudgetConfig
+from streams.budget_thresholds import Effects
 from streams.budgets import Budgets
 from streams.forecast import Forecast, forecast_month, history_start
 
 
 def monthly_limit(budget: BudgetConfig) -> float | None:
-    """A budget's monthly limit in USD (None: it has none): the one place the forecasts read it."""
-    return budget.monthly_usd
+    """A budget's monthly limit in USD (None: it has none): the one place the forecasts read it.
+
+    ``monthly_usd``, or ``limit_usd`` with ``period: month``; a rolling 30 days is not a month.
+    """
+    return next((usd for period, usd in budget.limits if period == "monthly"), None)
 
 
 def action_past_limit(budget: BudgetConfig) -> str:
-    """What the guard does past the monthly limit (``alert``, ``throttle``, ``downgrade``, ``deny``)."""
-    return budget.action
+    """What the guard does past the monthly limit (``alert``, ``throttle``, ``downgrade``, ``deny``): the
+    strictest action of the thresholds up to 100% (a budget without thresholds: its ``action``)."""
+    state = Effects.of(level for level in budget.levels if level.at <= 100).state
+    return "alert" if state == "allow" else state
 
 
 @dataclass(frozen=True, slots=True)

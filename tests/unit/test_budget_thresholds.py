@@ -19,6 +19,7 @@ from schemas.budget import BudgetState
 from schemas.config import BudgetConfig, BudgetThreshold, load_config
 from schemas.exceptions import ConfigError
 from sinks.batch import LLM_CALL_COLUMNS
+from sinks.burn import action_past_limit, monthly_limit
 from streams.budgets import BudgetBook, Budgets, Spend
 from tests.unit.test_track import Collected
 
@@ -402,3 +403,11 @@ def test_the_sdk_tags_calls_under_a_root_with_its_workflow_and_the_guard_holds_t
         tracker.track(provider="house", model="large", feature="support.chat", session_id="s-9"),
     ):
         pass  # a new request of the workflow: its root is refused too
+
+
+def test_the_month_end_forecast_reads_a_monthly_limit_of_either_form_and_its_action_at_100_percent() -> None:
+    assert (monthly_limit(STAGED), action_past_limit(STAGED)) == (100, "downgrade")  # throttled too: downgrade wins
+    legacy = BudgetConfig(dimension="team", key="growth", daily_usd=5, monthly_usd=90, action="deny")
+    assert (monthly_limit(legacy), action_past_limit(legacy)) == (90, "deny")
+    rolling = BudgetConfig(dimension="team", key="growth", limit_usd=90, period="rolling_30d")
+    assert (monthly_limit(rolling), action_past_limit(rolling)) == (None, "alert")  # 30 days are not a month
