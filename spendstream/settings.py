@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     """Partitions of ``llm.calls`` when spendstream creates it."""
     session_timeout_s: float = Field(default=6.0, ge=1, le=300)
     """Kafka consumer session timeout: how long a dead worker holds its partitions."""
+    budget_sweep_s: float = Field(default=600.0, ge=1, le=86_400)
+    """How often a worker forgets the budget keys with no spend left in their periods (a session long over),
+    and removes their states from ``spendstream.budgets``."""
 
     clickhouse_url: SecretStr | None = None
     """A ClickHouse server: ``http(s)://user:pass@host:8123/db``. Unset: chDB under ``home``."""

@@ -62,6 +62,7 @@ def build_app(settings: Settings, bootstrap: str, config: SpendstreamConfig) -> 
         user_id_key=settings.user_id_key.get_secret_value().encode() if settings.user_id_key is not None else None,
         require_feature=settings.require_feature,
         user_id_as=settings.userid_as,
+        budget_sweep_seconds=settings.budget_sweep_s,
     )
     return create_app(
         stream_config,

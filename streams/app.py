@@ -85,7 +85,7 @@ def create_app(
     if budgets:
         spend = app.topic(config.budget_spend_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
         states = app.topic(config.budgets_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
-        owner = BudgetOwner(BudgetBook(budgets), sink, config.partitions)
+        owner = BudgetOwner(BudgetBook(budgets, config.budget_sweep_seconds), sink, config.partitions)
         register_budgets(app, spend, states, owner, alert_raiser(alerts, sink), send_until_acked)
         routing = SpendRouting(spend, budgets, config.partitions)
     register_ingest(

@@ -198,8 +198,10 @@ class BudgetOwner:
         while self._recent and self._recent[0][0] < now - RECENT_SECONDS:
             self._recent.popleft()
 
-    def settle(self) -> tuple[list[BudgetState], list[Alert]]:
-        return self.book.settle(datetime.now(UTC), self.owns)
+    def settle(self) -> tuple[list[BudgetState], list[Alert], list[str]]:
+        """States to publish, alerts to raise, and the scopes whose states are to be removed."""
+        states, alerts = self.book.settle(datetime.now(UTC), self.owns)
+        return states, alerts, self.book.take_forgotten(self.owns)
 
 
 def register_budgets(
@@ -220,7 +222,10 @@ def register_budgets(
     async def publish() -> None:
         async with owner.lock:
             await owner.ensure_warm()
-            states, alerts = owner.settle()
+            states, alerts, forgotten = owner.settle()
+        if forgotten:  # tombstones: compaction drops them, and a guard forgets them (no state: allowed)
+            await send(budgets, [(scope.encode(), None, None, None) for scope in forgotten])
+            logger.info("budgets: %d keys with no spend left in their periods forgotten", len(forgotten))
         if states:
             await send(
                 budgets, [(s.scope.encode(), s.model_dump_json(exclude_none=True).encode(), None, None) for s in states]

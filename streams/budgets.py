@@ -28,8 +28,6 @@ from streams.detectors import calls as c
 
 SEEN_LIMIT = 1_000_000
 """How many recent (event_id, dimension) pairs a book remembers to count a redelivered spend once."""
-SWEEP_SECONDS = 600
-"""How often (wall clock) a book forgets the keys with no spend left in their periods."""
 _COLUMN = {dimension: c.column(dimension) for dimension in ("user_id", "tenant_id", "feature", "agent_id", "team",
                                                              "environment", "session_id")}  # fmt: skip
 _FEATURE, _PARENT_ID, _TAGS = c.column("feature"), c.column("parent_id"), c.column("tags")
@@ -115,8 +113,12 @@ class Budgets:
 class BudgetBook:
     """Running totals per budget key and period, and the states and alerts that follow from them."""
 
-    def __init__(self, budgets: Budgets) -> None:
+    def __init__(self, budgets: Budgets, sweep_seconds: float = 600.0) -> None:
         self.budgets = budgets
+        self._sweep_seconds = sweep_seconds
+        """How often (wall clock) :meth:`expire` forgets the keys with no spend left in their periods."""
+        self._forgotten: list[str] = []
+        """Scopes forgotten whose state was published: their states are to be removed (tombstones)."""
         self._totals: dict[tuple[str, LimitPeriod], dict[int, float]] = {}
         """(scope, period) -> bucket -> USD (``streams.budget_periods``)."""
         self._keys: dict[str, tuple[str, str]] = {}
@@ -253,12 +255,12 @@ class BudgetBook:
 
     def expire(self, now: datetime | None = None) -> None:
         """Settle again every scope not allowed: one whose period is over starts the next one allowed, and
-        spend leaves a rolling period as it ages. Every ``SWEEP_SECONDS``, forget the keys that have no
+        spend leaves a rolling period as it ages. Every ``sweep_seconds``, forget the keys that have no
         spend left in their periods."""
         for scope, (state, *_) in self._published.items():
             if state != "allow":
                 self._dirty.add(scope)
-        if time.monotonic() - self._swept >= SWEEP_SECONDS:
+        if time.monotonic() - self._swept >= self._sweep_seconds:
             self.sweep(now or datetime.now(UTC))
 
     def sweep(self, now: datetime) -> None:
@@ -270,12 +272,24 @@ class BudgetBook:
                 del buckets[bucket]
             if not buckets:
                 del self._totals[(scope, period)]
-        live = {scope for scope, _ in self._totals} | self._dirty
+        # a key whose published state is not allow yet is kept until its allow is published
+        live = {scope for scope, _ in self._totals} | {
+            s for s, (state, *_) in self._published.items() if state != "allow"
+        }
         for scope in [s for s in self._keys if s not in live]:
             del self._keys[scope]
-            self._published.pop(scope, None)
+            self._dirty.discard(scope)
+            if self._published.pop(scope, None) is not None:
+                self._forgotten.append(scope)
         self._crossed = {c for c in self._crossed if c[0] in live}
         self._raised = {r: b for r, b in self._raised.items() if r[0] in live}
+
+    def take_forgotten(self, owns: Callable[[str], bool] | None = None) -> list[str]:
+        """The forgotten scopes whose published states are to be removed: those ``owns`` (when given) says
+        this worker owns now (another worker's state of a scope it no longer owns is not its to remove)."""
+        forgotten = [s for s in self._forgotten if (owns is None or owns(s)) and s not in self._keys]
+        self._forgotten.clear()
+        return forgotten
 
     def scopes(self) -> list[str]:
         return list(self._keys)

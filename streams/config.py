@@ -28,6 +28,8 @@ class StreamConfig:
             pseudonymised, not refused (see ``streams.ingest.Ingestor``).
         require_feature: refuse calls without a feature tag instead of storing them as ``unattributed``.
         user_id_as: what a usage payload's ``userId`` is stored as (``schemas.usage_payload``).
+        budget_sweep_seconds: how often the budget agent forgets the keys with no spend left in their
+            periods, and removes their states from ``spendstream.budgets`` (a session long over).
     """
 
     bootstrap: str
@@ -48,3 +50,4 @@ class StreamConfig:
     user_id_key: bytes | None = field(default=None, repr=False)
     require_feature: bool = False
     user_id_as: UserIdAs = "user_id"
+    budget_sweep_seconds: float = 600.0

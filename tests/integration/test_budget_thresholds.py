@@ -19,6 +19,7 @@ import pytest
 from producers import BudgetExceededError
 from tests.conftest import UpProcess
 from tests.integration.test_budgets import PRICES, cent_call, guarded_sdk, wait_state
+from tests.integration.test_guardrails import wait_until
 from tests.slack_standin import SlackStandIn
 
 pytestmark = pytest.mark.integration
@@ -121,7 +122,7 @@ def test_rolling_windows_sessions_and_workflows_are_counted_live_and_warmed_up_f
     config = tmp_path / "spendstream.yaml"
     config.write_text(PRICES + PERIODS)
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    up = start_up(SPENDSTREAM_CONFIG=str(config), SPENDSTREAM_TOPIC_PREFIX=prefix)
+    up = start_up(SPENDSTREAM_CONFIG=str(config), SPENDSTREAM_TOPIC_PREFIX=prefix, SPENDSTREAM_BUDGET_SWEEP_S="1")
     emitter, guard, _ = guarded_sdk(broker, prefix, "support.chat")
     now = datetime.now(UTC)
 
@@ -131,6 +132,7 @@ def test_rolling_windows_sessions_and_workflows_are_counted_live_and_warmed_up_f
         emitter.emit_raw(orjson.dumps(event))
 
     cent("old", 25)  # out of the 24 hours
+    cent("ancient", 31 * 24, session_id="s-gone")  # a session of last month: out of its 30 days
     for n in range(3):  # roots of the workflow, in session s-1
         cent(f"root-{n}", 23, feature="support.chat", session_id="s-1")
     for n in range(2):  # calls under root-0, tagged with its workflow by the SDK
@@ -144,6 +146,10 @@ def test_rolling_windows_sessions_and_workflows_are_counted_live_and_warmed_up_f
     session = wait_state(guard, "session_id=s-1", "deny", spent=0.05)
     assert session.period == "rolling_30d" and session.period_end is None
 
+    # a key with no spend left in its period is forgotten, and its state removed from the topic (a tombstone)
+    wait_until(lambda: "keys with no spend left in their periods forgotten" in up.log.read_text(), "swept", 30)
+    wait_until(lambda: guard.state("session_id=s-gone") is None, "s-gone's state removed")
+    assert guard.state("session_id=s-1") is not None
     seventy = "SELECT count() FROM alerts FINAL WHERE key = 'tenant_acme' AND window = '24h'"
     assert up.wait_for(seventy, 1) == 1
     up.stop()

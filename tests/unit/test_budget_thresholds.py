@@ -171,14 +171,22 @@ def test_a_rolling_30d_budget_counts_per_hour_and_is_warmed_up_per_hour() -> Non
 
 
 def test_a_book_forgets_sessions_with_no_spend_left_in_their_periods() -> None:
-    budget = BudgetConfig(dimension="session_id", key="*", limit_usd=2, period="rolling_24h")
+    budget = BudgetConfig(
+        dimension="session_id", key="*", limit_usd=2, period="rolling_24h", thresholds=[{"at": 100, "action": "deny"}]
+    )
     book = BudgetBook(Budgets([budget]))
     for n in range(3):
         book.add(spend(n, 1.0, NOW, "session_id", f"s-{n}"))
     book.add(spend(9, 1.0, NOW + timedelta(hours=20), "session_id", "s-late"))
     book.settle(NOW + timedelta(hours=20))
-    book.sweep(NOW + timedelta(hours=25))
-    assert book.scopes() == ["session_id=s-late"]
+    book.add(spend(8, 1.0, NOW, "session_id", "s-elsewhere"))  # a session another worker owns: never settled
+    book.add(spend(7, 3.0, NOW + timedelta(hours=1), "session_id", "s-denied"))
+    book.settle(NOW + timedelta(hours=1), owns=lambda scope: scope != "session_id=s-elsewhere")
+    book.sweep(NOW + timedelta(hours=25))  # s-denied's spend is out of its window, its deny still published
+    assert book.scopes() == ["session_id=s-late", "session_id=s-denied"]
+    # their published states are removed (tombstones), but only of the scopes this worker owns
+    assert book.take_forgotten(lambda scope: scope != "session_id=s-1") == ["session_id=s-0", "session_id=s-2"]
+    assert book.take_forgotten() == []
 
 
 def test_routes_send_each_threshold_to_its_channel(tmp_path: Path) -> None:
