@@ -13,6 +13,7 @@ per window length). Periods follow the calls' event time (``streams.budget_perio
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,7 +123,9 @@ class BudgetBook:
         self._totals: dict[tuple[str, LimitPeriod], dict[int, float]] = {}
         """(scope, period) -> bucket -> USD (``streams.budget_periods``)."""
         self._keys: dict[str, tuple[str, str]] = {}
-        self._seen: dict[tuple[str, str], None] = {}
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        """Counted (event_id, dimension) pairs, oldest first. An OrderedDict: a plain dict's first key, after
+        many deletions at its front, is found by scanning past them (each spend past the limit took ~100 us)."""
         self._crossed: set[tuple[str, LimitPeriod, int, int]] = set()
         """(scope, period, first bucket of the calendar period, percent): raised in that period."""
         self._raised: dict[tuple[str, LimitPeriod, int], int] = {}
@@ -158,7 +161,7 @@ class BudgetBook:
             return False
         self._seen[seen] = None
         if len(self._seen) > SEEN_LIMIT:
-            del self._seen[next(iter(self._seen))]
+            self._seen.popitem(last=False)
         scope = spend.scope
         self._keys[scope] = (spend.dimension, spend.key)
         for period, _ in budget.limits:
