@@ -284,7 +284,7 @@ class BudgetBook:
             self._dirty.discard(scope)
             if self._published.pop(scope, None) is not None:
                 self._forgotten.append(scope)
-        self._crossed = {c for c in self._crossed if c[0] in live}
+        self._crossed = {c for c in self._crossed if c[0] in live and c[2] >= window(c[1], now)[0]}  # past periods
         self._raised = {r: b for r, b in self._raised.items() if r[0] in live}
 
     def take_forgotten(self, owns: Callable[[str], bool] | None = None) -> list[str]:

@@ -189,6 +189,18 @@ def test_a_book_forgets_sessions_with_no_spend_left_in_their_periods() -> None:
     assert book.take_forgotten() == []
 
 
+def test_a_sweep_forgets_the_thresholds_raised_in_past_calendar_periods_only() -> None:
+    book = BudgetBook(Budgets([BudgetConfig(dimension="team", key="growth", daily_usd=10, monthly_usd=1000)]))
+    book.add(spend(1, 8.0, NOW - timedelta(days=1), "team", "growth"))
+    book.settle(NOW - timedelta(days=1))  # 70% yesterday
+    book.add(spend(2, 8.0, NOW, "team", "growth"))
+    assert [a.dedup_key.split(":")[-2:] for a in book.settle(NOW)[1]] == [["2026-11-23", "70"]]  # today's own
+    book.sweep(NOW)
+    book.add(spend(3, 1.0, NOW, "team", "growth"))
+    assert book.settle(NOW)[1] == []  # today's 70% is remembered
+    assert book._crossed == {("team=growth", "daily", NOW.date().toordinal(), 70)}
+
+
 def test_routes_send_each_threshold_to_its_channel(tmp_path: Path) -> None:
     path = tmp_path / "spendstream.yaml"
     path.write_text(
