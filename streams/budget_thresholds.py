@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from schemas.alert import Alert, alert_id_for
-from schemas.budget import WORKFLOW_TAG, GuardState, budget_scope
+from schemas.budget import SEVERITY_ORDER, WORKFLOW_TAG, GuardState, budget_scope
 from schemas.config import BudgetConfig, BudgetThreshold, LimitPeriod
 from sinks.clickhouse import sql_string
 from streams.budget_periods import NAME, WINDOW_LABEL, bounds, is_rolling
@@ -63,6 +63,35 @@ def reached(spent: float, limit: float, level: BudgetThreshold) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """The next threshold that changes what the guard does, and what is left to spend before it."""
+
+    level: BudgetThreshold
+    effects: Effects
+    """What the guard does from there on (the actions of every threshold up to it)."""
+    usd: float
+
+
+def next_step(levels: Sequence[BudgetThreshold], standings: Iterable[Standing], now: Effects) -> Step | None:
+    """The nearest threshold, over every limit, from which the guard does more than ``now`` (a stricter action,
+    or as strict with another delay or model): one that changes nothing (the throttle in force, reached on
+    another limit) is passed over for the next."""
+    best: Step | None = None
+    for standing in standings:
+        for level in levels:
+            if level.action == "alert" or reached(standing.spent, standing.limit, level):
+                continue
+            effects = Effects.of(lvl for lvl in levels if lvl.at <= level.at)
+            if effects == now or SEVERITY_ORDER[effects.state] < SEVERITY_ORDER[now.state]:
+                continue
+            usd = max(0.0, standing.limit * level.at / 100 - standing.spent)
+            if best is None or usd < best.usd:
+                best = Step(level, effects, usd)
+            break
+    return best
+
+
+@dataclass(frozen=True, slots=True)
 class Standing:
     """Where one limit of a key stands at a time: its spend, the thresholds reached, the next action."""
 
@@ -72,14 +101,7 @@ class Standing:
     top: BudgetThreshold | None
     """The highest threshold reached."""
     effects: Effects
-    next_level: BudgetThreshold | None
-    """The first threshold ahead with an action."""
-
-    @property
-    def next_usd(self) -> float | None:
-        if self.next_level is None:
-            return None
-        return max(0.0, self.limit * self.next_level.at / 100 - self.spent)
+    """What the thresholds reached make the guard do."""
 
 
 def reason_of(dimension: str, key: str, standing: Standing, remaining: float) -> str:

@@ -24,7 +24,7 @@ from schemas.alert import Alert
 from schemas.budget import SEVERITY_ORDER, WORKFLOW_TAG, BudgetState, GuardState, NextStep, budget_scope
 from schemas.config import BudgetAction, BudgetConfig, LimitPeriod
 from streams.budget_periods import ROLLING_BUCKETS, bounds, bucket_of, is_rolling, window
-from streams.budget_thresholds import Effects, Standing, reached, reason_of, threshold_alert
+from streams.budget_thresholds import Effects, Standing, next_step, reached, reason_of, threshold_alert
 from streams.detectors import calls as c
 
 SEEN_LIMIT = 1_000_000
@@ -186,12 +186,7 @@ class BudgetBook:
         for period, limit in budget.limits:
             spent = self.spent(scope, period, now)
             done = [level for level in levels if reached(spent, limit, level)]
-            ahead = [level for level in levels if level not in done and level.action != "alert"]
-            standings.append(
-                Standing(
-                    period, limit, spent, done[-1] if done else None, Effects.of(done), ahead[0] if ahead else None
-                )
-            )
+            standings.append(Standing(period, limit, spent, done[-1] if done else None, Effects.of(done)))
         return standings
 
     def state(self, scope: str, now: datetime, standings: list[Standing] | None = None) -> BudgetState:
@@ -203,35 +198,26 @@ class BudgetBook:
         deciding = max(standings, key=lambda s: (SEVERITY_ORDER[s.effects.state], s.spent / s.limit))
         effects = deciding.effects
         remaining = min(max(0.0, s.limit - s.spent) for s in standings)
-        ahead = [s for s in standings if s.next_usd is not None]
-        upcoming = min(ahead, key=lambda s: s.next_usd or 0.0) if ahead else None
-        next_effects = None
-        if upcoming is not None and upcoming.next_level is not None:
-            next_effects = Effects.of(
-                [lvl for lvl in budget.levels if reached(upcoming.limit * upcoming.next_level.at / 100,
-                                                         upcoming.limit, lvl)]
-            )  # fmt: skip
+        step = next_step(budget.levels, standings, effects)
         legacy = budget.thresholds is None
         if legacy:  # as before thresholds: the action, what it downgrades to and its delay, in force or not
             action: BudgetAction = budget.action or "alert"
-            downgrade_to = effects.downgrade_to or (next_effects.downgrade_to if next_effects else None)
-            throttle = effects.throttle_seconds or (next_effects.throttle_seconds if next_effects else None)
-            step = None
+            downgrade_to = effects.downgrade_to or (step.effects.downgrade_to if step else None)
+            throttle = effects.throttle_seconds or (step.effects.throttle_seconds if step else None)
+            next_ = None
         else:
-            action = "deny" if effects.state == "deny" else "alert"
-            downgrade_to, throttle, step = effects.downgrade_to, effects.throttle_seconds, None
-            if upcoming is not None and upcoming.next_level is not None and next_effects is not None:
-                action = upcoming.next_level.action
-                step = NextStep(
-                    at_pct=upcoming.next_level.at, state=next_effects.state, usd=round(upcoming.next_usd or 0.0, 6),
-                    throttle_seconds=next_effects.throttle_seconds, downgrade_to=next_effects.downgrade_to,
-                )  # fmt: skip
+            action = step.level.action if step else "deny" if effects.state == "deny" else "alert"
+            downgrade_to, throttle = effects.downgrade_to, effects.throttle_seconds
+            next_ = None if step is None else NextStep(
+                at_pct=step.level.at, state=step.effects.state, usd=round(step.usd, 6),
+                throttle_seconds=step.effects.throttle_seconds, downgrade_to=step.effects.downgrade_to,
+            )  # fmt: skip
         return BudgetState(
             scope=scope, dimension=dimension, key=key, state=effects.state, action=action,
             reason=reason_of(dimension, key, deciding, remaining), period=deciding.period,
             spent_usd=round(deciding.spent, 6), limit_usd=deciding.limit, remaining_usd=round(remaining, 6),
             period_end=bounds(deciding.period, now)[1], downgrade_to=downgrade_to, throttle_seconds=throttle,
-            threshold_pct=None if legacy or deciding.top is None else deciding.top.at, next=step, updated_at=now,
+            threshold_pct=None if legacy or deciding.top is None else deciding.top.at, next=next_, updated_at=now,
         )  # fmt: skip
 
     def settle(self, now: datetime, owns: Callable[[str], bool] | None = None) -> tuple[list[BudgetState], list[Alert]]:

@@ -431,3 +431,18 @@ def test_the_month_end_forecast_reads_a_monthly_limit_of_either_form_and_its_act
     assert (monthly_limit(legacy), action_past_limit(legacy)) == (90, "deny")
     rolling = BudgetConfig(dimension="team", key="growth", limit_usd=90, period="rolling_30d")
     assert (monthly_limit(rolling), action_past_limit(rolling)) == (None, "alert")  # 30 days are not a month
+
+
+def test_thresholds_apply_to_each_limit_and_the_strictest_decides() -> None:
+    budget = BudgetConfig.model_validate(
+        {"dimension": "team", "key": "growth", "daily_usd": 10, "monthly_usd": 100,
+         "thresholds": [{"at": 50, "action": "throttle"}, {"at": 100, "action": "deny"}]}
+    )  # fmt: skip
+    book = BudgetBook(Budgets([budget]))
+    book.load("team", "growth", "monthly", NOW.year * 12 + NOW.month - 1, 60.0)  # 60% of the month
+    book.add(spend(1, 2.0, dimension="team", key="growth"))  # 20% of the day
+    state = book.state("team=growth", NOW)
+    assert (state.state, state.period, state.threshold_pct) == ("throttle", "monthly", 50)
+    assert state.next is not None and (state.next.state, state.next.usd) == ("deny", 8.0)  # the day's $10 first
+    alerts = book.settle(NOW)[1]
+    assert [(a.window, round(a.threshold or 0)) for a in alerts] == [("1mo", 50)]
