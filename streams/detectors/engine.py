@@ -9,19 +9,20 @@ they would have fired.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 
 from schemas.alert import Alert, AlertKind
 from schemas.config import DetectorsConfig
 from streams.detectors import calls as c
+from streams.detectors import partials as p
 from streams.detectors.errors import ErrorRateDetector
 from streams.detectors.findings import Finding, Incidents
 from streams.detectors.latency import LatencyDetector
+from streams.detectors.partials import Partials
 from streams.detectors.prompts import PromptRegressionDetector
-from streams.detectors.sessions import SessionDetector
+from streams.detectors.sessions import SessionDetector, SessionMinute
 from streams.detectors.spend import SpendDetectors
 
 STREAM_KINDS: tuple[AlertKind, ...] = (
@@ -30,14 +31,6 @@ STREAM_KINDS: tuple[AlertKind, ...] = (
 )  # fmt: skip
 """The kinds of alert these detectors raise: their open incidents are the ones a warm-up restores."""
 IDLE_PARTITION_SECONDS = 30.0
-
-
-class _Observer(Protocol):
-    """A detector as :class:`Detectors` feeds it: a batch counted at once, then taken a minute at a time."""
-
-    def prepare(self, calls: pa.Table) -> Mapping[int, Any]: ...
-
-    def observe(self, minute: int, counts: Any) -> None: ...
 
 
 class Detectors:
@@ -63,34 +56,65 @@ class Detectors:
         ``lagging``: source partitions with records not read yet; they hold the clock back however
         long they have been quiet (a starved partition is not an idle one).
         """
-        self._lagging = lagging
-        alerts: list[Alert] = []
-        for _ in self._minutes(calls, (self.spend, self.prompts)):
-            alerts.extend(self.check())
-        return alerts
+        return self.apply(self.prepare(calls), lagging)
 
     def observe_recent(self, calls: pa.Table) -> None:
         """Feed stored calls to the short-window detectors only (sessions, latency, errors): warm-up."""
-        for _ in self._minutes(calls, ()):
-            pass
+        self.apply(self.prepare(calls, recent=True), check=False)
 
-    def _minutes(self, calls: pa.Table, more: tuple[_Observer, ...]) -> Iterator[int]:
-        """Feed the calls a minute of event time at a time, to the short-window detectors and ``more``.
+    def prepare(self, calls: pa.Table, *, recent: bool = False) -> Partials:
+        """Count stored calls into partials (per minute of event time, per key), the clock included.
 
-        Yields each minute once the detectors have it. Each detector counts the whole batch first
-        (``prepare``, Arrow kernels), then takes its counts minute by minute.
+        Arrow kernels over the whole batch; what :meth:`apply` takes, here or in the key's owner
+        (``Partials.split``). ``recent``: the short-window detectors only (sessions, latency, errors).
         """
         ordered = c.in_time_order(calls)
-        observers: list[_Observer] = [self.sessions, self.latency, self.errors, *more]
-        prepared = [(observer.observe, observer.prepare(ordered)) for observer in observers]
-        latest = c.per_minute(ordered, ["data_mode", "source_partition"], [(c.AT, "max")])
-        for minute in c.minutes(ordered):
-            self._advance(latest[minute])
-            for observe, counts in prepared:
-                found = counts.get(minute)
-                if found:
-                    observe(minute, found)
-            yield minute
+        partials = Partials()
+        partials.add(p.CLOCK, c.per_minute(ordered, ["data_mode", "source_partition"], [(c.AT, "max")]))
+        for minute, counted in self.sessions.prepare(ordered).items():
+            kinds = partials.minutes.setdefault(minute, {})
+            for kind, rows in ((p.SESSIONS, counted.sessions), (p.TOOLS, counted.tools),
+                               (p.PROMPT_HASHES, counted.prompts)):  # fmt: skip
+                if rows:
+                    kinds[kind] = rows
+        partials.add(p.LATENCY, self.latency.prepare(ordered))
+        partials.add(p.ERRORS, self.errors.prepare(ordered))
+        if not recent:
+            partials.add(p.SPEND, self.spend.prepare(ordered))
+            partials.add(p.PROMPTS, self.prompts.prepare(ordered))
+        return partials
+
+    def apply(self, partials: Partials, lagging: frozenset[int] = frozenset(), check: bool = True) -> list[Alert]:
+        """Take partials a minute of event time at a time, checking the detectors after each (unless not ``check``).
+
+        Returns the alerts raised, oldest first.
+        """
+        self._lagging = lagging
+        alerts: list[Alert] = []
+        for minute in sorted(partials.minutes):
+            kinds = partials.minutes[minute]
+            self._advance(kinds.get(p.CLOCK, []))
+            sessions = kinds.get(p.SESSIONS)
+            if sessions:
+                self.sessions.observe(
+                    minute, SessionMinute(sessions, kinds.get(p.TOOLS, []), kinds.get(p.PROMPT_HASHES, []))
+                )
+            for kind, observe in self._observers:
+                rows = kinds.get(kind)
+                if rows:
+                    observe(minute, rows)
+            if check:
+                alerts.extend(self.check())
+        return alerts
+
+    @property
+    def _observers(self) -> tuple[tuple[str, Callable[[int, list[c.Row]], None]], ...]:
+        return (
+            (p.LATENCY, self.latency.observe),
+            (p.ERRORS, self.errors.observe),
+            (p.SPEND, self.spend.observe),
+            (p.PROMPTS, self.prompts.observe),
+        )
 
     def check(self) -> list[Alert]:
         """Evaluate what changed (and every open incident) at the current event time of each data mode."""
@@ -105,7 +129,7 @@ class Detectors:
         alerts.sort(key=lambda a: a.ts)
         return alerts
 
-    def _advance(self, latest: list[c.Row]) -> None:
+    def _advance(self, latest: Sequence[c.Row]) -> None:
         """Move the clocks: per data mode, the least of the partitions' latest event times.
 
         ``latest``: (data mode, partition, latest event time) of one minute's calls. Partitions are

@@ -43,25 +43,25 @@ class ErrorRateDetector:
     def prepare(self, calls: pa.Table) -> dict[int, list[c.Row]]:
         """Per minute of calls (``calls.in_time_order``): model calls, failures and retries.
 
-        One tuple per (data mode, provider, model, feature).
+        One tuple per (data mode, dimension, key): each provider, model and feature of the minute's calls.
         """
         if not self._config.enabled:
             return {}
         llm = calls.filter(pc.equal(calls.column("kind"), "llm"))
         llm = llm.append_column("failed", pc.is_in(llm.column("status"), value_set=_FAILED))
         llm = llm.append_column("retried", pc.greater(llm.column("attempt"), 1))  # a sum of booleans counts them
-        return c.per_minute(
+        counted = c.per_minute(
             llm, ["data_mode", *_DIMENSIONS], [([], "count_all"), ("failed", "sum"), ("retried", "sum")]
         )
+        return {minute: _per_key(rows) for minute, rows in counted.items()}
 
     def observe(self, minute: int, counts: list[c.Row]) -> None:
         """Count one event-time minute's calls (from :meth:`prepare`) into their windows."""
-        for data_mode, *names, calls, failures, retries in counts:
-            for dim, name in zip(_DIMENSIONS, names, strict=True):
-                cell = self._windows.cell((data_mode, dim, name), minute)
-                cell[0] += calls
-                cell[1] += failures
-                cell[2] += retries
+        for data_mode, dim, name, calls, failures, retries in counts:
+            cell = self._windows.cell((data_mode, dim, name), minute)
+            cell[0] += calls
+            cell[1] += failures
+            cell[2] += retries
 
     def check(self, now_of: dict[str, float]) -> list[Finding]:
         findings = []
@@ -108,3 +108,18 @@ class ErrorRateDetector:
             ),
             at=now,
         )  # fmt: skip
+
+
+def _per_key(groups: list[c.Row]) -> list[c.Row]:
+    """Counts per (data mode, provider, model, feature), summed per key of each dimension."""
+    sums: dict[tuple[str, str, str], list[int]] = {}
+    for data_mode, *names, calls, failures, retries in groups:
+        for dim, name in zip(_DIMENSIONS, names, strict=True):
+            cell = sums.get((data_mode, dim, name))
+            if cell is None:
+                sums[(data_mode, dim, name)] = [calls, failures, retries]
+            else:
+                cell[0] += calls
+                cell[1] += failures
+                cell[2] += retries
+    return [(*key, *counts) for key, counts in sums.items()]

@@ -49,7 +49,9 @@ class LatencyDetector:
         )
 
     def prepare(self, calls: pa.Table) -> dict[int, list[c.Row]]:
-        """Per minute of calls (``calls.in_time_order``): (metric, data mode, feature, model, bucket, calls).
+        """Per minute of calls (``calls.in_time_order``): (metric, data mode, dimension, key, bucket, calls).
+
+        Each count is given to its feature's window and to its model's.
 
         Successful model calls only: a failed call's latency is a client timeout or an early error
         (``error_rate`` has them).
@@ -67,15 +69,17 @@ class LatencyDetector:
             for minute, groups in c.per_minute(
                 counted, ["data_mode", "feature", "model", "bucket"], [([], "count_all")]
             ).items():
-                found.setdefault(minute, []).extend((metric, *group) for group in groups)
+                rows = found.setdefault(minute, [])
+                for data_mode, feature, model, bucket, calls in groups:
+                    rows.append((metric, data_mode, "feature", feature, bucket, calls))
+                    rows.append((metric, data_mode, "model", model, bucket, calls))
         return found
 
     def observe(self, minute: int, counts: list[c.Row]) -> None:
         """Count one event-time minute's calls (from :meth:`prepare`) into their windows."""
-        for metric, data_mode, feature, model, bucket, calls in counts:
-            for key in ((data_mode, "feature", feature), (data_mode, "model", model)):
-                histogram = self._windows.cell(key, minute)[metric]
-                histogram[bucket] = histogram.get(bucket, 0) + calls
+        for metric, data_mode, dimension, name, bucket, calls in counts:
+            histogram = self._windows.cell((data_mode, dimension, name), minute)[metric]
+            histogram[bucket] = histogram.get(bucket, 0) + calls
 
     def check(self, now_of: dict[str, float]) -> list[Finding]:
         findings = []

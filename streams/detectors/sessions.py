@@ -95,7 +95,7 @@ def _percentile(ordered: list[float], share: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class _Minute:
+class SessionMinute:
     """One event-time minute of calls with a session, as :meth:`SessionDetector.prepare` counted them."""
 
     sessions: list[c.Row]
@@ -136,7 +136,7 @@ class SessionDetector:
     def idle_seconds(self) -> float:
         return self._loops.session_idle_minutes * 60
 
-    def prepare(self, calls: pa.Table) -> dict[int, _Minute]:
+    def prepare(self, calls: pa.Table) -> dict[int, SessionMinute]:
         """Per minute of calls (``calls.in_time_order``): its sessions' counts, tool calls and prompt hashes."""
         if not self.enabled:
             return {}
@@ -158,11 +158,11 @@ class SessionDetector:
         first_attempts = pc.and_(pc.not_equal(calls.column("prompt_hash"), ""), pc.equal(calls.column("attempt"), 1))
         prompts = c.rows_per_minute(calls.filter(first_attempts), [*session, "prompt_hash"])
         return {
-            minute: _Minute(groups, tools.get(minute, []), prompts.get(minute, []))
+            minute: SessionMinute(groups, tools.get(minute, []), prompts.get(minute, []))
             for minute, groups in sessions.items()
         }
 
-    def observe(self, minute: int, calls: _Minute) -> None:
+    def observe(self, minute: int, calls: SessionMinute) -> None:
         """Count one event-time minute's calls (from :meth:`prepare`) into their sessions."""
         sessions = self._sessions
         for mode, dimension, session_id, agent, feature, first, last, count, tools, tokens, cost in calls.sessions:

@@ -205,12 +205,16 @@ class SpendDetectors:
         """Per data mode, the tenant whose concentration incident is open."""
 
     def prepare(self, calls: pa.Table) -> dict[int, list[c.Row]]:
-        """Per minute of calls (``calls.in_time_order``): the spend per data mode and combination of keys."""
-        spent = calls.filter(pc.greater(calls.column("cost_usd"), 0.0))  # a null cost is left out too
-        return c.per_minute(spent, ["data_mode", *self._dimensions], [("cost_usd", "sum")])
+        """Per minute of calls (``calls.in_time_order``): the spend per (data mode, dimension, key).
 
-    def observe(self, minute: int, spend: list[c.Row]) -> None:
-        """Add one event-time minute's spend (from :meth:`prepare`), per key of each dimension."""
+        ``all``/``all`` is the spend of every call. These are the partials that go to each key's owner.
+        """
+        spent = calls.filter(pc.greater(calls.column("cost_usd"), 0.0))  # a null cost is left out too
+        combinations = c.per_minute(spent, ["data_mode", *self._dimensions], [("cost_usd", "sum")])
+        return {minute: self._per_key(rows) for minute, rows in combinations.items()}
+
+    def _per_key(self, spend: list[c.Row]) -> list[c.Row]:
+        """One minute's spend per combination of keys, summed per key of each dimension."""
         # a minute of traffic repeats combinations of keys: they are summed first, then per key
         sums: dict[tuple[str, str, str], float] = {}
         get = sums.get
@@ -222,8 +226,12 @@ class SpendDetectors:
                 if key:
                     cell = (data_mode, dim, key)
                     sums[cell] = get(cell, 0.0) + cost
+        return [(*cell, usd) for cell, usd in sums.items()]
+
+    def observe(self, minute: int, spend: list[c.Row]) -> None:
+        """Add one event-time minute's spend per key (from :meth:`prepare`)."""
         at = minute * 60.0
-        for (data_mode, dimension, name), usd in sums.items():
+        for data_mode, dimension, name, usd in spend:
             self.add(data_mode, dimension, name, at, usd, minute=True)
 
     def add(
