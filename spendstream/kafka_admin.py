@@ -23,6 +23,7 @@ def ensure_topics(
         NewTopic(prefix + topics.ALERTS, 1),
         NewTopic(prefix + topics.BUDGETS, partitions, config={"cleanup.policy": "compact"}),
         NewTopic(prefix + topics.BUDGET_SPEND, partitions),
+        NewTopic(prefix + topics.DETECTOR_PARTIALS, partitions),
     ]
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)

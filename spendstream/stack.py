@@ -59,6 +59,7 @@ def build_app(settings: Settings, bootstrap: str, config: SpendstreamConfig) -> 
         alerts_topic=settings.topic(topics.ALERTS),
         budgets_topic=settings.topic(topics.BUDGETS),
         budget_spend_topic=settings.topic(topics.BUDGET_SPEND),
+        detector_partials_topic=settings.topic(topics.DETECTOR_PARTIALS),
         user_id_key=settings.user_id_key.get_secret_value().encode() if settings.user_id_key is not None else None,
         require_feature=settings.require_feature,
         user_id_as=settings.userid_as,

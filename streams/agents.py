@@ -28,8 +28,7 @@ from streams.backoff import Backoff
 from streams.batching import RecordChunk, lagging, take_chunks
 from streams.budget_agent import partition_of
 from streams.budgets import Budgets
-from streams.detectors.engine import Detectors
-from streams.detectors.warmup import warm_up
+from streams.detectors.routing import PartialsRouter
 from streams.ingest import MAX_EVENT_BYTES, Ingestor, IngestResult, RawEvent
 from streams.outcomes import OutcomeIngestor
 from streams.unpriced import UnpricedModelDetector
@@ -46,7 +45,7 @@ def register_ingest(
     sink: ClickHouseSink,
     max_chunks: int,
     batch_seconds: float,
-    detectors: Detectors | None = None,
+    partials: PartialsRouting | None = None,
     spends: SpendRouting | None = None,
     max_raw_bytes: int = MAX_EVENT_BYTES,
 ) -> Any:
@@ -59,10 +58,10 @@ def register_ingest(
     one batch at a time, in order: a batch's duplicate check sees every batch written before it,
     and the detectors see the batches in the order they were stored.
 
-    The ``detectors`` see the calls a batch stored (a redelivered duplicate is not seen twice), after
-    ClickHouse confirmed them; their alerts, and ``unpriced_model`` ones, are published and stored
-    before the batch is acknowledged. So are the spends of the calls it stored, to the budget agent
-    (``spends``).
+    The calls a batch stored (a redelivered duplicate is not counted twice) are counted into detector
+    partials once ClickHouse confirmed them, and each owner of their keys gets its share (``partials``,
+    see ``streams.detector_agent``) before the batch is acknowledged; so do the spends of those calls,
+    to the budget agent (``spends``), and ``unpriced_model`` alerts, published and stored.
 
     A rejected event is kept, in ``rejected_events`` and in the dead-letter topic, with at most its
     first ``max_raw_bytes`` bytes and its size: given the worker's ``max_event_bytes``, only a
@@ -93,20 +92,24 @@ def register_ingest(
             await send_until_acked(spends.topic, [
                 (s.scope.encode(), s.encode(), None, partition_of(s.scope, spends.partitions)) for s in routed
             ])  # fmt: skip
-        raised = unpriced.check(result.unpriced_calls)
-        if detectors is not None:
+        if partials is not None:
+            reads = [tp.partition for tp in app.consumer.assignment() if tp.topic == calls_topic]
             # in a thread: the event loop goes on fetching, and the next batch's flush is not held up
-            raised += await asyncio.to_thread(detectors.observe, stored.columns, lagging(app.consumer, read))
-        await raise_alerts(raised)
+            messages = await asyncio.to_thread(
+                partials.router.messages, result.calls.columns, stored.columns, reads, lagging(app.consumer, read)
+            )
+            await send_until_acked(partials.topic, [
+                (None, m.encode(), None, partition) for partition, m in enumerate(messages)
+            ])  # fmt: skip
+        await raise_alerts(unpriced.check(result.unpriced_calls))
         for event in batch:
             event.ack()
+
+    calls_topic = calls.get_topic_name()
 
     @app.agent(calls, name="ingest")
     async def ingest(stream: StreamT[RecordChunk]) -> None:
         writing: asyncio.Task[None] | None = None
-        if detectors is not None:
-            await _warm_up(detectors, sink)
-            await raise_alerts(detectors.check())
         try:
             async for batch in take_chunks(stream, max_chunks, batch_seconds):
                 for event in batch:
@@ -124,6 +127,14 @@ def register_ingest(
                     task.cancel()
 
     return ingest
+
+
+@dataclass(frozen=True, slots=True)
+class PartialsRouting:
+    """Where the ingest agent sends the detector partials of stored calls: ``spendstream.detector-partials``."""
+
+    topic: faust.TopicT
+    router: PartialsRouter
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,24 +296,6 @@ async def _publish_alerts(topic: faust.TopicT, alerts: list[Alert]) -> None:
     await send_until_acked(topic, [(a.dedup_key.encode(), a.model_dump_json().encode(), None, None) for a in alerts])
     for alert in alerts:
         logger.warning("alert %s: %s", alert.kind, alert.message)
-
-
-async def _warm_up(detectors: Detectors, sink: ClickHouseSink) -> None:
-    """Fill the detectors from ClickHouse; while it cannot be read, wait and retry (the stream waits too)."""
-    backoff = Backoff()
-    while True:
-        try:
-            await asyncio.to_thread(sink.read, lambda client, database: warm_up(detectors, client, database))
-            return
-        except Exception as exc:
-            delay = backoff.next()
-            logger.error(
-                "detectors cannot warm up from ClickHouse (%s): check that it is reachable and migrated "
-                "(`spendstream migrate`); the stream waits, retrying in %.1fs",
-                exc,
-                delay,
-            )
-            await asyncio.sleep(delay)
 
 
 async def flush_until_written(sink: ClickHouseSink) -> FlushResult:

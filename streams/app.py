@@ -9,12 +9,21 @@ import faust
 from faust.auth import SASLCredentials, SSLCredentials
 
 from sinks.sink import ClickHouseSink
-from streams.agents import SpendRouting, alert_raiser, register_ingest, register_outcomes, send_until_acked
+from streams.agents import (
+    PartialsRouting,
+    SpendRouting,
+    alert_raiser,
+    register_ingest,
+    register_outcomes,
+    send_until_acked,
+)
 from streams.batching import ChunkingApp
 from streams.budget_agent import BudgetOwner, register_budgets
 from streams.budgets import BudgetBook, Budgets
 from streams.config import StreamConfig
+from streams.detector_agent import DetectorOwner, register_detectors
 from streams.detectors.engine import Detectors
+from streams.detectors.routing import PartialsRouter
 from streams.ingest import Ingestor
 from streams.outcomes import OutcomeIngestor
 from streams.pricing import Pricer
@@ -49,7 +58,8 @@ def create_app(
 ) -> faust.App:
     """A Faust app consuming ``llm.calls`` and writing priced calls through ``sink``.
 
-    ``detectors`` watch the stored calls; ``budgets`` (when any) get the budget agent.
+    ``detectors`` watch the stored calls: each key's in the worker owning its partition of
+    ``spendstream.detector-partials`` (the detector agent); ``budgets`` (when any) get the budget agent.
     """
     chunk_records = max(1, config.batch_size // CHUNKS_PER_BATCH)
     app = ChunkingApp(
@@ -88,8 +98,16 @@ def create_app(
         owner = BudgetOwner(BudgetBook(budgets, config.budget_sweep_seconds), sink, config.partitions)
         register_budgets(app, spend, states, owner, alert_raiser(alerts, sink), send_until_acked)
         routing = SpendRouting(spend, budgets, config.partitions)
+    partials = None
+    if detectors is not None:
+        topic = app.topic(
+            config.detector_partials_topic, value_type=bytes, key_type=bytes, partitions=config.partitions
+        )
+        detector_owner = DetectorOwner(detectors.config, sink, config.partitions)
+        register_detectors(app, topic, detector_owner, sink, alert_raiser(alerts, sink))
+        partials = PartialsRouting(topic, PartialsRouter(detectors, config.partitions))
     register_ingest(
-        app, calls, dlq, alerts, ingestor, sink, max_chunks, config.batch_seconds, detectors, routing,
+        app, calls, dlq, alerts, ingestor, sink, max_chunks, config.batch_seconds, partials, routing,
         max_raw_bytes=config.max_event_bytes,
     )  # fmt: skip
     outcome_ingestor = OutcomeIngestor(config.outcomes_topic, config.max_event_bytes)

@@ -46,6 +46,7 @@ class StreamConfig:
     alerts_topic: str = topics.ALERTS
     budgets_topic: str = topics.BUDGETS
     budget_spend_topic: str = topics.BUDGET_SPEND
+    detector_partials_topic: str = topics.DETECTOR_PARTIALS
     kafka_security: dict[str, Any] = field(default_factory=dict)
     user_id_key: bytes | None = field(default=None, repr=False)
     require_feature: bool = False

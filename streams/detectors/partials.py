@@ -119,7 +119,10 @@ class PartialsMessage:
     Besides the rows: when it was sent (wall clock, after ClickHouse confirmed the batch), the source
     partitions of ``llm.calls`` the sender reads and those of them with records not read yet (they
     hold the owner's clock back, as in ``Detectors._advance``), and per source partition the offsets
-    of the first and the last call the batch stored (a warm-up that read those calls skips the message).
+    of the first and the last call the batch stored. ``redelivered``: per source partition, the offsets of
+    calls the batch found already stored (Kafka delivered them again, or a client sent them twice), and
+    ``redelivered_ts`` their first and last ``ts`` (epoch ms): a worker that stored calls and died before
+    sending their partials left them unsent, and the owner reads those calls back from ClickHouse.
     """
 
     partials: Partials
@@ -127,6 +130,8 @@ class PartialsMessage:
     reads: tuple[int, ...] = ()
     lagging: tuple[int, ...] = ()
     stored: dict[int, tuple[int, int]] = field(default_factory=dict)
+    redelivered: dict[int, list[int]] = field(default_factory=dict)
+    redelivered_ts: tuple[int, int] = (0, 0)
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -136,6 +141,8 @@ class PartialsMessage:
                 "reads": self.reads,
                 "lagging": self.lagging,
                 "stored": {str(p): list(span) for p, span in self.stored.items()},
+                "redelivered": {str(p): offsets for p, offsets in self.redelivered.items()},
+                "redelivered_ts": self.redelivered_ts,
                 "minutes": {str(m): kinds for m, kinds in self.partials.minutes.items()},
             }
         )
@@ -156,6 +163,8 @@ class PartialsMessage:
                 tuple(data["reads"]),
                 tuple(data["lagging"]),
                 {int(p): (int(span[0]), int(span[1])) for p, span in data["stored"].items()},
+                {int(p): [int(o) for o in offsets] for p, offsets in data["redelivered"].items()},
+                (int(data["redelivered_ts"][0]), int(data["redelivered_ts"][1])),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, IndexError) as exc:
             raise ValueError(f"not a detector partials message ({exc!r})") from exc

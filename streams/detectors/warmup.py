@@ -5,12 +5,16 @@ compare with, and minutes of the current and last hour),
 prompt versions from the daily rollup, and the short windows (sessions, latency, errors) from the
 calls of the last hour. Incidents still open in the ``alerts`` table stay open, so a restarted
 worker neither raises them again nor forgets to resolve them.
+
+With several workers, each warms up the keys of the partitions of ``spendstream.detector-partials``
+it owns (:func:`warm_up_owned`, :mod:`streams.detectors.owners`): one read of ClickHouse, each row
+given to its key's owner.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +27,7 @@ from sinks.batch import LLM_CALL_COLUMNS
 from sinks.clickhouse import utc
 from streams.detectors.baseline import KEEP_HOURS
 from streams.detectors.engine import STREAM_KINDS, Detectors
+from streams.detectors.owners import EVERY_OWNER, GLOBAL_OWNER, Owners, incident_owner
 from streams.detectors.sessions import HISTORY_LIMIT
 from streams.detectors.spend import SPEND_DIMENSIONS
 
@@ -41,10 +46,25 @@ class WarmUp:
 
 
 def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
+    """Fill one worker's detectors, which own every key."""
+    return warm_up_owned({0: detectors}, 1, client, database)
+
+
+def warm_up_owned(owned: Mapping[int, Detectors], partitions: int, client: Client, database: str) -> WarmUp:
+    """Fill the detectors of the partitions ``owned`` (of ``partitions``), each with the keys it owns."""
     db = f"`{database}`"
+    owner = Owners(partitions)
     marks = client.query(f"SELECT data_mode, max(ts) FROM {db}.llm_calls GROUP BY data_mode").result_rows
     if not marks:
         return WarmUp(0, 0, 0, 0)
+
+    def owners_of(dimension: str, key: str) -> list[Detectors]:
+        to = owner(dimension, key)
+        if to == EVERY_OWNER:
+            return list(owned.values())
+        found = owned.get(to)
+        return [] if found is None else [found]
+
     dims = ", ".join(f"'{d}'" for d in ("all", *SPEND_DIMENSIONS))
     spend_rows = 0
     for data_mode, latest in marks:
@@ -63,10 +83,12 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
             parameters=params,
         ).result_rows
         for dimension, key, bucket, usd in hours:
-            detectors.spend.add(data_mode, dimension, key, _epoch(bucket), usd, minute=False)
+            for detectors in owners_of(dimension, key):
+                detectors.spend.add(data_mode, dimension, key, _epoch(bucket), usd, minute=False)
         for dimension, key, bucket, usd in minutes:
             at = _epoch(bucket)
-            detectors.spend.add(data_mode, dimension, key, at, usd, minute=True, hour=at >= hour.timestamp())
+            for detectors in owners_of(dimension, key):
+                detectors.spend.add(data_mode, dimension, key, at, usd, minute=True, hour=at >= hour.timestamp())
         spend_rows += len(hours) + len(minutes)
     versions = client.query(
         f"SELECT data_mode, key, min(bucket), sum(llm_calls), sum(cost_usd), sum(input_tokens + output_tokens) "
@@ -75,34 +97,49 @@ def warm_up(detectors: Detectors, client: Client, database: str) -> WarmUp:
     for data_mode, key, first, calls, usd, tokens in versions:
         feature, _, version = key.rpartition("@")
         if calls:
-            detectors.prompts.add(data_mode, feature, version, _epoch(first), int(calls), float(usd), int(tokens))
-    window = max(detectors.config.loop_detected.session_idle_minutes, 60.0)
-    sessions = _session_history(detectors, client, db, window) if detectors.config.session_budget.enabled else 0
+            for detectors in owners_of("feature", feature):
+                detectors.prompts.add(data_mode, feature, version, _epoch(first), int(calls), float(usd), int(tokens))
+    config = next(iter(owned.values())).config
+    window = max(config.loop_detected.session_idle_minutes, 60.0)
+    sessions_owner = owned.get(GLOBAL_OWNER)
+    sessions = 0
+    if sessions_owner is not None and config.session_budget.enabled:
+        sessions = _session_history(sessions_owner, client, db, window)
     recent = client.query(
         f"SELECT {', '.join(LLM_CALL_COLUMNS)} FROM {db}.llm_calls "
         f"WHERE ts > (SELECT max(ts) FROM {db}.llm_calls) - INTERVAL {int(window)} MINUTE "
         f"ORDER BY ts DESC LIMIT {RECENT_CALLS_LIMIT}"
     ).result_rows
     rows = [_aware(row) for row in reversed(recent)]  # the newest calls, oldest first
-    detectors.observe_recent(call_block.table(rows))
+    if rows:
+        counter = next(iter(owned.values()))
+        shares = counter.prepare(call_block.table(rows), recent=True).split(owner, partitions)
+        for partition, detectors in owned.items():
+            detectors.apply(shares[partition], check=False)
     for data_mode, latest in marks:
         at = utc(latest).timestamp()
-        detectors.now_of[data_mode] = max(detectors.now_of.get(data_mode, 0.0), at)
+        for detectors in owned.values():
+            detectors.now_of[data_mode] = max(detectors.now_of.get(data_mode, 0.0), at)
     open_incidents = client.query(
-        f"SELECT dedup_key, argMax(severity, ts), max(ts), argMax(value, ts), any(kind), any(data_mode), any(key) "
-        f"FROM {db}.alerts FINAL "
+        f"SELECT dedup_key, argMax(severity, ts), max(ts), argMax(value, ts), any(kind), any(data_mode), "
+        f"any(dimension), any(key) FROM {db}.alerts FINAL "
         # the detectors' own incidents: not budget or unpriced-model alerts, nor the scheduled daily checks'
         "WHERE kind IN %(kinds)s AND window != %(day)s AND ts > now() - INTERVAL 8 DAY GROUP BY dedup_key "
         "HAVING argMax(status, ts) = 'firing'",
         parameters={"kinds": list(STREAM_KINDS), "day": DAY_WINDOW},
     ).result_rows
-    for dedup_key, severity, at, value, kind, data_mode, key in open_incidents:
-        detectors.incidents.restore(dedup_key, severity, _epoch(at), float(value))
+    restored = 0
+    for dedup_key, severity, at, value, kind, data_mode, dimension, key in open_incidents:
+        found = owned.get(incident_owner(kind, dimension, key, partitions))
+        if found is None:
+            continue
+        restored += 1
+        found.incidents.restore(dedup_key, severity, _epoch(at), float(value))
         if kind == "prompt_version_regression":
             feature, _, version = key.rpartition("@")
-            detectors.prompts.flag(data_mode, feature, version)
-    summary = WarmUp(spend_rows, len(versions), len(rows), len(open_incidents), sessions)
-    logger.info("detectors warmed up from ClickHouse: %s", summary)
+            found.prompts.flag(data_mode, feature, version)
+    summary = WarmUp(spend_rows, len(versions), len(rows), restored, sessions)
+    logger.info("detectors of partitions %s warmed up from ClickHouse: %s", sorted(owned), summary)
     return summary
 
 
