@@ -99,7 +99,7 @@ def register_ingest(
                 partials.router.messages, result.calls.columns, stored.columns, reads, lagging(app.consumer, read)
             )
             await send_until_acked(partials.topic, [
-                (None, m.encode(), None, partition) for partition, m in enumerate(messages)
+                (None, message.encode(), None, partition) for partition, message in messages
             ])  # fmt: skip
         await raise_alerts(unpriced.check(result.unpriced_calls))
         for event in batch:

@@ -94,11 +94,9 @@ class Detectors:
         for minute in sorted(partials.minutes):
             kinds = partials.minutes[minute]
             self._advance(kinds.get(p.CLOCK, []))
-            sessions = kinds.get(p.SESSIONS)
-            if sessions:
-                self.sessions.observe(
-                    minute, SessionMinute(sessions, kinds.get(p.TOOLS, []), kinds.get(p.PROMPT_HASHES, []))
-                )
+            counted = SessionMinute(kinds.get(p.SESSIONS, []), kinds.get(p.TOOLS, []), kinds.get(p.PROMPT_HASHES, []))
+            if counted.sessions or counted.tools or counted.prompts:
+                self.sessions.observe(minute, counted)
             for kind, observe in self._observers:
                 rows = kinds.get(kind)
                 if rows:

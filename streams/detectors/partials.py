@@ -61,6 +61,43 @@ class Partials:
             if rows:
                 self.minutes.setdefault(minute, {}).setdefault(kind, []).extend(rows)
 
+    def chunks(self, max_rows: int) -> list[Partials]:
+        """The same rows in pieces of about ``max_rows`` rows at most, in time order (a message has a size limit).
+
+        A minute may be cut between two pieces: each piece then carries its clock, and a minute's
+        sessions come before its tool calls and prompts, so a piece never names a session not seen yet.
+        """
+        if sum(len(rows) for kinds in self.minutes.values() for rows in kinds.values()) <= max_rows:
+            return [self]
+        pieces: list[Partials] = [Partials()]
+        rows_in = 0
+
+        def part_of(minute: int, clock: list[c.Row]) -> Minute:
+            nonlocal rows_in
+            if rows_in >= max_rows:
+                pieces.append(Partials())
+                rows_in = 0
+            part = pieces[-1].minutes.get(minute)
+            if part is None:
+                part = pieces[-1].minutes[minute] = {CLOCK: clock} if clock else {}
+                rows_in += len(clock)
+            return part
+
+        for minute in sorted(self.minutes):
+            kinds = self.minutes[minute]
+            clock = kinds.get(CLOCK, [])
+            part_of(minute, clock)  # every minute is in a piece, with its clock
+            for kind in _ORDER:
+                rows = kinds.get(kind, [])
+                start = 0
+                while start < len(rows):
+                    part = part_of(minute, clock)
+                    taken = rows[start : start + max(1, max_rows - rows_in)]
+                    part.setdefault(kind, []).extend(taken)
+                    start += len(taken)
+                    rows_in += len(taken)
+        return pieces
+
     def split(self, owner: Owner, partitions: int) -> list[Partials]:
         """One :class:`Partials` per partition, each with the rows of the keys it owns and the whole clock."""
         shares = [Partials() for _ in range(partitions)]
@@ -105,6 +142,9 @@ def _prompts(row: c.Row, owner: Owner) -> int:
 def _global(row: c.Row, owner: Owner) -> int:
     return GLOBAL_OWNER
 
+
+_ORDER = (SESSIONS, TOOLS, PROMPT_HASHES, LATENCY, ERRORS, SPEND, PROMPTS)
+"""The kinds as a piece of partials takes them (see :meth:`Partials.chunks`)."""
 
 _ROUTES: dict[str, Callable[[c.Row, Owner], int]] = {
     SPEND: _spend, LATENCY: _window, ERRORS: _errors, PROMPTS: _prompts,

@@ -12,6 +12,8 @@ from streams.detectors.engine import Detectors
 from streams.detectors.owners import Owners
 from streams.detectors.partials import Partials, PartialsMessage
 
+MAX_ROWS = 2000
+"""Rows of partials in one message at most: about 400 KB, under Kafka's 1 MB a message."""
 _POSITION = 1 << 40
 """Offsets stay below this: (source partition, offset) is one integer, ``partition * _POSITION + offset``."""
 
@@ -32,10 +34,9 @@ class PartialsRouter:
 
     def messages(
         self, read: pa.Table | None, stored: pa.Table, reads: Iterable[int], lagging: Iterable[int]
-    ) -> list[PartialsMessage]:
-        """One message per partition (its share, and the clock), for calls ``stored`` of the calls ``read``.
-
-        None when the batch stored nothing and found nothing already stored.
+    ) -> list[tuple[int, PartialsMessage]]:
+        """The messages of each partition (its share and the clock, in pieces of :data:`MAX_ROWS` rows), for
+        the calls ``stored`` of the calls ``read``; none when the batch stored nothing and found nothing stored.
         """
         spans = _spans(stored)
         redelivered, first_last = _redelivered(read, stored) if read is not None else ({}, (0, 0))
@@ -44,10 +45,13 @@ class PartialsRouter:
         counted = self._counter.prepare(stored) if stored.num_rows else Partials()
         sent = time.time()
         reading, behind = tuple(sorted(set(reads))), tuple(sorted(set(lagging)))
-        return [
-            PartialsMessage(share, sent, reading, behind, spans, redelivered, first_last)
-            for share in counted.split(self._owners, self.partitions)
-        ]
+        messages = []
+        for partition, share in enumerate(counted.split(self._owners, self.partitions)):
+            for n, piece in enumerate(share.chunks(MAX_ROWS)):
+                # the calls found stored already are read back once, by the first piece
+                again, again_ts = (redelivered, first_last) if n == 0 else ({}, (0, 0))
+                messages.append((partition, PartialsMessage(piece, sent, reading, behind, spans, again, again_ts)))
+        return messages
 
 
 def _spans(calls: pa.Table) -> dict[int, tuple[int, int]]:

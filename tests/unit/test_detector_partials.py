@@ -72,3 +72,23 @@ def test_keys_judged_against_totals_and_sessions_have_one_owner() -> None:
     assert len({owner_of("feature", f"f{n}", 8) for n in range(64)}) == 8  # features spread over the owners
     every = Partials({1: {p.CLOCK: [("real", 0, 60.0)], p.SPEND: [("real", "all", "all", 1.0)]}})
     assert all(share.minutes[1] == every.minutes[1] for share in every.split(Owners(3), 3))
+
+
+def test_partials_cut_in_pieces_raise_what_they_raise_whole() -> None:
+    whole = Detectors(DetectorsConfig())
+    cut = Detectors(DetectorsConfig())
+    offsets = [0] * PARTITIONS
+    alerts: list[Alert] = []
+    pieces: list[Alert] = []
+    for batch in demo_calls(DemoIncidents.before(NOW), days=2.5):
+        partials = whole.prepare(priced(batch, offsets))
+        alerts += whole.apply(partials)
+        chunks = partials.chunks(97)
+        assert sum(len(rows) for piece in chunks for kinds in piece.minutes.values() for rows in kinds.values()) >= sum(
+            len(rows) for kinds in partials.minutes.values() for rows in kinds.values()
+        )
+        for piece in chunks:
+            pieces += cut.apply(piece)
+    assert {(a.kind, a.key, a.severity) for a in pieces if a.status == "firing"} == {
+        (a.kind, a.key, a.severity) for a in alerts if a.status == "firing"
+    }
