@@ -144,6 +144,10 @@ class ClickHouseSink:
             pa.concat_tables([entry.columns for entry in stored]) if stored else call_block.table([]),
         )
 
+    def reader(self) -> ClickHouseSink:
+        """A sink of its own connection for long reads (a detector warm-up), so they never hold up this one's writes."""
+        return ClickHouseSink(self._client_factory, self._database)
+
     def read(self, query: Callable[[Client, str], T]) -> T:
         """Run ``query(client, database)`` on the sink's connection (the detectors' warm-up reads this way)."""
         with self._lock:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -74,6 +75,8 @@ def register_ingest(
     """The last offset the agent read, per partition of the calls topic."""
     finishing: asyncio.Task[None] | None = None
     """The batch last written, being judged and acknowledged while the next one is written."""
+    acknowledging: deque[asyncio.Task[None]] = deque()
+    """Batches judged whose partials the broker has not acknowledged yet: acknowledged once it has."""
 
     async def write(batch: list[EventT[RecordChunk]], result: IngestResult) -> None:
         nonlocal finishing
@@ -92,18 +95,25 @@ def register_ingest(
             await send_until_acked(spends.topic, [
                 (s.scope.encode(), s.encode(), None, partition_of(s.scope, spends.partitions)) for s in routed
             ])  # fmt: skip
+        delivered: Awaitable[None] | None = None
         if partials is not None:
             reads = [tp.partition for tp in app.consumer.assignment() if tp.topic == calls_topic]
             # in a thread: the event loop goes on fetching, and the next batch's flush is not held up
             messages = await asyncio.to_thread(
                 partials.router.messages, result.calls.columns, stored.columns, reads, lagging(app.consumer, read)
             )
-            await send_until_acked(partials.topic, [
+            delivered = await send_in_order(partials.topic, [
                 (None, message.encode(), None, partition) for partition, message in messages
             ])  # fmt: skip
         await raise_alerts(unpriced.check(result.unpriced_calls))
-        for event in batch:
-            event.ack()
+        if delivered is None:
+            for event in batch:
+                event.ack()
+            return
+        # the batch is acknowledged once the broker has its partials; the next batch goes on meanwhile
+        while len(acknowledging) >= MAX_BATCHES_AWAITING_ACKS:
+            await acknowledging.popleft()
+        acknowledging.append(asyncio.create_task(_ack_when(delivered, batch)))
 
     calls_topic = calls.get_topic_name()
 
@@ -122,7 +132,7 @@ def register_ingest(
         finally:
             # A batch still being written or judged stays unacknowledged: Kafka delivers it again, and
             # the sink's duplicate check keeps whatever part of it was stored from counting twice.
-            for task in (writing, finishing):
+            for task in (writing, finishing, *acknowledging):
                 if task is not None and not task.done():
                     task.cancel()
 
@@ -210,6 +220,40 @@ def _raw_events(batch: list[EventT[RecordChunk]]) -> Iterator[RawEvent]:
 
 # (key, value, headers, partition or None for the key's) of one Kafka message
 Message = tuple[bytes | None, bytes, dict[str, bytes] | None, int | None]
+
+
+MAX_BATCHES_AWAITING_ACKS = 4
+"""Batches whose partials may wait for the broker's acknowledgement while the next ones are judged."""
+
+
+async def _ack_when(delivered: Awaitable[None], batch: list[EventT[RecordChunk]]) -> None:
+    await delivered
+    for event in batch:
+        event.ack()
+
+
+async def send_in_order(topic: faust.TopicT, messages: list[Message]) -> Awaitable[None]:
+    """Send ``messages`` (in order, after those sent before) without waiting: returns what waits for the acks.
+
+    Messages the broker did not take are sent again, with backoff, until it does (see
+    :func:`send_until_acked`); nothing is sent twice that the broker acknowledged.
+    """
+    sent: list[tuple[Message, Awaitable[Any]]] = []
+    failed: list[Message] = []
+    for message in messages:
+        key, value, headers, partition = message
+        try:
+            sent.append((message, await topic.send(key=key, value=value, headers=headers, partition=partition)))
+        except Exception:
+            failed.append(message)
+
+    async def acked() -> None:
+        results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+        again = [m for (m, _), r in zip(sent, results, strict=True) if isinstance(r, BaseException)] + failed
+        if again:
+            await send_until_acked(topic, again)
+
+    return acked()
 
 
 async def send_until_acked(topic: faust.TopicT, messages: list[Message]) -> None:

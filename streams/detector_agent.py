@@ -79,6 +79,8 @@ class DetectorOwner:
         """Counts calls read back from ClickHouse into partials (its own state is never used)."""
         self.owned: dict[int, _Owned] = {}
         self.assigned: set[int] = set()
+        self.warming: asyncio.Future[list[Alert]] | None = None
+        """The warm-up of partitions just given (started at assignment, before their first message)."""
 
     def assign(self, partitions: set[int]) -> None:
         """The partitions the group gave this worker: detectors of the others are dropped."""
@@ -97,6 +99,8 @@ class DetectorOwner:
         warm_up_owned(made, self.partitions, client, database)
         alerts: list[Alert] = []
         for partition, detectors in made.items():
+            if partition not in self.assigned:
+                continue  # taken away while it was being built
             alerts += detectors.check()
             applied = {int(source): int(last) for source, last in last_offsets}
             self.owned[partition] = _Owned(detectors, ends[partition], applied)
@@ -179,6 +183,12 @@ def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+async def _after(before: Awaitable[list[Alert]] | None, then: Awaitable[list[Alert]]) -> list[Alert]:
+    """The alerts of a warm-up started before (if any), then of ``then``: warm-ups run one at a time."""
+    alerts = await before if before is not None else []
+    return alerts + await then
+
+
 def _warm_up(owner: DetectorOwner, ends: dict[int, int], client: Client, database: str) -> list[Alert]:
     return owner.warm_up(ends, client, database)
 
@@ -190,12 +200,20 @@ def register_detectors(
     sink: ClickHouseSink,
     raise_alerts: Callable[[list[Alert]], Awaitable[None]],
 ) -> Any:
-    """Register the detector agent on ``partials`` (``spendstream.detector-partials``)."""
+    """Register the detector agent on ``partials`` (``spendstream.detector-partials``).
+
+    ``sink`` is read (warm-ups, calls read back) on a connection of its own (``ClickHouseSink.reader``).
+    """
     topic = partials.get_topic_name()
+    sink = sink.reader()
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: set[TP], *, signal: Any, **kwargs: Any) -> None:
         owner.assign({tp.partition for tp in assigned if tp.topic == topic})
+        new = owner.assigned - set(owner.owned)
+        if new:  # built now, while the first batches are stored: their messages find the detectors ready
+            before = owner.warming
+            owner.warming = asyncio.ensure_future(_after(before, warm_up(new)))
 
     async def warm_up(partitions: set[int]) -> list[Alert]:
         backoff = Backoff()
@@ -233,8 +251,13 @@ def register_detectors(
                     messages.append((event.message.partition, event.message.offset, message))
                 except ValueError as exc:  # not one of ours: skip it, say so
                     logger.error("detector-partials: skipped a message that is not partials (%s)", exc)
+            alerts: list[Alert] = []
+            if owner.warming is not None:
+                warming, owner.warming = owner.warming, None
+                alerts += await warming
             new = {partition for partition, _, _ in messages if partition not in owner.owned}
-            alerts = await warm_up(new) if new else []
+            if new:  # given while this batch was taken
+                alerts += await warm_up(new | (owner.assigned - set(owner.owned)))
             alerts += await asyncio.to_thread(apply, messages)
             await raise_alerts(alerts)
             for event in batch:
