@@ -3,7 +3,8 @@
 Acknowledgement discipline: Faust commits the offsets of acknowledged events on a timer, and an
 agent that raises acknowledges what it was handling. So the ingest agent takes events without
 acknowledging them (``streams.batching.take_chunks``), never lets an exception escape, and
-acknowledges a batch only after ClickHouse confirmed it, rejected events included. Their copies in
+acknowledges a batch only after ClickHouse confirmed it, rejected events included, and the broker took
+the detector partials of its calls (``streams.detector_agent``). Their copies in
 the dead-letter topic are sent after that, once, and never waited on (see :func:`publish_dead_letters`):
 no record, whatever its size or content, can stop the stream or a shutdown.
 """

@@ -4,6 +4,11 @@ Detectors run on event time. :meth:`Detectors.observe` takes the calls of a batc
 checks the detectors after each minute of event time (whole minutes of the clock), so seven days of
 history replayed in a few seconds raise the alerts live traffic would have raised, at the times
 they would have fired.
+
+``observe`` is :meth:`Detectors.prepare` (the batch counted into per-minute partials, per key) then
+:meth:`Detectors.apply` (the partials taken a minute at a time). With several workers the two halves
+run apart: the worker that stored the batch prepares, and each key's owner applies its share
+(``streams.detectors.partials``, ``streams.detector_agent``).
 """
 
 from __future__ import annotations
