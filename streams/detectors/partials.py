@@ -22,7 +22,8 @@ from typing import Any
 import orjson
 
 from streams.detectors import calls as c
-from streams.detectors.owners import EVERY_OWNER, GLOBAL_OWNER
+from streams.detectors.owners import EVERY_OWNER
+from streams.detectors.owners import SESSIONS as SESSIONS_OWNED
 
 CLOCK = "clock"
 """(data mode, source partition, latest event time in epoch seconds) of the calls of a minute."""
@@ -139,8 +140,8 @@ def _prompts(row: c.Row, owner: Owner) -> int:
     return owner("feature", row[1])
 
 
-def _global(row: c.Row, owner: Owner) -> int:
-    return GLOBAL_OWNER
+def _sessions(row: c.Row, owner: Owner) -> int:
+    return owner(SESSIONS_OWNED, "")
 
 
 _ORDER = (SESSIONS, TOOLS, PROMPT_HASHES, LATENCY, ERRORS, SPEND, PROMPTS)
@@ -148,7 +149,7 @@ _ORDER = (SESSIONS, TOOLS, PROMPT_HASHES, LATENCY, ERRORS, SPEND, PROMPTS)
 
 _ROUTES: dict[str, Callable[[c.Row, Owner], int]] = {
     SPEND: _spend, LATENCY: _window, ERRORS: _errors, PROMPTS: _prompts,
-    SESSIONS: _global, TOOLS: _global, PROMPT_HASHES: _global,
+    SESSIONS: _sessions, TOOLS: _sessions, PROMPT_HASHES: _sessions,
 }  # fmt: skip
 
 

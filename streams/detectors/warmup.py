@@ -27,7 +27,7 @@ from sinks.batch import LLM_CALL_COLUMNS
 from sinks.clickhouse import utc
 from streams.detectors.baseline import KEEP_HOURS
 from streams.detectors.engine import STREAM_KINDS, Detectors
-from streams.detectors.owners import EVERY_OWNER, GLOBAL_OWNER, Owners, incident_owner
+from streams.detectors.owners import EVERY_OWNER, SESSIONS, Owners, incident_owner
 from streams.detectors.sessions import HISTORY_LIMIT
 from streams.detectors.spend import SPEND_DIMENSIONS
 
@@ -101,7 +101,7 @@ def warm_up_owned(owned: Mapping[int, Detectors], partitions: int, client: Clien
                 detectors.prompts.add(data_mode, feature, version, _epoch(first), int(calls), float(usd), int(tokens))
     config = next(iter(owned.values())).config
     window = max(config.loop_detected.session_idle_minutes, 60.0)
-    sessions_owner = owned.get(GLOBAL_OWNER)
+    sessions_owner = owned.get(owner(SESSIONS, ""))
     sessions = 0
     if sessions_owner is not None and config.session_budget.enabled:
         sessions = _session_history(sessions_owner, client, db, window)

@@ -13,7 +13,7 @@ from schemas.call_event import CallEvent
 from schemas.config import DetectorsConfig
 from streams.detectors import partials as p
 from streams.detectors.engine import Detectors
-from streams.detectors.owners import GLOBAL_OWNER, Owners, incident_owner, owner_of
+from streams.detectors.owners import GLOBAL_OWNER, SESSIONS_OWNER, Owners, incident_owner, owner_of
 from streams.detectors.partials import Partials, PartialsMessage
 from streams.ingest import Ingestor, RawEvent
 from streams.pricing import Pricer
@@ -65,7 +65,8 @@ def test_owners_of_the_partials_raise_exactly_what_one_worker_raises() -> None:
 def test_keys_judged_against_totals_and_sessions_have_one_owner() -> None:
     assert owner_of("tenant_id", "tenant_acme", 8) == GLOBAL_OWNER
     assert owner_of("feature", "unattributed", 8) == GLOBAL_OWNER
-    assert incident_owner("loop_detected", "session_id", "s-1", 8) == GLOBAL_OWNER
+    assert incident_owner("loop_detected", "session_id", "s-1", 8) == SESSIONS_OWNER
+    assert incident_owner("session_budget", "feature", "sales.x", 1) == 0
     assert incident_owner("prompt_version_regression", "prompt_version", "sales.x@v2", 8) == owner_of(
         "feature", "sales.x", 8
     )
