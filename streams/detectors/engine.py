@@ -63,10 +63,6 @@ class Detectors:
         """
         return self.apply(self.prepare(calls), lagging)
 
-    def observe_recent(self, calls: pa.Table) -> None:
-        """Feed stored calls to the short-window detectors only (sessions, latency, errors): warm-up."""
-        self.apply(self.prepare(calls, recent=True), check=False)
-
     def prepare(self, calls: pa.Table, *, recent: bool = False) -> Partials:
         """Count stored calls into partials (per minute of event time, per key), the clock included.
 

@@ -145,7 +145,7 @@ def warm_up_owned(owned: Mapping[int, Detectors], partitions: int, client: Clien
 
 def _session_history(detectors: Detectors, client: Client, db: str, window_minutes: float) -> int:
     """Each feature's finished sessions of the last ``history_days`` (the latest ``HISTORY_LIMIT``), for
-    ``session_budget``'s percentiles; sessions of the recent calls that ``observe_recent`` replays are left to it."""
+    ``session_budget``'s percentiles; sessions of the recent calls the warm-up replays are left to them."""
     days = detectors.config.session_budget.history_days
     finished = client.query(
         "SELECT data_mode, argMin(feature, ts) AS first_feature, max(ts) AS last, "
