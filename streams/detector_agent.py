@@ -242,7 +242,7 @@ def register_detectors(
 
     @app.agent(partials, name="detectors")
     async def detect(stream: StreamT[bytes]) -> None:
-        async for events in stream.noack_take(2000, within=0.05):  # type: ignore[attr-defined]
+        async for events in stream.noack_take(2000, within=0.2):  # type: ignore[attr-defined]
             batch: list[EventT[bytes]] = list(events)
             messages: list[tuple[int, int, PartialsMessage]] = []
             for event in batch:
