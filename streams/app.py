@@ -103,7 +103,7 @@ def create_app(
         topic = app.topic(
             config.detector_partials_topic, value_type=bytes, key_type=bytes, partitions=config.partitions
         )
-        detector_owner = DetectorOwner(detectors.config, sink, config.partitions)
+        detector_owner = DetectorOwner(detectors.config, config.partitions)
         register_detectors(app, topic, detector_owner, sink, alert_raiser(alerts, sink))
         partials = PartialsRouting(topic, PartialsRouter(detectors, config.partitions))
     register_ingest(

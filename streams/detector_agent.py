@@ -70,10 +70,9 @@ class _Owned:
 class DetectorOwner:
     """The detector agent's state: detectors per owned partition of ``spendstream.detector-partials``."""
 
-    def __init__(self, config: DetectorsConfig, sink: ClickHouseSink, partitions: int) -> None:
+    def __init__(self, config: DetectorsConfig, partitions: int) -> None:
         self.config = config
         self.partitions = partitions
-        self._sink = sink
         self._owners = Owners(partitions)
         self._counter = Detectors(config)
         """Counts calls read back from ClickHouse into partials (its own state is never used)."""
@@ -106,8 +105,11 @@ class DetectorOwner:
             self.owned[partition] = _Owned(detectors, ends[partition], applied)
         return alerts
 
-    def take(self, partition: int, offset: int, message: PartialsMessage, client_read: _Reader) -> list[Alert]:
-        """Apply one message of an owned partition; returns the alerts raised."""
+    def take(self, partition: int, offset: int, message: PartialsMessage, read: _Reader) -> list[Alert]:
+        """Apply one message of an owned partition (at ``offset``); returns the alerts raised.
+
+        ``read`` runs a query on ClickHouse (calls read back whose partials never came).
+        """
         owned = self.owned.get(partition)
         if owned is None or offset < owned.skip_below:
             return []
@@ -121,7 +123,7 @@ class DetectorOwner:
         }
         missing = {source: offsets for source, offsets in missing.items() if offsets}
         if missing:
-            alerts += self._fill(partition, owned, missing, message.redelivered_ts, client_read)
+            alerts += self._fill(partition, owned, missing, message.redelivered_ts, read)
         if message.stored and all(_within(span, owned.filled.get(s, [])) for s, span in message.stored.items()):
             return alerts  # its calls were read back from ClickHouse: they are counted
         for source in message.reads:

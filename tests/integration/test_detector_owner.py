@@ -53,7 +53,7 @@ def test_owners_read_back_the_calls_a_dead_worker_stored_without_sending_their_p
     assert calls.columns is not None
     want = firing(Detectors(config).observe(calls.columns))
     router = PartialsRouter(Detectors(config), PARTITIONS)
-    owners = [DetectorOwner(config, sink, PARTITIONS) for _ in range(2)]  # two workers, two partitions each
+    owners = [DetectorOwner(config, PARTITIONS) for _ in range(2)]  # two workers, two partitions each
     for n, owner in enumerate(owners):
         owner.assign({n, n + 2})
         sink.read(lambda client, db: owner.warm_up({n: 0, n + 2: 0}, client, db))  # noqa: B023
