@@ -93,3 +93,17 @@ def test_partials_cut_in_pieces_raise_what_they_raise_whole() -> None:
     assert {(a.kind, a.key, a.severity) for a in pieces if a.status == "firing"} == {
         (a.kind, a.key, a.severity) for a in alerts if a.status == "firing"
     }
+
+
+def test_a_message_that_is_not_partials_is_refused_saying_so() -> None:
+    for raw in (b"not json", b'{"format": 2}', b'{"format": 1, "sent": 1.0}', b"[1, 2]"):
+        try:
+            PartialsMessage.decode(raw)
+        except ValueError as exc:
+            assert "partials" in str(exc) or "format" in str(exc)
+        else:
+            raise AssertionError(f"{raw!r} was read as partials")
+    message = PartialsMessage(
+        Partials({7: {p.CLOCK: [["real", 2, 420.5]]}}), 3.0, (2,), (2,), {2: (5, 9)}, {2: [4]}, (1, 2)
+    )
+    assert PartialsMessage.decode(message.encode()) == message
