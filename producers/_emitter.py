@@ -14,6 +14,7 @@ import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from producers._exceptions import EmitterClosedError
+from producers._kafka_log import quiet_kafka_logs
 from schemas import topics
 from schemas.call_event import CallEvent
 
@@ -78,19 +79,21 @@ class Emitter:
         self._topic = topic
         self._spill_path = Path(spill_path) if spill_path is not None else None
         self._app_error_cb = (kafka_config or {}).get("error_cb")
-        self._config = {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": False,
-            "max.in.flight.requests.per.connection": 1,
-            "acks": "all",
-            "compression.type": "lz4",
-            "linger.ms": 20,
-            "batch.num.messages": 10_000,
-            "queue.buffering.max.messages": max_queued,
-            "delivery.timeout.ms": delivery_timeout_ms,
-            **(kafka_config or {}),
-            "error_cb": self._on_error,
-        }
+        self._config = quiet_kafka_logs(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": False,
+                "max.in.flight.requests.per.connection": 1,
+                "acks": "all",
+                "compression.type": "lz4",
+                "linger.ms": 20,
+                "batch.num.messages": 10_000,
+                "queue.buffering.max.messages": max_queued,
+                "delivery.timeout.ms": delivery_timeout_ms,
+                **(kafka_config or {}),
+                "error_cb": self._on_error,
+            }
+        )
         self._producer: Producer | None = None
         self._lock = threading.Lock()
         self._sent = self._delivered = self._failed = self._dropped = 0

@@ -29,6 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from pydantic import ValidationError
 
 from producers._exceptions import BudgetExceededError, SDKError
+from producers._kafka_log import quiet_kafka_logs
 from schemas import topics
 from schemas.budget import KILL_DIMENSIONS, SEVERITY_ORDER, BudgetState, GuardState, budget_scope, kill_scope
 
@@ -102,14 +103,16 @@ class BudgetGuard:
             raise SDKError(f"fail must be 'open' or 'closed', not {fail!r}")
         self._topic = topic
         self._fail = fail
-        self._config = {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"spendstream-guard-{id(self):x}",  # never commits: it always reads from the start
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "error_cb": self._on_error,
-            **(kafka_config or {}),
-        }
+        self._config = quiet_kafka_logs(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"spendstream-guard-{id(self):x}",  # never commits: it always reads from the start
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "error_cb": self._on_error,
+                **(kafka_config or {}),
+            }
+        )
         self._overrides = tuple(price_overrides)
         self._pricer: Pricer | None = None
         self._states: dict[str, BudgetState] = {}

@@ -103,3 +103,18 @@ def test_the_applications_own_error_callback_still_hears_of_broker_errors(tmp_pa
     stats = emitter.close(1)
 
     assert stats.outages == 1 and heard  # the emitter counted the outage, and the application was told
+
+
+def test_a_broker_that_does_not_answer_is_said_once_not_several_times_a_second(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    emitter = Emitter(f"127.0.0.1:{free_port()}", topic=TOPIC, spill_path=tmp_path / "spill.jsonl")
+    emitter.emit(call("e-0", "s-0"))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        emitter.flush(0.2)  # librdkafka retries the connection meanwhile, and logs each failure
+    emitter.close(1)
+
+    assert "Connection refused" not in capfd.readouterr().err  # not straight to stderr, several times a second
+    refused = [r for r in caplog.records if r.name == "spendstream.kafka" and "Connection refused" in r.message]
+    assert 1 <= len(refused) <= 2, refused  # through logging, once per line (and per broker address)
