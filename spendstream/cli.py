@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -95,7 +97,7 @@ def worker(log_level: str) -> None:
 def migrate(print_reader_policy: bool, apply_reader_policy: bool) -> None:
     """Apply the sql/ migrations to the ClickHouse server or the embedded engine."""
     from sinks.migrations import migrate as run_migrations
-    from spendstream.clickhouse_target import client_for_command
+    from spendstream.clickhouse_target import admin_client
     from spendstream.sql_policy import server_policy_sql
 
     settings = _settings()
@@ -111,7 +113,7 @@ def migrate(print_reader_policy: bool, apply_reader_policy: bool) -> None:
             "(see the README's security section); --apply-reader-policy is for SPENDSTREAM_CLICKHOUSE_URL"
         )
     try:
-        client = client_for_command(settings)
+        client = admin_client(settings)
         applied = run_migrations(client, settings.database, on_applied=lambda m: click.echo(f"applied {m.name}"))
         if apply_reader_policy:
             for statement in policy:
@@ -138,14 +140,14 @@ def reprice(since: datetime, model: str | None, dry_run: bool) -> None:
     fixes history. Calls whose cost the caller stated are left alone. Restart running workers
     after changing the config, so that new calls are priced the same way.
     """
-    from spendstream.clickhouse_target import client_for_command
+    from spendstream.clickhouse_target import admin_client
     from streams.pricing import Pricer
     from streams.reprice import reprice as run_reprice
 
     settings = _settings()
     try:
         pricer = Pricer(settings.load_config().prices.overrides)
-        client = client_for_command(settings, database=settings.database)
+        client = admin_client(settings, database=settings.database)
         result = run_reprice(client, settings.database, pricer, since.date(), model, dry_run=dry_run)
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -163,19 +165,64 @@ def reprice(since: datetime, model: str | None, dry_run: bool) -> None:
     )
 
 
+_FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+\w+$", re.IGNORECASE)
+_UNKNOWN_FORMAT = 73
+
+
+def _clickhouse_message(exc: Exception) -> str:
+    """ClickHouse's own message of a failure, on one line: without the client's wrapping and repeated codes."""
+    from sinks.clickhouse import error_code
+
+    text = " ".join(str(exc).split()) or repr(exc)
+    code = error_code(exc)
+    if code is not None and (start := text.find(f"Code: {code}.")) >= 0:
+        text = text[start:]
+        text = re.sub(rf"^(Code: {code}\. DB::Exception: )+", f"Code: {code}. DB::Exception: ", text)
+    return re.sub(r"\s*\(for url [^)]*\)$", "", text)
+
+
 @main.command()
 @click.argument("query")
 @click.option("--format", "fmt", default="PrettyCompactMonoBlock", show_default=True, help="a ClickHouse output format")
-def sql(query: str, fmt: str) -> None:
-    """Run a SQL query against spendstream's ClickHouse database and print the result."""
-    from spendstream.clickhouse_target import client_for_command
+@click.option(
+    "--admin",
+    is_flag=True,
+    help="run as the SQL endpoint's admin: unrestricted (writes, files, no limits); needs up's SPENDSTREAM_HOME",
+)
+def sql(query: str, fmt: str, admin: bool) -> None:
+    """Run one SQL query against spendstream's ClickHouse database and print the result.
 
+    It runs in the SQL endpoint's read-only sandbox, under its limits (against a ClickHouse server:
+    as the user of SPENDSTREAM_CLICKHOUSE_URL, with its grants).
+    """
+    from sinks.clickhouse import error_code
+    from spendstream.clickhouse_target import admin_client, reader
+
+    statement = query.strip().rstrip(";").rstrip()
+    if not statement:
+        raise click.ClickException('empty query: give one SQL statement, e.g. spendstream sql "SELECT 1"')
+    explicit = _FORMAT_CLAUSE.search(statement)
     settings = _settings()
+    if admin and settings.embedded_clickhouse:
+        click.echo("warning: --admin runs the query unrestricted (writes, files, no limits)", err=True)
+    elif admin:
+        click.echo(
+            "note: --admin changes nothing on a ClickHouse server: SPENDSTREAM_CLICKHOUSE_URL's user runs it", err=True
+        )
     try:
-        client = client_for_command(settings, database=settings.database)
-        output = client.raw_query(query, fmt=fmt if "FORMAT" not in query.upper() else None)
+        with ExitStack() as stack:
+            client = admin_client(settings, settings.database) if admin else stack.enter_context(reader(settings))
+            output = client.raw_query(statement, fmt=None if explicit else fmt)
+    except SpendstreamError as exc:
+        raise click.ClickException(str(exc)) from exc
     except Exception as exc:
-        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+        if error_code(exc) == _UNKNOWN_FORMAT:
+            name = explicit.group().split()[1] if explicit else fmt
+            raise click.ClickException(
+                f"unknown output format {name!r}: the names are in "
+                '`spendstream sql "SELECT name FROM system.formats WHERE is_output"`'
+            ) from exc
+        raise click.ClickException(_clickhouse_message(exc)) from exc
     click.echo(output.decode(errors="replace"), nl=False)
 
 
@@ -331,7 +378,7 @@ def alerts(ctx: click.Context, limit: int, raw: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from spendstream.clickhouse_target import client_for_command
+    from spendstream.clickhouse_target import reader
 
     settings = _settings()
     query = (
@@ -341,8 +388,10 @@ def alerts(ctx: click.Context, limit: int, raw: bool) -> None:
         else INCIDENTS_QUERY.format(limit=limit)
     )
     try:
-        client = client_for_command(settings, database=settings.database)
-        output = client.raw_query(query, fmt="PrettyCompactMonoBlock")
+        with reader(settings) as client:
+            output = client.raw_query(query, fmt="PrettyCompactMonoBlock")
+    except SpendstreamError as exc:
+        raise click.ClickException(str(exc)) from exc
     except Exception as exc:
         raise _read_failed(exc) from exc
     click.echo(output.decode(errors="replace"), nl=False)
@@ -402,11 +451,12 @@ def trace(trace_id: str) -> None:
     from rich.table import Table
 
     from sinks.traces import trace_report
-    from spendstream.clickhouse_target import client_for_command
+    from spendstream.clickhouse_target import reader
 
     settings = _settings()
     try:
-        report = trace_report(client_for_command(settings, database=settings.database), trace_id)
+        with reader(settings) as client:
+            report = trace_report(client, trace_id)
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:
@@ -547,16 +597,18 @@ def _forecasts(settings: Settings) -> tuple[list[KeyForecast], Forecast | None, 
     from datetime import UTC
 
     from sinks.burn import budget_forecasts, org_forecast
-    from spendstream.clickhouse_target import client_for_command
+    from spendstream.clickhouse_target import reader
 
     try:
         budgets = settings.load_config().budgets
     except SpendstreamError as exc:
         return [], None, str(exc)
     try:
-        client = client_for_command(settings, database=settings.database)
-        now = datetime.now(UTC)
-        return budget_forecasts(client, budgets, now), org_forecast(client, "real", now), ""
+        with reader(settings) as client:
+            now = datetime.now(UTC)
+            return budget_forecasts(client, budgets, now), org_forecast(client, "real", now), ""
+    except SpendstreamError as exc:
+        return [], None, str(exc)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else repr(exc)
         return (
@@ -577,7 +629,7 @@ def report(data_mode: str, top: int, html_file: Path | None) -> None:
     from rich.table import Table
 
     from sinks.report import DIMENSIONS, build_report
-    from spendstream.clickhouse_target import client_for_command
+    from spendstream.clickhouse_target import reader
     from spendstream.report_html import render_html
     from streams.forecast import describe
 
@@ -587,8 +639,10 @@ def report(data_mode: str, top: int, html_file: Path | None) -> None:
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
     try:
-        client = client_for_command(settings, database=settings.database)
-        built = build_report(client, data_mode, top, budgets=budgets)
+        with reader(settings) as client:
+            built = build_report(client, data_mode, top, budgets=budgets)
+    except SpendstreamError as exc:
+        raise click.ClickException(str(exc)) from exc
     except Exception as exc:
         raise _read_failed(exc) from exc
     console = _wide_console()

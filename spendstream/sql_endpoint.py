@@ -43,6 +43,8 @@ from spendstream.sql_policy import QueryLimits, check_statement, client_settings
 logger = logging.getLogger(__name__)
 
 ADMIN_USER = "admin"
+TOKEN_FILE = "sql-admin-token"
+"""The file under ``SPENDSTREAM_HOME`` that holds the password of ``admin``; only ``up`` creates it."""
 _TRANSPORT_PARAMS = frozenset(
     {
         "query", "database", "default_format", "user", "password", "query_id", "session_id", "session_timeout",
@@ -82,7 +84,7 @@ class _Refusal(Exception):
 
 def load_or_create_token(home: Path) -> str:
     """The admin token of the endpoint, created on first use (file mode 0600)."""
-    path = home / "sql-admin-token"
+    path = home / TOKEN_FILE
     if path.exists():
         return path.read_text().strip()
     home.mkdir(parents=True, exist_ok=True)
