@@ -532,16 +532,33 @@ def kill(all_calls: bool, reason: str, **named: str | None) -> None:
 
 @main.command()
 @_kill_target_options
-def unkill(all_calls: bool, **named: str | None) -> None:
-    """Lift a kill switch set with `spendstream kill` (budgets still apply)."""
+@click.option("--timeout", default=15.0, show_default=True, help="seconds to wait for the budgets topic")
+def unkill(all_calls: bool, timeout: float, **named: str | None) -> None:
+    """Lift a kill switch set with `spendstream kill` (budgets still apply).
+
+    The kill switches set now are read first: naming one that is not set lifts nothing, lists those
+    that are, and exits with 1.
+    """
     from schemas.budget import kill_scope
-    from spendstream.kill_switch import publish
+    from spendstream.kill_switch import active_kills, publish
 
     dimension, key = _kill_target(all_calls, named)
     settings = _settings()
+    topic = settings.topic(topics.BUDGETS)
     scope = kill_scope(dimension, key)
     try:
-        publish(settings.bootstrap, settings.topic(topics.BUDGETS), scope, None, settings.kafka_security())
+        kills = active_kills(settings.bootstrap, topic, settings.kafka_security(), timeout)
+        if scope not in {kill.scope for kill in kills}:
+            what = "every call" if dimension is None else f"{dimension} {key}"
+            click.echo(f"no kill switch on {what}: nothing lifted", err=True)
+            click.echo(
+                "\n".join(["active kill switches:", *(f"  {kill.scope}  ({kill.reason})" for kill in kills)])
+                if kills
+                else "no kill switch is active",
+                err=True,
+            )
+            sys.exit(1)
+        publish(settings.bootstrap, topic, scope, None, settings.kafka_security())
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"lifted: {scope}")

@@ -2,7 +2,7 @@
 tool, prompt version, tenant or session (``schemas.budget.KILL_DIMENSIONS``).
 
 Setting it publishes a state the SDK's guard applies before the next call; lifting it publishes a
-tombstone, so compaction forgets it.
+tombstone, so compaction forgets it. What is set now is read from the topic as a guard reads it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 from confluent_kafka import Producer
 
 from alerting.topic import send_acked
-from schemas.budget import BudgetState, kill_scope
+from producers import BudgetGuard
+from schemas.budget import KILL_PREFIX, BudgetState, kill_scope
 from spendstream.exceptions import StackError
 
 
@@ -39,3 +40,23 @@ def publish(bootstrap: str, topic: str, scope: str, value: bytes | None, securit
             f"the kill switch was not stored on {topic} ({failure})",
             "check that Kafka is reachable (SPENDSTREAM_KAFKA_BOOTSTRAP) and try again",
         )
+
+
+def active_kills(bootstrap: str, topic: str, security: dict[str, Any], timeout: float) -> list[BudgetState]:
+    """The kill switches set now, as a guard reads them from ``topic`` to its end (by scope).
+
+    Raises:
+        StackError: the topic was not read to its end within ``timeout`` seconds.
+    """
+    guard = BudgetGuard(bootstrap, topic=topic, kafka_config=security)
+    try:
+        if not guard.wait_ready(timeout):
+            why = guard.stats().last_error or "no answer"
+            raise StackError(
+                f"cannot read the kill switches on {topic} within {timeout:.0f}s ({why})",
+                "check SPENDSTREAM_KAFKA_BOOTSTRAP, or start the stack with `spendstream up`",
+            )
+        states = guard.states()
+    finally:
+        guard.close()
+    return sorted((state for state in states if state.scope.startswith(KILL_PREFIX)), key=lambda state: state.scope)

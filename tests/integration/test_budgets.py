@@ -233,3 +233,25 @@ def test_two_workers_never_each_think_there_is_room_left(
     assert sum(stored) == 20 and min(stored) > 0  # the calls were split between the workers
     assert denied.reason.startswith("tenant_id tenant_acme: $0.20 of the daily budget of $0.15")
     guard.close()
+
+
+def test_unkill_of_a_kill_switch_that_is_not_set_says_so_and_lists_the_active_ones(
+    start_up: Callable[..., UpProcess],
+) -> None:
+    up = start_up()
+    none_yet = cli(up, "unkill", "--agent", "nosuch")
+    assert none_yet.returncode == 1 and "lifted" not in none_yet.stdout, none_yet
+    assert "no kill switch on agent_id nosuch" in none_yet.stderr and "no kill switch is active" in none_yet.stderr
+    assert cli(up, "kill", "--agent", "reviewer", "--reason", "stuck in a loop").returncode == 0
+
+    typo = cli(up, "unkill", "--agent", "reviewr")
+    assert typo.returncode == 1 and "lifted" not in typo.stdout, typo
+    assert "no kill switch on agent_id reviewr" in typo.stderr
+    assert "kill:agent_id=reviewer" in typo.stderr and "stuck in a loop" in typo.stderr
+    everything = cli(up, "unkill", "--all")
+    assert everything.returncode == 1 and "no kill switch on every call" in everything.stderr, everything
+
+    lifted = cli(up, "unkill", "--agent", "reviewer")
+    assert lifted.returncode == 0 and lifted.stdout == "lifted: kill:agent_id=reviewer\n", lifted
+    again = cli(up, "unkill", "--agent", "reviewer")
+    assert again.returncode == 1 and "no kill switch is active" in again.stderr, again
