@@ -113,7 +113,7 @@ def migrate(print_reader_policy: bool, apply_reader_policy: bool) -> None:
             "(see the README's security section); --apply-reader-policy is for SPENDSTREAM_CLICKHOUSE_URL"
         )
     try:
-        client = admin_client(settings)
+        client = admin_client(settings, create=True)
         applied = run_migrations(client, settings.database, on_applied=lambda m: click.echo(f"applied {m.name}"))
         if apply_reader_policy:
             for statement in policy:

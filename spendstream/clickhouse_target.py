@@ -69,9 +69,11 @@ def _own_endpoint(settings: Settings) -> Iterator[str]:
     """The sandbox of ``up``'s endpoint over the chDB files of ``SPENDSTREAM_HOME``, on a free loopback port."""
     path = settings.chdb_path
     if not path.is_dir():  # never created here: a read leaves no files behind
-        raise _not_up_home(
-            f"no `spendstream up` answers on {settings.sql_host}:{settings.sql_port} and "
-            f"{settings.home.resolve()} holds no spendstream data"
+        raise StackError(
+            f"cannot read spendstream's tables: no `spendstream up` answers on {settings.sql_host}:"
+            f"{settings.sql_port} and {settings.home.resolve()} holds no spendstream data",
+            "start `spendstream up`, or run the command from the directory it was started in, or set SPENDSTREAM_HOME "
+            "to its home (or SPENDSTREAM_CLICKHOUSE_URL to a server migrated with `spendstream migrate`)",
         )
     endpoint = SqlEndpoint(
         lambda: connect(f"chdb://{path}"),
@@ -91,16 +93,22 @@ def _own_endpoint(settings: Settings) -> Iterator[str]:
         endpoint.stop()
 
 
-def admin_client(settings: Settings, database: str | None = None) -> Client:
+def admin_client(settings: Settings, database: str | None = None, create: bool = False) -> Client:
     """A client that may do anything, for a command that writes (migrate, reprice, sql --admin).
 
     Beside a running ``up``, it is the endpoint's ``admin`` with the token of ``SPENDSTREAM_HOME``;
-    the token is only read here (``up`` writes it).
+    the token is only read here (``up`` writes it). Without ``up``, the engine files of
+    ``SPENDSTREAM_HOME``, created only if ``create`` (migrate).
 
     Raises:
-        StackError: the token file is missing, or is not the running ``up``'s.
+        StackError: the token file is missing or is not the running ``up``'s; no engine files.
     """
     if not up_is_running(settings):
+        if not (create or settings.clickhouse_url is not None or settings.chdb_path.is_dir()):
+            raise _not_up_home(
+                f"no `spendstream up` answers on {settings.sql_host}:{settings.sql_port} and "
+                f"{settings.home.resolve()} holds no spendstream data"
+            )
         return connect(engine_dsn(settings), database=database)
     # chDB admits one process per data path: go through the running process's endpoint.
     token_file = (settings.home / TOKEN_FILE).resolve()

@@ -105,6 +105,9 @@ def test_without_up_a_read_is_sandboxed_and_a_missing_home_is_named(
     said = cli(env, "sql", "SELECT 1", cwd=nowhere)
     assert said.returncode == 1 and str(nowhere / ".spendstream") in said.stderr, said.stderr
     assert "SPENDSTREAM_HOME" in said.stderr and list(nowhere.iterdir()) == []
+    said = cli(env, "sql", "--admin", "SELECT 1", cwd=nowhere)  # no engine files are made up for it either
+    assert said.returncode == 1 and str(nowhere / ".spendstream") in said.stderr, said.stderr
+    assert list(nowhere.iterdir()) == []
 
     up = start_up()
     up.stop()  # its data stays in its home: read without it, through the same sandbox
