@@ -41,6 +41,7 @@ MAX_NAME_LENGTH = 128
 MAX_SHORT_TEXT_LENGTH = 1024
 MAX_TAG_VALUE_LENGTH = 128
 MAX_PROMPT_HASH_LENGTH = 128
+"""The longest ``prompt_hash`` or ``args_hash``."""
 MAX_MILLIS = 86_400_000
 MAX_COST_USD = 1_000_000
 MAX_ATTEMPT = 100
@@ -117,8 +118,8 @@ class _Screened:
 
     def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         json_schema = handler(schema)
-        if self._printable:
-            json_schema["pattern"] = PRINTABLE
+        if self._printable:  # a text that may be empty (a hash) may be empty in the pattern too
+            json_schema["pattern"] = PRINTABLE if json_schema.get("minLength") else PRINTABLE.replace("]+$", "]*$")
         return json_schema
 
     def _validate(self, value: str, info: ValidationInfo) -> str:
@@ -150,6 +151,9 @@ ShortText = Annotated[
 ]
 """Short text (an error type): printable, no personal data, secret or key-like token."""
 PromptHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(hash_kind)]
+ArgsHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(hash_kind, printable=True)]
+"""A digest of a tool call's arguments: screened as a prompt hash is, and printable (it is new: nothing sent
+before is refused for that)."""
 
 
 def _not_a_boolean(value: Any) -> Any:
@@ -234,6 +238,9 @@ class CallEvent(BaseModel):
     """Categorical labels only; keys and values that look like personal data or secrets are refused."""
     prompt_hash: PromptHash | None = None
     """A hash of the prompt, so that loop detection can see the same prompt repeating."""
+    args_hash: ArgsHash | None = None
+    """A digest of a tool call's arguments (the SDK's ``track(args=...)`` makes it; the arguments stay in the
+    process), so that loop detection can see one tool called with the same arguments again and again."""
 
     # Usage.
     kind: Kind = "llm"

@@ -62,13 +62,14 @@ TEXT_FIELDS: tuple[str, ...] = (
 """The ids and names whose surrounding whitespace and unprintable characters the caller checks."""
 ID_TEXT: tuple[str, ...] = (
     "event_id", "agent_id", "task_id", "session_id", "trace_id", "parent_id", "user_id", "tenant_id", "prompt_hash",
+    "args_hash",
 )  # fmt: skip
 """The text the caller screens with ``schemas.privacy.ID_CANDIDATES``."""
 NAME_TEXT: tuple[str, ...] = (
     "provider", "model", "feature", "prompt_version", "team", "environment", "tool_name", "error_type",
 )  # fmt: skip
 """The text the caller screens with ``schemas.privacy.NAME_CANDIDATES``."""
-if sorted(ID_TEXT + NAME_TEXT) != sorted([*TEXT_FIELDS, "prompt_hash", "error_type"]):  # pragma: no cover
+if sorted(ID_TEXT + NAME_TEXT) != sorted([*TEXT_FIELDS, "prompt_hash", "args_hash", "error_type"]):  # pragma: no cover
     raise RuntimeError("schemas.call_event_decoder: every text field is screened, as an id or as a name")
 
 _Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
@@ -78,6 +79,7 @@ _Millis = Annotated[float, Meta(ge=0, le=MAX_MILLIS)]
 # \Z, not $: Python's $ also matches before a final newline, the model's pattern does not
 _TagKey = Annotated[str, Meta(pattern=f"^{TAG_KEY}\\Z")]
 _TagValue = Annotated[str, Meta(max_length=MAX_TAG_VALUE_LENGTH)]
+_Hash = Annotated[str, Meta(max_length=MAX_PROMPT_HASH_LENGTH)]
 
 # The RFC 3339 forms the model and datetime.fromisoformat read alike (both keep microseconds of up
 # to nanoseconds sent, truncated; msgspec's own parser would round them). Other forms go to the model.
@@ -117,7 +119,8 @@ class CleanCallEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, g
     environment: _Name = "prod"
     data_mode: DataMode = "real"
     tags: Annotated[dict[_TagKey, _TagValue], Meta(max_length=MAX_TAGS)] = {}
-    prompt_hash: Annotated[str, Meta(max_length=MAX_PROMPT_HASH_LENGTH)] = ""
+    prompt_hash: _Hash = ""
+    args_hash: _Hash = ""
     input_tokens: _Tokens = 0
     output_tokens: _Tokens = 0
     cache_read_tokens: _Tokens = 0
@@ -135,7 +138,7 @@ class CleanCallEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, g
         return self.feature
 
 
-ROW_FIELDS = 30
+ROW_FIELDS = 31
 """The struct's first fields are the first columns of an ``llm_calls`` row (``sinks.batch``), in order."""
 
 

@@ -18,7 +18,7 @@ from schemas.outcome_event import OutcomeEvent
 LLM_CALL_COLUMNS: tuple[str, ...] = (
     "event_id", "ts", "provider", "model", "kind", "tool_name",
     "feature", "prompt_version", "agent_id", "task_id", "session_id", "trace_id", "parent_id",
-    "user_id", "tenant_id", "team", "environment", "data_mode", "tags", "prompt_hash",
+    "user_id", "tenant_id", "team", "environment", "data_mode", "tags", "prompt_hash", "args_hash",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
     "latency_ms", "ttft_ms", "status", "error_type", "attempt",
     "cost_usd", "priced", "price_source",
@@ -52,7 +52,7 @@ class CallRows:
     """Priced calls as rows of ``llm_calls`` values (in :data:`LLM_CALL_COLUMNS` order).
 
     Kept as tuples, one per call, and turned into columns once per batch (``sinks.call_block``):
-    far cheaper per call than appending to 39 column lists.
+    far cheaper per call than appending to 40 column lists.
     """
 
     rows: list[tuple[Any, ...]] = field(default_factory=list)
@@ -82,7 +82,7 @@ class CallRows:
                 event.feature_or_unattributed, event.prompt_version or "", event.agent_id or "",
                 event.task_id or "", event.session_id or "", event.trace_id or "", event.parent_id or "",
                 event.user_id or "", event.tenant_id or "", event.team or "", event.environment,
-                event.data_mode, event.tags, event.prompt_hash or "",
+                event.data_mode, event.tags, event.prompt_hash or "", event.args_hash or "",
                 event.input_tokens, event.output_tokens, event.cache_read_tokens, event.cache_write_tokens,
                 event.reasoning_tokens,
                 event.latency_ms, event.ttft_ms, event.status, event.error_type or "", event.attempt,

@@ -25,7 +25,7 @@ SCHEMA = pa.schema([
     ("feature", _TEXT), ("prompt_version", _TEXT), ("agent_id", _TEXT), ("task_id", _TEXT),
     ("session_id", _TEXT), ("trace_id", _TEXT), ("parent_id", _TEXT),
     ("user_id", _TEXT), ("tenant_id", _TEXT), ("team", _TEXT), ("environment", _TEXT),
-    ("data_mode", _TEXT), ("tags", pa.map_(_TEXT, _TEXT)), ("prompt_hash", _TEXT),
+    ("data_mode", _TEXT), ("tags", pa.map_(_TEXT, _TEXT)), ("prompt_hash", _TEXT), ("args_hash", _TEXT),
     ("input_tokens", _TOKENS), ("output_tokens", _TOKENS), ("cache_read_tokens", _TOKENS),
     ("cache_write_tokens", _TOKENS), ("reasoning_tokens", _TOKENS),
     ("latency_ms", pa.float32()), ("ttft_ms", pa.float32()), ("status", _TEXT), ("error_type", _TEXT),
@@ -61,8 +61,36 @@ def encode(calls: pa.Table) -> bytes:
 
 
 def read(block: bytes) -> pa.Table:
-    """The table of a block made by :func:`encode` (a journal's leftover, replayed after a crash)."""
-    return pa.ipc.open_file(pa.py_buffer(block)).read_all()
+    """The table of a block made by :func:`encode` (a journal's leftover, replayed after a crash).
+
+    A block of an earlier layout (left by the version before a column was added, see
+    :func:`is_current`) is read in this one: the text columns it lacks are empty, as ClickHouse
+    stores them for the calls it holds from before.
+
+    Raises:
+        ValueError: the block lacks a column that is not text, or holds one this layout does not know
+            (a block of a later version).
+    """
+    calls = pa.ipc.open_file(pa.py_buffer(block)).read_all()
+    if calls.schema.equals(SCHEMA):
+        return calls
+    unknown = sorted(set(calls.schema.names) - set(SCHEMA.names))
+    if unknown:
+        raise ValueError(f"a block with columns {unknown}, unknown to this version: it was written by a later one")
+    columns = []
+    for column in SCHEMA:
+        if column.name in calls.schema.names:
+            columns.append(calls.column(column.name).cast(column.type))
+        elif column.type == _TEXT:
+            columns.append(pa.nulls(calls.num_rows, _TEXT).fill_null(""))
+        else:
+            raise ValueError(f"a block without the column {column.name}, which has no empty value")
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def is_current(block: bytes) -> bool:
+    """Whether a block made by :func:`encode` has this version's layout (:func:`read` reads older ones)."""
+    return bool(pa.ipc.open_file(pa.py_buffer(block)).schema.equals(SCHEMA))
 
 
 def rows(calls: pa.Table) -> list[tuple[Any, ...]]:

@@ -36,7 +36,8 @@ SUFFIX = ".arrow"
 class JournalEntry:
     token: str
     block: bytes
-    """The rows as the Arrow block that is inserted (and inserted again, unchanged, after a crash)."""
+    """The rows as the Arrow block that is inserted (and inserted again, unchanged, after a crash; in this
+    version's layout, when the version before a column was added left it)."""
     rows: list[tuple[Any, ...]]
     columns: pa.Table
     """The rows as Arrow columns (what ``block`` holds)."""
@@ -83,6 +84,8 @@ class InsertJournal:
             try:
                 columns = call_block.read(block)
                 rows = call_block.rows(columns)
+                if not call_block.is_current(block):  # left by the version before a column was added
+                    block = call_block.encode(columns)  # the token still tells ClickHouse what it holds
             except Exception as exc:
                 kept = path.with_suffix(".unreadable")
                 path.rename(kept)

@@ -296,8 +296,8 @@ def _unclean_rows(columns: pa.Table) -> list[int]:
 
     Arrow kernels, in C, instead of checks per value in Python. The candidate patterns are a
     superset of the model's rules (``schemas.privacy``): the model decides, and says why. Also
-    searched, though the model neither strips nor restricts their characters: the error type and
-    the prompt hash (one that is padded or not ASCII only costs a trip to the model).
+    searched, though the model does not strip them: the error type and the prompt and arguments
+    hashes (one that is padded or not ASCII only costs a trip to the model).
     """
     unclean = None
     for positions, suspect in ((_ID_COLUMNS, _ID_SUSPECT), (_NAME_COLUMNS, _NAME_SUSPECT)):

@@ -4,14 +4,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from schemas import CallEvent
 from schemas.outcome_event import OutcomeEvent
+from sinks import call_block
 from sinks.batch import CallRows, Rejection, outcome_row
 from sinks.clickhouse import connect
 from sinks.exceptions import ClickHouseTransientError
+from sinks.journal import SUFFIX
 from sinks.migrations import discover, migrate
 from sinks.sink import ClickHouseSink
 
@@ -258,3 +261,30 @@ def test_a_rejected_record_is_kept_up_to_a_bound_with_its_size(sink: ClickHouseS
         f"FROM {database}.rejected_events FINAL ORDER BY offset"
     ).result_rows
     assert stored == [(7, 65_536, len(big), 1), (8, 6, 6, 0)]
+
+
+def test_a_batch_left_by_the_version_before_args_hash_is_completed_after_the_upgrade(
+    chdb_dsn: str, ch: Client, database: str, tmp_path: Path
+) -> None:
+    """A worker that crashed mid-insert, then was upgraded: its journal file lacks the newer columns."""
+    migrate(ch, database)
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    before = call_block.table(rows("a", "b").rows).drop_columns(["args_hash"])  # the layout up to 0017
+    sink_file = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink_file, before.schema) as writer:
+        writer.write_table(before)
+    (journal / f"{'0' * 32}{SUFFIX}").write_bytes(sink_file.getvalue().to_pybytes())
+
+    upgraded = ClickHouseSink(lambda: connect(chdb_dsn), database, journal_dir=journal)
+    upgraded.add(rows("a", "b", "c"), [])  # Kafka redelivers the unacknowledged events, and one more
+    result = upgraded.flush()
+
+    assert (result.inserted, result.duplicates) == (1, 2)
+    assert totals(ch, database) == {"llm_calls": 3, "minute": 3, "hour": 3, "day_cost": 1.5, "trace": 3}
+    stored = ch.query(f"SELECT event_id, args_hash FROM {database}.llm_calls FINAL ORDER BY event_id").result_rows
+    assert stored == [("a", ""), ("b", ""), ("c", "")]
+    assert list(journal.iterdir()) == []
+    seen = upgraded.take_stored()  # what the detectors are given: the current layout, every call
+    assert seen.columns.schema == call_block.SCHEMA and seen.columns.column("args_hash").to_pylist() == ["", "", ""]
+    assert [len(row) for row in seen.rows] == [len(call_block.SCHEMA)] * 3

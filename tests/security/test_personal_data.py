@@ -37,7 +37,8 @@ FRAGMENTS = ["pii-canary-7f3e", "555-0199", "5550199", "5566 5556", "5566-5556",
 """What of a canary would show that it was kept, in whatever form."""
 TEXT_FIELDS = [
     "event_id", "provider", "model", "feature", "prompt_version", "agent_id", "task_id", "session_id", "trace_id",
-    "parent_id", "user_id", "tenant_id", "team", "environment", "tool_name", "prompt_hash", "error_type",
+    "parent_id", "user_id", "tenant_id", "team", "environment", "tool_name", "prompt_hash", "args_hash",
+    "error_type",
 ]  # fmt: skip
 ALIASES = {"userId": "user_id", "endpointTag": "feature", "promptVersion": "prompt_version"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from sinks import call_block
@@ -78,3 +79,28 @@ def test_an_unreadable_journal_file_is_set_aside_and_named(tmp_path: Path, caplo
 
     assert [p.name for p in tmp_path.iterdir()] == [f"{entry.token}.unreadable"]
     assert f"{entry.token}.arrow cannot be read" in caplog.text
+
+
+def encoded_as(table: pa.Table) -> bytes:
+    """A block in the layout of ``table`` (another version's): what its journal left."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_a_block_of_the_layout_before_args_hash_reads_in_this_one_with_the_hash_empty() -> None:
+    rows = rows_of(*TWO_CALLS)
+    older = encoded_as(call_block.table(rows).drop_columns(["args_hash"]))
+
+    assert not call_block.is_current(older)
+    assert call_block.rows(call_block.read(older)) == rows  # their args_hash was empty: it reads as empty
+
+
+def test_a_block_of_a_later_version_is_refused_saying_so() -> None:
+    later = call_block.table(rows_of(*TWO_CALLS)).append_column("next_field", pa.array(["x", "y"]))
+    with pytest.raises(ValueError, match=r"columns \['next_field'\], unknown to this version"):
+        call_block.read(encoded_as(later))
+    no_tokens = call_block.table(rows_of(*TWO_CALLS)).drop_columns(["input_tokens"])
+    with pytest.raises(ValueError, match="without the column input_tokens"):
+        call_block.read(encoded_as(no_tokens))

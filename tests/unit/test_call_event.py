@@ -126,7 +126,7 @@ CANARIES = {
 
 
 @pytest.mark.parametrize("kind", sorted(CANARIES))
-@pytest.mark.parametrize("field", [*IDS, *NAMES, "prompt_hash", "error_type"])
+@pytest.mark.parametrize("field", [*IDS, *NAMES, "prompt_hash", "args_hash", "error_type"])
 def test_personal_data_in_any_text_field_is_refused_with_a_reason_naming_the_field(field: str, kind: str) -> None:
     canary = CANARIES[kind]
     with pytest.raises(ValidationError) as refused:
@@ -207,3 +207,22 @@ def test_a_prompt_hash_of_digits_is_a_digest_not_a_card_but_an_address_in_it_is_
         CallEvent.model_validate(event(session_id=digits))
     with pytest.raises(ValidationError, match="e-mail"):
         CallEvent.model_validate(event(prompt_hash="ada@example.com"))
+
+
+def test_an_args_hash_is_a_digest_kept_as_sent_and_hostile_ones_are_refused_saying_why() -> None:
+    tool = {"kind": "tool", "tool_name": "search"}
+    for digest in ["4111111111111111", "9f86d081884c7d659a2feaa0c55ad015", "h" * 128, "sha256:ab12", ""]:
+        assert CallEvent.model_validate(event(**tool, args_hash=digest)).args_hash == digest
+    assert CallEvent.model_validate(event(**tool)).args_hash is None
+    refused = {
+        "ada@example.com": "args_hash looks like an e-mail address: send an opaque id",
+        "sk-proj-abcdefghijklmnopqrstuvwx": "args_hash looks like a secret or access token",
+        "4111 1111 1111 1111": "args_hash looks like a payment card number",  # grouped: not a hex digest
+        "ab\u202ecd": "args_hash holds U\\+202E .*must be printable",
+        "ab\x00": "args_hash holds U\\+0000",
+        "h" * 129: "args_hash\n.*at most 128 characters",
+        7: "args_hash\n.*valid string",
+    }
+    for value, reason in refused.items():
+        with pytest.raises(ValidationError, match=reason):
+            CallEvent.model_validate(event(**tool, args_hash=value))

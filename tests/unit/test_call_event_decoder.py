@@ -36,9 +36,9 @@ def full_event(n: int = 0) -> dict[str, Any]:
         "feature": "support.triage", "prompt_version": "v3", "agent_id": "triager", "task_id": "t-1",
         "session_id": "s-1", "trace_id": "tr-1", "parent_id": "e-0", "user_id": "u_4f2a", "tenant_id": "acme",
         "team": "support", "environment": "staging", "data_mode": "test", "tags": {"tier": "gold", "region": "eu"},
-        "prompt_hash": "9f86d081", "kind": "llm", "input_tokens": 5000, "output_tokens": 900,
-        "cache_read_tokens": 3000, "cache_write_tokens": 1000, "reasoning_tokens": 200, "latency_ms": 2100.5,
-        "ttft_ms": 340, "status": "error", "error_type": "overloaded_error", "attempt": 2,
+        "prompt_hash": "9f86d081", "args_hash": "4111111111111111", "kind": "llm", "input_tokens": 5000,
+        "output_tokens": 900, "cache_read_tokens": 3000, "cache_write_tokens": 1000, "reasoning_tokens": 200,
+        "latency_ms": 2100.5, "ttft_ms": 340, "status": "error", "error_type": "overloaded_error", "attempt": 2,
     }  # fmt: skip
 
 
@@ -150,6 +150,7 @@ VARIANTS: dict[str, list[Any]] = {
         None,
     ],
     "prompt_hash": ["", " h ", "h" * 129, None, 7, *PRIVATE],
+    "args_hash": ["", " h ", "h" * 128, "h" * 129, "9f86d081884c7d65", None, 7, True, ["a"], *PRIVATE],
     "kind": ["llm", "tool", "agent", None],
     "tool_name": [*TEXTS, *PRIVATE, "web_search"],
     "input_tokens": [0, -1, 1.0, 5.5, "5", True, 100_000_000, 100_000_001, 2**70, None, 1000],
