@@ -1,11 +1,13 @@
-"""Stuck detection in process: a session repeating one tool or one prompt, seen before its next call.
+"""Stuck detection in process: a session repeating one tool, one prompt or one tool call, seen before its next call.
 
 More than ``same_tool_share`` of a session's last ``tool_window`` tool calls being one tool (by
-default: 5 of the last 5), or one ``prompt_hash`` sent ``prompt_repeats`` times (retries, ``attempt``
-above 1, aside), calls the application's ``on_stuck`` hook with a :class:`Stuck` before the call
-is made: the hook can inject a meta-prompt, switch strategy, or stop the session by raising. The
-same pattern has to be seen afresh (another window of tool calls, the prompt as many times again)
-to call it again. The stream's ``loop_detected`` stays the fleet-wide view.
+default: 5 of the last 5), one ``prompt_hash`` sent ``prompt_repeats`` times, or one tool called
+with the same ``args_hash`` ``args_repeats`` times (retries, ``attempt`` above 1, aside from both),
+calls the application's ``on_stuck`` hook with a :class:`Stuck` before the call is made: the hook
+can inject a meta-prompt, switch strategy, or stop the session by raising. The same pattern has to
+be seen afresh (another window of tool calls, the prompt or the tool call as many times again) to
+call it again; a call that completes two patterns at once is told once, as the tool call repeated.
+The stream's ``loop_detected`` stays the fleet-wide view.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from producers._sessions import IDLE_SECONDS, IdleMap
 if TYPE_CHECKING:
     from producers._track import TrackedCall
 
-_MAX_PROMPTS = 1024  # distinct prompt hashes kept per session; past it, counting starts over
+_MAX_PROMPTS = 1024  # distinct prompt hashes, and tool calls, kept per session; past it, counting starts over
+
+Pattern = Literal["tool", "prompt", "args"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +37,16 @@ class StuckRule:
         tool_window: the last tool calls of a session looked at ...
         same_tool_share: ... of which more than this share being one tool is stuck.
         prompt_repeats: one ``prompt_hash`` sent this many times in a session is stuck.
+        args_repeats: one tool called with the same ``args_hash`` this many times in a session is stuck.
     """
 
     tool_window: int = 5
     same_tool_share: float = 0.8
     prompt_repeats: int = 2
+    args_repeats: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("tool_window", "prompt_repeats"):
+        for name in ("tool_window", "prompt_repeats", "args_repeats"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise SDKError(f"StuckRule {name}={value!r}: a whole number of at least 2")
@@ -54,13 +60,16 @@ class Stuck:
 
     session: str
     """The session id (the trace id for calls without one)."""
-    pattern: Literal["tool", "prompt"]
+    pattern: Pattern
+    """``tool``: one tool over and over; ``prompt``: one prompt sent again; ``args``: one tool called
+    with the same arguments again."""
     repeated: str
-    """The tool name or the prompt hash."""
+    """The tool name (``tool``, ``args``) or the prompt hash (``prompt``)."""
     times: int
-    """How many of the last ``window`` tool calls were that tool, or how often the prompt was sent."""
+    """How many of the last ``window`` tool calls were that tool, or how often the prompt was sent or
+    the tool called with those arguments."""
     window: int
-    """The tool calls looked at (``tool``); the repeats that count as stuck (``prompt``)."""
+    """The tool calls looked at (``tool``); the repeats that count as stuck (``prompt``, ``args``)."""
     call: TrackedCall
     """The call about to be made: its ``model``, ``event_id``, ``trace_id``; raise to stop it."""
 
@@ -68,17 +77,20 @@ class Stuck:
     def reason(self) -> str:
         if self.pattern == "tool":
             return f"{self.times} of its last {self.window} tool calls were {self.repeated}"
+        if self.pattern == "args":
+            return f"it called {self.repeated} {self.times} times with the same arguments"
         return f"it sent the prompt {self.repeated} {self.times} times"
 
 
 class _Recent:
-    """A session's last tool calls, and how often it sent each prompt."""
+    """A session's last tool calls, how often it sent each prompt and made each tool call (tool, args hash)."""
 
-    __slots__ = ("prompts", "tools")
+    __slots__ = ("calls", "prompts", "tools")
 
     def __init__(self) -> None:
         self.tools: deque[str] = deque()
         self.prompts: dict[str, int] = {}
+        self.calls: dict[tuple[str, str], int] = {}
 
 
 class StuckWatch:
@@ -90,8 +102,8 @@ class StuckWatch:
         self._sessions: IdleMap[str, _Recent] = IdleMap(_Recent, idle_seconds)
 
     def observe(
-        self, session: str, tool_name: str | None, prompt_hash: str | None, attempt: int
-    ) -> tuple[Literal["tool", "prompt"], str, int, int] | None:
+        self, session: str, tool_name: str | None, prompt_hash: str | None, attempt: int, args_hash: str | None = None
+    ) -> tuple[Pattern, str, int, int] | None:
         """Count a call about to be made; ``(pattern, repeated, times, window)`` when the session is stuck."""
         rule = self.rule
         with self._lock:
@@ -105,14 +117,26 @@ class StuckWatch:
                 if times == 1 and len(prompts) >= _MAX_PROMPTS:
                     prompts.clear()
                 prompts[prompt_hash] = times
-            if tool_name is not None:
-                tools = recent.tools
-                tools.append(tool_name)
-                if len(tools) > rule.tool_window:
-                    tools.popleft()
-                if len(tools) == rule.tool_window:
-                    tool, times = Counter(tools).most_common(1)[0]
-                    if times / rule.tool_window > rule.same_tool_share:
-                        tools.clear()
-                        return "tool", tool, times, rule.tool_window
-        return None
+            if tool_name is None:
+                return None
+            same_call: tuple[Pattern, str, int, int] | None = None
+            if args_hash and attempt <= 1:  # "": none given
+                calls, call = recent.calls, (tool_name, args_hash)
+                times = calls.get(call, 0) + 1
+                if times >= rule.args_repeats:
+                    calls.pop(call, None)
+                    same_call = ("args", tool_name, times, rule.args_repeats)
+                else:
+                    if times == 1 and len(calls) >= _MAX_PROMPTS:
+                        calls.clear()
+                    calls[call] = times
+            tools = recent.tools
+            tools.append(tool_name)
+            if len(tools) > rule.tool_window:
+                tools.popleft()
+            if len(tools) == rule.tool_window:
+                tool, times = Counter(tools).most_common(1)[0]
+                if times / rule.tool_window > rule.same_tool_share:
+                    tools.clear()  # seen, whichever pattern is told: it must be seen afresh
+                    return same_call or ("tool", tool, times, rule.tool_window)
+        return same_call

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from pydantic import ValidationError
 
+from producers._args import args_hash, args_key
 from producers._breaker import Breakers, BreakerState, CircuitBreakers
 from producers._exceptions import CostConfirmationRequired, EmitterClosedError, SDKError, SessionLimitExceeded
 from producers._governor import Admission, CallPlan, Governance, Governor
@@ -181,6 +182,7 @@ class Tracker:
             raise SDKError(f"unknown attribution {sorted(unknown)}; use any of {sorted(ATTRIBUTION_FIELDS)}")
         self._emitter = emitter
         self._key = user_id_key_of(user_id_key)
+        self._args_key = args_key(self._key)
         self._check_user_id(defaults)
         self._defaults = dict(defaults)
         self._guard = guard
@@ -202,6 +204,7 @@ class Tracker:
         model: str | None = None,
         kind: str = "llm",
         tool_name: str | None = None,
+        args: Any = None,
         estimated_usd: float | None = None,
         estimated_tokens: int | None = None,
         confirm_usd: float | None = None,
@@ -212,6 +215,13 @@ class Tracker:
         Also a decorator (``@tracker.track(...)``) for sync and async functions: each invocation is
         one call, and a returned response's usage is recorded. ``fields`` are any event fields
         (``feature``, ``agent_id``, ``prompt_hash``, ``trace_id`` for a root call, ...).
+
+        ``args``: a tool call's arguments (``kind="tool"``; ``{}`` for a tool that takes none). They
+        never leave the process: the event carries their ``args_hash`` (``producers._args``: keyed
+        with the user id key when the tracker has one), so that the same call repeated is seen, here
+        (``StuckRule.args_repeats``) and in the stream (``loop_detected``). A hash made elsewhere can be
+        given as ``args_hash=`` instead. Arguments JSON cannot say (a set, bytes, an object of your
+        own) are logged and sent without a hash.
 
         Entering the call applies the guardrails first, and raises before the call is made:
         :class:`SessionLimitExceeded` when it would pass a governor's cap,
@@ -224,6 +234,8 @@ class Tracker:
         that would pass a limit, not only the one after.
         """
         self._check_user_id(fields)
+        if args is not None or fields.get("args_hash") is not None:
+            self._hash_args(kind, tool_name, args, fields)
         if kind == "tool" and model is None:
             model = tool_name  # a tool has no model: its name stands in, so its calls can be priced by override
         return TrackedCall(
@@ -254,6 +266,28 @@ class Tracker:
             raise SDKError(
                 "a user_id was given but no key to pseudonymize it: set SPENDSTREAM_USER_ID_KEY or "
                 "Tracker(user_id_key=...); raw user ids are never sent"
+            )
+
+    def _hash_args(self, kind: str, tool_name: str | None, args: Any, fields: dict[str, Any]) -> None:
+        """Put the ``args_hash`` of ``args`` into ``fields``; refuse arguments given where they mean nothing."""
+        given = "args" if args is not None else "args_hash"
+        if kind != "tool":
+            raise SDKError(
+                f"{given}= is for a tool call's arguments: track it with kind='tool' and tool_name "
+                "(a model call's prompt has prompt_hash)"
+            )
+        if args is None:
+            return
+        if fields.get("args_hash") is not None:
+            raise SDKError("both args= and args_hash= given: give the arguments, or a hash you made of them")
+        try:
+            fields["args_hash"] = args_hash(args, self._args_key)
+        except TypeError as exc:  # its message names a type, never a value: the arguments stay here
+            logger.warning(
+                "spendstream: the arguments of tool %s cannot be written as JSON (%s): its call is sent "
+                "without args_hash, so its repeats go unseen; pass JSON-like values (dicts, lists, str, numbers)",
+                tool_name,
+                exc,
             )
 
     def _pseudonymous(self, user_id: Any) -> str | None:
@@ -418,7 +452,8 @@ class TrackedCall:
         tool_name = keys.get("tool_name") if kind == "tool" else None
         prompt_hash = keys.get("prompt_hash")
         if tracker._stuck is not None and (tool_name is not None or prompt_hash is not None):
-            found = tracker._stuck.observe(session, tool_name, prompt_hash, keys.get("attempt") or 1)
+            attempt = keys.get("attempt") or 1
+            found = tracker._stuck.observe(session, tool_name, prompt_hash, attempt, keys.get("args_hash"))
             if found is not None:
                 tracker._stuck_seen += 1
                 tracker._on_stuck(Stuck(session, *found, call=self))

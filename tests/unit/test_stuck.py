@@ -113,3 +113,64 @@ def test_it_can_be_turned_off_and_its_rule_is_checked(sent: Collected) -> None:
         StuckRule(tool_window=1)
     with pytest.raises(SDKError, match="between 0 and 1"):
         StuckRule(same_tool_share=1.0)
+
+
+def test_one_tool_with_the_same_arguments_three_times_is_stuck_and_retries_aside(sent: Collected) -> None:
+    seen: list[Stuck] = []
+    tracker = Tracker(sent, on_stuck=seen.append, stuck=StuckRule(tool_window=20))
+    with tracker.attribute(session_id="s-args"):
+        for page in range(10):  # one tool, other arguments each time: a healthy agent paging through results
+            tool(tracker, "search", args={"query": "refund policy", "page": page})
+        assert seen == []
+        tool(tracker, "read_file", args={"path": "a.py", "lines": [1, 50]})
+        for attempt in (2, 3):  # a retry of the same call is no repeat
+            tool(tracker, "read_file", args={"path": "a.py", "lines": [1, 50]}, attempt=attempt)
+        tool(tracker, "read_file", args={"lines": [1, 50], "path": "a.py"})  # another key order: the same call
+        tool(tracker, "write_file", args={"path": "a.py", "lines": [1, 50]})  # another tool: not the same call
+        assert seen == []
+        tool(tracker, "read_file", args={"path": "a.py", "lines": [1, 50]})  # the third time
+        for _ in range(3):
+            tool(tracker, "read_file", args={"path": "a.py", "lines": [1, 50]})  # told again after 3 more
+
+    assert [(s.session, s.pattern, s.repeated, s.times, s.window) for s in seen] == [
+        ("s-args", "args", "read_file", 3, 3),
+        ("s-args", "args", "read_file", 3, 3),
+    ]
+    assert seen[0].reason == "it called read_file 3 times with the same arguments"
+    assert seen[0].call.event_id == sent.events[15].event_id and len(sent.events) == 19
+    assert tracker.stats().stuck == 2
+
+
+def test_the_same_arguments_rule_is_configurable_and_a_hook_that_raises_stops_the_call(sent: Collected) -> None:
+    def on_stuck(stuck: Stuck) -> None:
+        raise StopAgent(stuck.reason)
+
+    tracker = Tracker(sent, on_stuck=on_stuck, stuck=StuckRule(args_repeats=2))
+    with tracker.attribute(session_id="s-2"):
+        tool(tracker, "order_status", args_hash="ab12")  # a hash made elsewhere counts alike
+        with pytest.raises(StopAgent, match="it called order_status 2 times with the same arguments"):
+            tool(tracker, "order_status", args_hash="ab12")
+    assert [(e.status, e.error_type, e.args_hash) for e in sent.events] == [
+        ("success", None, "ab12"),
+        ("cancelled", "StopAgent", "ab12"),
+    ]
+    with pytest.raises(SDKError, match="StuckRule args_repeats=1: a whole number of at least 2"):
+        StuckRule(args_repeats=1)
+
+
+def test_a_call_that_completes_two_patterns_is_told_once_as_the_same_call(sent: Collected) -> None:
+    seen: list[Stuck] = []
+    tracker = Tracker(sent, on_stuck=seen.append, stuck=StuckRule(tool_window=3, args_repeats=3))
+    with tracker.attribute(session_id="s-3"):
+        for _ in range(4):  # the third call: 3 of the last 3 tool calls, and the same call 3 times
+            tool(tracker, "run_tests", args={})
+    assert [(s.pattern, s.repeated, s.times) for s in seen] == [("args", "run_tests", 3)]
+
+
+def test_an_empty_args_hash_is_no_hash_and_never_the_same_call(sent: Collected) -> None:
+    seen: list[Stuck] = []
+    tracker = Tracker(sent, on_stuck=seen.append, stuck=StuckRule(tool_window=20))
+    with tracker.attribute(session_id="s-empty"):
+        for _ in range(6):
+            tool(tracker, "search", args_hash="")  # the contract's "not given"
+    assert seen == [] and [e.args_hash for e in sent.events] == [""] * 6
