@@ -67,6 +67,16 @@ FROM rollup_minute
 WHERE dimension = 'model' AND bucket >= now() - INTERVAL 1 HOUR
 GROUP BY model ORDER BY p95_latency_ms DESC;
 
+-- Q: sessions that called one tool with the same arguments again and again, last 24 hours (retries aside;
+-- args_hash is a digest of the arguments: the arguments themselves never left the application)
+SELECT if(session_id != '', session_id, trace_id) AS session, tool_name, args_hash, count() AS times,
+       min(ts) AS first_ts, max(ts) AS last_ts, any(feature) AS feature, any(agent_id) AS agent_id
+FROM llm_calls
+WHERE kind = 'tool' AND args_hash != '' AND attempt = 1 AND status != 'cancelled'
+  AND ts >= now() - INTERVAL 1 DAY AND data_mode = 'real'
+GROUP BY session, tool_name, args_hash HAVING times >= 3
+ORDER BY times DESC LIMIT 20;
+
 -- Q: rejected events of the last day and why
 SELECT error_kind, reason, count() AS events, any(event_id) AS example_event_id
 FROM rejected_events
