@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -226,3 +227,21 @@ def test_an_args_hash_is_a_digest_kept_as_sent_and_hostile_ones_are_refused_sayi
     for value, reason in refused.items():
         with pytest.raises(ValidationError, match=reason):
             CallEvent.model_validate(event(**tool, args_hash=value))
+
+
+def test_the_json_schema_allows_empty_text_exactly_where_the_model_does() -> None:
+    # error_type and args_hash may be empty: their printable pattern must allow it, as ids' must not
+    schema = json.loads(render(CallEvent))
+    checked = []
+    for name, spec in schema["properties"].items():
+        for branch in spec.get("anyOf", [spec]):
+            if "pattern" not in branch or name not in CallEvent.model_fields:
+                continue
+            try:
+                CallEvent.model_validate(event(**{name: ""}))
+                accepted = True
+            except ValidationError:
+                accepted = False
+            assert (re.search(branch["pattern"], "") is not None) == accepted, name
+            checked.append(name)
+    assert {"event_id", "model", "error_type", "args_hash"} <= set(checked)
