@@ -2,12 +2,15 @@
 
 More than ``same_tool_share`` of a session's last ``tool_window`` tool calls being one tool (by
 default: 5 of the last 5), one ``prompt_hash`` sent ``prompt_repeats`` times, or one tool called
-with the same ``args_hash`` ``args_repeats`` times (retries, ``attempt`` above 1, aside from both),
-calls the application's ``on_stuck`` hook with a :class:`Stuck` before the call is made: the hook
-can inject a meta-prompt, switch strategy, or stop the session by raising. The same pattern has to
-be seen afresh (another window of tool calls, the prompt or the tool call as many times again) to
-call it again; a call that completes two patterns at once is told once, as the tool call repeated.
-The stream's ``loop_detected`` stays the fleet-wide view.
+with the same ``args_hash`` ``args_repeats`` times with no new tool call in between (retries,
+``attempt`` above 1, aside from both), calls the application's ``on_stuck`` hook with a
+:class:`Stuck` before the call is made: the hook can inject a meta-prompt, switch strategy, or stop
+the session by raising. A tool call the session has not made before (with those arguments) is
+progress: an agent that runs the tests after each new edit repeats no call; one that makes the same
+edit and runs the tests again does. The same pattern has to be seen afresh (another window of tool
+calls, the prompt or the tool call as many times again) to call it again; a call that completes two
+patterns at once is told once, as the tool call repeated. The stream's ``loop_detected`` stays the
+fleet-wide view.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class StuckRule:
         tool_window: the last tool calls of a session looked at ...
         same_tool_share: ... of which more than this share being one tool is stuck.
         prompt_repeats: one ``prompt_hash`` sent this many times in a session is stuck.
-        args_repeats: one tool called with the same ``args_hash`` this many times in a session is stuck.
+        args_repeats: one tool called with the same ``args_hash`` this many times in a session, with no new
+            tool call in between, is stuck.
     """
 
     tool_window: int = 5
@@ -83,14 +87,31 @@ class Stuck:
 
 
 class _Recent:
-    """A session's last tool calls, how often it sent each prompt and made each tool call (tool, args hash)."""
+    """A session's last tool calls, how often it sent each prompt, and how often it repeated each tool call."""
 
-    __slots__ = ("calls", "prompts", "tools")
+    __slots__ = ("calls", "progress", "prompts", "tools")
 
     def __init__(self) -> None:
         self.tools: deque[str] = deque()
         self.prompts: dict[str, int] = {}
-        self.calls: dict[tuple[str, str], int] = {}
+        self.calls: dict[tuple[str, str], tuple[int, int]] = {}
+        """Per (tool name, args hash): how many times in a row it was made, and :attr:`progress` then."""
+        self.progress = 0
+        """How many tool calls the session made that it had not made before (with those arguments)."""
+
+    def repeat(self, tool_name: str, args_hash: str) -> int:
+        """Count a tool call; how many times it was made with no new tool call in between (1: new, or after one)."""
+        call = (tool_name, args_hash)
+        before = self.calls.get(call)
+        if before is None:
+            if len(self.calls) >= _MAX_PROMPTS:
+                self.calls.clear()
+            self.progress += 1
+            times = 1
+        else:
+            times = before[0] + 1 if before[1] == self.progress else 1
+        self.calls[call] = (times, self.progress)
+        return times
 
 
 class StuckWatch:
@@ -121,15 +142,10 @@ class StuckWatch:
                 return None
             same_call: tuple[Pattern, str, int, int] | None = None
             if args_hash and attempt <= 1:  # "": none given
-                calls, call = recent.calls, (tool_name, args_hash)
-                times = calls.get(call, 0) + 1
+                times = recent.repeat(tool_name, args_hash)
                 if times >= rule.args_repeats:
-                    calls.pop(call, None)
+                    recent.calls[(tool_name, args_hash)] = (0, recent.progress)  # to be seen afresh
                     same_call = ("args", tool_name, times, rule.args_repeats)
-                else:
-                    if times == 1 and len(calls) >= _MAX_PROMPTS:
-                        calls.clear()
-                    calls[call] = times
             tools = recent.tools
             tools.append(tool_name)
             if len(tools) > rule.tool_window:

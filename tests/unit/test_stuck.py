@@ -122,11 +122,11 @@ def test_one_tool_with_the_same_arguments_three_times_is_stuck_and_retries_aside
         for page in range(10):  # one tool, other arguments each time: a healthy agent paging through results
             tool(tracker, "search", args={"query": "refund policy", "page": page})
         assert seen == []
+        tool(tracker, "write_file", args={"path": "a.py", "lines": [1, 50]})  # another tool: not the same call
         tool(tracker, "read_file", args={"path": "a.py", "lines": [1, 50]})
         for attempt in (2, 3):  # a retry of the same call is no repeat
             tool(tracker, "read_file", args={"path": "a.py", "lines": [1, 50]}, attempt=attempt)
         tool(tracker, "read_file", args={"lines": [1, 50], "path": "a.py"})  # another key order: the same call
-        tool(tracker, "write_file", args={"path": "a.py", "lines": [1, 50]})  # another tool: not the same call
         assert seen == []
         tool(tracker, "read_file", args={"path": "a.py", "lines": [1, 50]})  # the third time
         for _ in range(3):
@@ -174,3 +174,19 @@ def test_an_empty_args_hash_is_no_hash_and_never_the_same_call(sent: Collected) 
         for _ in range(6):
             tool(tracker, "search", args_hash="")  # the contract's "not given"
     assert seen == [] and [e.args_hash for e in sent.events] == [""] * 6
+
+
+def test_the_same_call_after_progress_is_no_repeat_but_a_cycle_of_the_same_calls_is(sent: Collected) -> None:
+    # a coding agent runs the tests after each edit: the same call, each time after a call it never made
+    seen: list[Stuck] = []
+    tracker = Tracker(sent, on_stuck=seen.append, stuck=StuckRule(tool_window=50))
+    with tracker.attribute(session_id="s-edits"):
+        for n in range(6):
+            tool(tracker, "run_tests", args={})
+            tool(tracker, "edit_file", args={"path": "a.py", "patch": f"fix {n}"})
+        assert seen == []
+    with tracker.attribute(session_id="s-cycle"):  # the same edit and the same tests, over and over
+        for _ in range(3):
+            tool(tracker, "run_tests", args={})
+            tool(tracker, "edit_file", args={"path": "a.py", "patch": "fix 0"})
+    assert [(s.session, s.repeated, s.times) for s in seen] == [("s-cycle", "edit_file", 3)]
