@@ -221,7 +221,8 @@ class Tracker:
         with the user id key when the tracker has one), so that the same call repeated is seen, here
         (``StuckRule.args_repeats``) and in the stream (``loop_detected``). A hash made elsewhere can be
         given as ``args_hash=`` instead. Arguments JSON cannot say (a set, bytes, an object of your
-        own) are logged and sent without a hash.
+        own) are logged and sent without a hash. Not with the decorator: the same arguments for every
+        call would make each a repeat (:class:`SDKError`).
 
         Entering the call applies the guardrails first, and raises before the call is made:
         :class:`SessionLimitExceeded` when it would pass a governor's cap,
@@ -578,6 +579,11 @@ class TrackedCall:
     # -- decorator --------------------------------------------------------------------------------
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        if self._fields.get("args_hash"):
+            raise SDKError(
+                f"args given to @track on {getattr(fn, '__qualname__', fn)!r} would be the same for every call, "
+                "each then a repeat: track each call's own arguments with `with tracker.track(..., args=...)`"
+            )
         fresh = functools.partial(
             TrackedCall, self._tracker, self.estimated_usd, estimated_tokens=self.estimated_tokens,
             confirm_usd=self.confirm_usd, **self._fields,

@@ -130,3 +130,18 @@ def test_tool_calls_with_the_sdks_args_hash_take_the_fast_path(monkeypatch: pyte
     hashes = [event.args_hash or "" for event in sent.events]
     assert set(modelled) <= {n for n, digest in enumerate(hashes) if digest.isdigit()} and len(modelled) <= 2
     assert len(result.calls) == 2000 and len(set(hashes)) == 2000 and not result.rejected
+
+
+def test_args_given_to_a_decorator_are_refused_they_would_make_every_call_a_repeat() -> None:
+    tracker = Tracker(Collected())
+    with pytest.raises(SDKError, match=r"args given to @track on '.*lookup' would be the same for every call"):
+
+        @tracker.track(provider="internal", kind="tool", tool_name="lookup", args={"k": 1})
+        def lookup(k: int) -> int:
+            return k
+
+    @tracker.track(provider="internal", kind="tool", tool_name="lookup")  # without: as before
+    def lookup_plain(k: int) -> int:
+        return k
+
+    assert lookup_plain(2) == 2
