@@ -173,6 +173,9 @@ class LoopConfig(_Detector):
     """... when the last ``min_run`` tool calls are that tool, one after the other."""
     prompt_repeats: Annotated[int, Field(ge=2)] = 3
     """The same ``prompt_hash`` sent this many times in a session is a loop (retries, ``attempt`` > 1, aside)."""
+    same_args_repeats: Annotated[int, Field(ge=2)] = 3
+    """One tool called with the same ``args_hash`` this many times in a session, with no new tool call in between,
+    is a loop (retries aside); critical at three times as many."""
     session_idle_minutes: Annotated[float, Field(gt=0, le=1440)] = 30
     """A session quiet for this long is over: its incidents resolve and its state is dropped."""
 

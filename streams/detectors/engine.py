@@ -75,7 +75,7 @@ class Detectors:
         for minute, counted in self.sessions.prepare(ordered).items():
             kinds = partials.minutes.setdefault(minute, {})
             for kind, rows in ((p.SESSIONS, counted.sessions), (p.TOOLS, counted.tools),
-                               (p.PROMPT_HASHES, counted.prompts)):  # fmt: skip
+                               (p.PROMPT_HASHES, counted.prompts), (p.TOOL_ARGS, counted.tool_args)):  # fmt: skip
                 if rows:
                     kinds[kind] = rows
         partials.add(p.LATENCY, self.latency.prepare(ordered))
@@ -95,8 +95,11 @@ class Detectors:
         for minute in sorted(partials.minutes):
             kinds = partials.minutes[minute]
             self._advance(kinds.get(p.CLOCK, []))
-            counted = SessionMinute(kinds.get(p.SESSIONS, []), kinds.get(p.TOOLS, []), kinds.get(p.PROMPT_HASHES, []))
-            if counted.sessions or counted.tools or counted.prompts:
+            counted = SessionMinute(
+                kinds.get(p.SESSIONS, []), kinds.get(p.TOOLS, []), kinds.get(p.PROMPT_HASHES, []),
+                kinds.get(p.TOOL_ARGS, []),
+            )  # fmt: skip
+            if counted.sessions or counted.tools or counted.prompts or counted.tool_args:
                 self.sessions.observe(minute, counted)
             for kind, observe in self._observers:
                 rows = kinds.get(kind)

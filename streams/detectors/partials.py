@@ -41,6 +41,11 @@ TOOLS = "tools"
 """(data mode, dimension, session, tool name) of each tool call, in time order."""
 PROMPT_HASHES = "prompt_hashes"
 """(data mode, dimension, session, prompt hash) of each first attempt with a prompt hash."""
+TOOL_ARGS = "tool_args"
+"""(data mode, dimension, session, tool name, args hash) of each first attempt of a tool call with an args hash.
+
+A kind of its own, not a column more of :data:`TOOLS`: an owner of the version before it ignores it,
+and one of this version given partials without it counts no repeated arguments from them."""
 
 _FORMAT = 1
 
@@ -144,12 +149,12 @@ def _sessions(row: c.Row, owner: Owner) -> int:
     return owner(SESSIONS_OWNED, "")
 
 
-_ORDER = (SESSIONS, TOOLS, PROMPT_HASHES, LATENCY, ERRORS, SPEND, PROMPTS)
+_ORDER = (SESSIONS, TOOLS, PROMPT_HASHES, TOOL_ARGS, LATENCY, ERRORS, SPEND, PROMPTS)
 """The kinds as a piece of partials takes them (see :meth:`Partials.chunks`)."""
 
 _ROUTES: dict[str, Callable[[c.Row, Owner], int]] = {
     SPEND: _spend, LATENCY: _window, ERRORS: _errors, PROMPTS: _prompts,
-    SESSIONS: _sessions, TOOLS: _sessions, PROMPT_HASHES: _sessions,
+    SESSIONS: _sessions, TOOLS: _sessions, PROMPT_HASHES: _sessions, TOOL_ARGS: _sessions,
 }  # fmt: skip
 
 

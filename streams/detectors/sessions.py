@@ -2,8 +2,11 @@
 
 A session is the calls sharing a ``session_id``, or, for calls that carry only a ``trace_id``, one
 request. A loop is repetition, never size: more than ``same_tool_share`` of the last
-``tool_window`` tool calls being one tool (the last ``min_run`` of them in a row), or one prompt
-hash sent ``prompt_repeats`` times (retries aside). Size is ``session_budget``'s question: a session
+``tool_window`` tool calls being one tool (the last ``min_run`` of them in a row), one prompt hash
+sent ``prompt_repeats`` times, or one tool called with the same ``args_hash`` ``same_args_repeats``
+times with no new tool call in between (retries aside from both: a call the session had not made
+before is progress, so an agent that runs the tests after each new edit is no loop, one that makes
+the same edit and runs the tests again is). Size is ``session_budget``'s question: a session
 past the caps a team set for its feature or agent, or, where none are set, far outside its own
 feature's recent sessions (``outlier_factor`` times their 99th percentile), once the feature has a
 history; a healthy large-context call or a busy coding agent is normal for its feature and never
@@ -34,6 +37,8 @@ SESSION_DIMENSION = "session_dimension"
 HISTORY_LIMIT = 5000
 """Finished sessions kept per feature for its percentiles: the latest ones within ``history_days``."""
 _METRICS = ("tokens", "tool calls", "cost")
+_MOST_TOOL_CALLS = 4096
+"""Distinct (tool, args hash) calls remembered per session; past it, counting starts over."""
 
 SessionKey = tuple[str, str, str]
 """(data mode, dimension, id) of a session."""
@@ -49,6 +54,11 @@ class _Session:
     """The last tool calls' tool names, from the first tool call on."""
     prompts: Counter[str] | None = None
     """How often each prompt hash was sent (first attempts), from the first call with one on."""
+    tool_args: dict[tuple[str, str], tuple[int, int]] | None = None
+    """Per (tool name, args hash), from the first such call on (first attempts): how many times in a row it
+    was called, no new tool call in between, and :attr:`progress` then."""
+    progress: int = 0
+    """How many tool calls (with an args hash) the session made that it had not made before."""
     run_tool: str = ""
     run: int = 0
     """The latest tool and how many of the latest tool calls were it, one after the other."""
@@ -105,6 +115,8 @@ class SessionMinute:
     """(data mode, dimension, session, tool name) of each tool call, in time order."""
     prompts: list[c.Row]
     """(data mode, dimension, session, prompt hash) of each first attempt with a prompt hash."""
+    tool_args: list[c.Row] = field(default_factory=list)
+    """(data mode, dimension, session, tool name, args hash) of each first attempt of a tool call with an args hash."""
 
 
 class SessionDetector:
@@ -137,7 +149,7 @@ class SessionDetector:
         return self._loops.session_idle_minutes * 60
 
     def prepare(self, calls: pa.Table) -> dict[int, SessionMinute]:
-        """Per minute of calls (``calls.in_time_order``): its sessions' counts, tool calls and prompt hashes."""
+        """Per minute of calls (``calls.in_time_order``): its sessions' counts, tool calls, prompt and args hashes."""
         if not self.enabled:
             return {}
         # a call the SDK refused before making it (status cancelled) was never made: no repetition, no size
@@ -155,10 +167,13 @@ class SessionDetector:
             ([], "count_all"), ("tool", "sum"), (c.TOKENS, "sum"), ("cost_usd", "sum"),
         ])  # fmt: skip
         tools = c.rows_per_minute(calls.filter(calls.column("tool")), [*session, "tool_name"])
-        first_attempts = pc.and_(pc.not_equal(calls.column("prompt_hash"), ""), pc.equal(calls.column("attempt"), 1))
+        first_attempt = pc.equal(calls.column("attempt"), 1)
+        first_attempts = pc.and_(pc.not_equal(calls.column("prompt_hash"), ""), first_attempt)
         prompts = c.rows_per_minute(calls.filter(first_attempts), [*session, "prompt_hash"])
+        hashed = pc.and_(pc.and_(calls.column("tool"), pc.not_equal(calls.column("args_hash"), "")), first_attempt)
+        tool_args = c.rows_per_minute(calls.filter(hashed), [*session, "tool_name", "args_hash"])
         return {
-            minute: SessionMinute(groups, tools.get(minute, []), prompts.get(minute, []))
+            minute: SessionMinute(groups, tools.get(minute, []), prompts.get(minute, []), tool_args.get(minute, []))
             for minute, groups in sessions.items()
         }
 
@@ -192,6 +207,20 @@ class SessionDetector:
             if session.prompts is None:
                 session.prompts = Counter()
             session.prompts[prompt_hash] += 1
+        for mode, dimension, session_id, tool_name, args_hash in calls.tool_args:  # in time order
+            session = sessions[(mode, dimension, session_id)]
+            if session.tool_args is None:
+                session.tool_args = {}
+            call = (tool_name, args_hash)
+            before = session.tool_args.get(call)
+            if before is None:  # a call it never made: progress, whatever it repeated before starts afresh
+                if len(session.tool_args) >= _MOST_TOOL_CALLS:
+                    session.tool_args.clear()
+                session.progress += 1
+                times = 1
+            else:
+                times = before[0] + 1 if before[1] == session.progress else 1
+            session.tool_args[call] = (times, session.progress)
 
     def add_history(self, data_mode: str, feature: str, ended: float, metrics: tuple[float, float, float]) -> None:
         """A finished session of ``feature`` (tokens, tool calls, cost): warm-up, or a session going quiet."""
@@ -232,6 +261,11 @@ class SessionDetector:
             if times >= cfg.prompt_repeats:
                 reasons.append(f"the same prompt ({prompt[:12]}) was sent {times} times")
                 blatant = blatant or times >= 3 * cfg.prompt_repeats
+        if session.tool_args:
+            (tool, _), (times, _) = max(session.tool_args.items(), key=lambda call: call[1][0])
+            if times >= cfg.same_args_repeats:
+                reasons.append(f"it called {tool} {times} times with the same arguments")
+                blatant = blatant or times >= 3 * cfg.same_args_repeats
         # critical from the start when the repetition is already blatant: an escalation would wait in Slack
         severity: Severity = "critical" if blatant or len(reasons) >= 2 else "warning"
         return self._conclude("loop_detected", key, session, now, ended, reasons, severity, None)
@@ -386,8 +420,8 @@ class SessionDetector:
             severity=severity, sustained=sustained, value=round(session.cost, 4),
             baseline=None, threshold=round(ratio, 2) if ratio else None, window="session", message=message,
             query=(
-                "SELECT ts, agent_id, kind, if(kind = 'tool', tool_name, model) AS what, prompt_hash, attempt, "
-                "input_tokens + output_tokens AS tokens, cost_usd, status FROM llm_calls "
+                "SELECT ts, agent_id, kind, if(kind = 'tool', tool_name, model) AS what, prompt_hash, args_hash, "
+                "attempt, input_tokens + output_tokens AS tokens, cost_usd, status FROM llm_calls "
                 f"WHERE {dimension} = {sql_string(session_id)} AND data_mode = {sql_string(data_mode)} ORDER BY ts"
             ),
             at=now,

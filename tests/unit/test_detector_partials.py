@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import zlib
+from datetime import timedelta
 
 import orjson
 import pyarrow as pa
 
+from producers._args import args_hash
 from producers.demo_incidents import LOOP_SESSION, SLOW_MODEL, SPIKE_FEATURE, DemoIncidents
 from schemas.alert import Alert
 from schemas.call_event import CallEvent
@@ -107,3 +109,30 @@ def test_a_message_that_is_not_partials_is_refused_saying_so() -> None:
         Partials({7: {p.CLOCK: [["real", 2, 420.5]]}}), 3.0, (2,), (2,), {2: (5, 9)}, {2: [4]}, (1, 2)
     )
     assert PartialsMessage.decode(message.encode()) == message
+
+
+def test_repeated_tool_calls_travel_to_the_owner_of_the_sessions_and_partials_without_them_still_apply() -> None:
+    at = NOW - timedelta(hours=1)
+    same = args_hash({"q": "sso"})
+    events = [
+        CallEvent(event_id=f"a{n}", ts=at + timedelta(seconds=10 * n), provider="internal", model="search_docs",
+                  kind="tool", tool_name="search_docs", args_hash=same, session_id="s-args", cost_usd=0.0)
+        for n in range(3)
+    ]  # fmt: skip
+    one = Detectors(DetectorsConfig())
+    calls = priced(events, [0] * PARTITIONS)
+    alone = one.observe(calls)
+    assert [(a.kind, a.key) for a in alone] == [("loop_detected", "s-args")]
+
+    shares = one.prepare(calls).split(Owners(PARTITIONS), PARTITIONS)
+    holding = [n for n, share in enumerate(shares) if any(p.TOOL_ARGS in kinds for kinds in share.minutes.values())]
+    assert holding == [SESSIONS_OWNER]
+    owner = Detectors(DetectorsConfig())
+    travelled = PartialsMessage.decode(PartialsMessage(shares[SESSIONS_OWNER], 0.0).encode()).partials
+    assert shown(owner.apply(travelled)) == shown(alone)
+
+    # a worker of the version before sends no such rows: the rest applies, and no loop is made up
+    before = Partials(
+        {m: {k: rows for k, rows in kinds.items() if k != p.TOOL_ARGS} for m, kinds in travelled.minutes.items()}
+    )
+    assert Detectors(DetectorsConfig()).apply(before) == []

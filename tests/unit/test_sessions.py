@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from producers._args import args_hash
 from schemas.alert import Alert
 from schemas.call_event import CallEvent
 from schemas.config import DetectorsConfig, LoopConfig, SessionBudgetConfig
@@ -159,3 +161,56 @@ def test_calls_the_sdk_refused_are_neither_repetition_nor_size() -> None:
         traffic.tool(START + timedelta(seconds=n), "run_tests", session_id="s-gov", status="cancelled")
     config = DetectorsConfig.model_validate({"session_budget": {"caps": [{"agent_id": "coder", "max_tool_calls": 5}]}})
     assert traffic.alerts(config) == []
+
+
+def call_of(tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A tool call's fields as the SDK sends them: the arguments' args_hash, never the arguments."""
+    return {"kind": "tool", "tool_name": tool, "provider": "internal", "model": tool, "args_hash": args_hash(args)}
+
+
+def test_one_tool_with_the_same_arguments_is_a_loop_named_with_its_count_and_critical_at_three_times() -> None:
+    traffic = healthy_week(random.Random(14))
+    at = START + timedelta(days=7, hours=2)
+    for n in range(9):  # a model call between each: the agent asks again and gets the same answer
+        traffic.add(at + timedelta(seconds=20 * n), session_id="same-args", input_tokens=3000, output_tokens=200)
+        traffic.add(at + timedelta(seconds=20 * n + 5), session_id="same-args", **call_of("search_docs", {"q": "sso"}))
+    firing = [a for a in traffic.alerts() if a.status == "firing"]
+    assert {(a.kind, a.dimension, a.key) for a in firing} == {("loop_detected", "session_id", "same-args")}
+    assert "it called search_docs 3 times with the same arguments" in firing[0].message
+    assert [a.severity for a in firing] == ["warning", "critical"]  # 9 times: three times the threshold
+    assert "it called search_docs 9 times with the same arguments" in firing[1].message
+    assert "args_hash" in firing[0].query
+
+
+def test_one_tool_with_other_arguments_each_time_retries_and_progress_in_between_are_no_loop() -> None:
+    traffic = Traffic()
+    for n in range(10):  # paging through results
+        traffic.add(START + timedelta(seconds=10 * n), session_id="paging", **call_of("search_docs", {"page": n}))
+    for attempt in (1, 2, 3):  # a retry sends the same call again
+        traffic.add(START + timedelta(seconds=attempt), session_id="retried", attempt=attempt,
+                    **call_of("fetch_order", {"id": "A-1"}))  # fmt: skip
+    for n in range(6):  # a coding agent runs the tests after each new edit
+        traffic.add(START + timedelta(seconds=30 * n), session_id="edits", **call_of("run_tests", {}))
+        traffic.add(START + timedelta(seconds=30 * n + 10), session_id="edits",
+                    **call_of("edit_file", {"path": "a.py", "patch": f"fix {n}"}))  # fmt: skip
+    assert traffic.alerts() == []
+    cycle = Traffic()
+    for n in range(3):  # the same edit and the same tests, over and over: a loop on the third cycle
+        cycle.add(START + timedelta(seconds=30 * n), session_id="cycle", **call_of("run_tests", {}))
+        cycle.add(START + timedelta(seconds=30 * n + 10), session_id="cycle",
+                  **call_of("edit_file", {"path": "a.py", "patch": "fix 0"}))  # fmt: skip
+    alerts = cycle.alerts()
+    assert [(a.kind, a.key) for a in alerts] == [("loop_detected", "cycle")]
+    assert "it called edit_file 3 times with the same arguments" in alerts[0].message
+
+
+def test_the_same_arguments_rule_is_configured_in_loop_detected() -> None:
+    traffic = Traffic()
+    for n in range(4):
+        traffic.add(START + timedelta(seconds=10 * n), session_id="s-4", **call_of("lookup", {"k": 1}))
+    assert traffic.alerts(DetectorsConfig(loop_detected=LoopConfig(same_args_repeats=5))) == []
+    assert [a.severity for a in traffic.alerts(DetectorsConfig(loop_detected=LoopConfig(same_args_repeats=4)))] == [
+        "warning"
+    ]
+    with pytest.raises(ValidationError, match="same_args_repeats"):
+        LoopConfig(same_args_repeats=1)
