@@ -517,16 +517,26 @@ def kill(all_calls: bool, reason: str, **named: str | None) -> None:
 
     A guard that has read the kill keeps denying while it cannot reach Kafka, whatever its `fail`.
     """
-    from spendstream.kill_switch import kill_state, publish
+    from spendstream.kill_switch import kill_state, publish, record_change
 
     dimension, key = _kill_target(all_calls, named)
     settings = _settings()
     state = kill_state(dimension, key, reason)
     try:
+        record_change(settings, state.scope, state)  # first: a worker that starts publishes it
+    except SpendstreamError as exc:
+        unrecorded: SpendstreamError | None = exc  # the calls still stop now; a restart would lift it
+    else:
+        unrecorded = None
+    try:
         publish(settings.bootstrap, settings.topic(topics.BUDGETS), state.scope, state.model_dump_json().encode(),
                 settings.kafka_security())  # fmt: skip
     except SpendstreamError as exc:
-        raise click.ClickException(str(exc)) from exc
+        if unrecorded is not None:
+            raise click.ClickException(f"{unrecorded}; and {exc}") from exc
+        raise click.ClickException(f"{exc} (it is recorded: guards deny these calls once a worker starts)") from exc
+    if unrecorded is not None:
+        raise click.ClickException(f"set now, but a restart of up or the worker lifts it: {unrecorded}")
     click.echo(f"killed: {state.reason} (scope {state.scope}); guards deny these calls from their next check")
 
 
@@ -540,7 +550,7 @@ def unkill(all_calls: bool, timeout: float, **named: str | None) -> None:
     that are, and exits with 1.
     """
     from schemas.budget import kill_scope
-    from spendstream.kill_switch import active_kills, publish
+    from spendstream.kill_switch import active_kills, publish, record_change
 
     dimension, key = _kill_target(all_calls, named)
     settings = _settings()
@@ -558,6 +568,7 @@ def unkill(all_calls: bool, timeout: float, **named: str | None) -> None:
                 err=True,
             )
             sys.exit(1)
+        record_change(settings, scope, None)  # first: a worker that starts must not publish it again
         publish(settings.bootstrap, topic, scope, None, settings.kafka_security())
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -3,6 +3,9 @@ tool, prompt version, tenant or session (``schemas.budget.KILL_DIMENSIONS``).
 
 Setting it publishes a state the SDK's guard applies before the next call; lifting it publishes a
 tombstone, so compaction forgets it. What is set now is read from the topic as a guard reads it.
+Both are recorded in ClickHouse first (``streams.kill_switches``): a worker publishes the record again
+when it starts, so a restart of ``up`` (whose broker keeps the topic in memory) lifts nothing, and
+brings back no kill that was lifted.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from alerting.topic import send_acked
 from producers import BudgetGuard
 from schemas.budget import KILL_PREFIX, BudgetState, kill_scope
 from spendstream.exceptions import StackError
+from spendstream.settings import Settings
+from streams.kill_switches import record
 
 
 def kill_state(dimension: str | None, key: str | None, reason: str) -> BudgetState:
@@ -60,3 +65,28 @@ def active_kills(bootstrap: str, topic: str, security: dict[str, Any], timeout: 
     finally:
         guard.close()
     return sorted((state for state in states if state.scope.startswith(KILL_PREFIX)), key=lambda state: state.scope)
+
+
+def record_change(settings: Settings, scope: str, state: BudgetState | None) -> None:
+    """Record a kill switch set (``state``) or lifted (None) in ClickHouse, as a command that writes (``migrate``).
+
+    Raises:
+        StackError: ClickHouse did not take it.
+    """
+    from spendstream.clickhouse_target import admin_client
+
+    try:
+        client = admin_client(settings, database=settings.database)
+        try:
+            record(client, settings.database, state, scope)
+        finally:
+            client.close()
+    except StackError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise StackError(
+            f"the kill switch {scope} was not recorded in ClickHouse ({first})",
+            "check that `spendstream up` is running (or SPENDSTREAM_CLICKHOUSE_URL, migrated with "
+            "`spendstream migrate`) and run the command again",
+        ) from exc

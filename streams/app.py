@@ -25,6 +25,7 @@ from streams.detector_agent import DetectorOwner, register_detectors
 from streams.detectors.engine import Detectors
 from streams.detectors.routing import PartialsRouter
 from streams.ingest import Ingestor
+from streams.kill_switches import register_kill_switches
 from streams.outcomes import OutcomeIngestor
 from streams.pricing import Pricer
 
@@ -92,9 +93,10 @@ def create_app(
     )  # fmt: skip
     max_chunks = -(-config.batch_size // chunk_records)
     routing = None
+    states = app.topic(config.budgets_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
+    register_kill_switches(app, states, sink, send_until_acked)
     if budgets:
         spend = app.topic(config.budget_spend_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
-        states = app.topic(config.budgets_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
         owner = BudgetOwner(BudgetBook(budgets, config.budget_sweep_seconds), sink, config.partitions)
         register_budgets(app, spend, states, owner, alert_raiser(alerts, sink), send_until_acked)
         routing = SpendRouting(spend, budgets, config.partitions)
