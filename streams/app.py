@@ -94,7 +94,7 @@ def create_app(
     max_chunks = -(-config.batch_size // chunk_records)
     routing = None
     states = app.topic(config.budgets_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
-    register_kill_switches(app, states, sink, send_until_acked)
+    register_kill_switches(app, states, sink, send_until_acked, config.partitions)
     if budgets:
         spend = app.topic(config.budget_spend_topic, value_type=bytes, key_type=bytes, partitions=config.partitions)
         owner = BudgetOwner(BudgetBook(budgets, config.budget_sweep_seconds), sink, config.partitions)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -48,6 +49,7 @@ def register_kill_switches(
     budgets: faust.TopicT,
     sink: ClickHouseSink,
     send: Callable[[faust.TopicT, list[Any]], Awaitable[None]],
+    partitions: int,
 ) -> None:
     """At start, publish the recorded kill switches to ``budgets`` (retrying until ClickHouse answers)."""
 
@@ -64,7 +66,12 @@ def register_kill_switches(
             await send(
                 budgets,
                 [
-                    (scope.encode(), None if s is None else s.model_dump_json().encode(), None, None)
+                    (
+                        scope.encode(),
+                        None if s is None else s.model_dump_json().encode(),
+                        None,
+                        partition_of(scope, partitions),
+                    )
                     for scope, s in changed.items()
                 ],
             )
@@ -76,6 +83,13 @@ def register_kill_switches(
             ", ".join(active) or "none",
             len(published) - len(active),
         )
+
+
+def partition_of(scope: str, partitions: int) -> int:
+    """The partition ``spendstream kill`` and ``unkill`` write ``scope`` to: librdkafka's default partitioner
+    (CRC-32 of the key), not Faust's (murmur2), so that a tombstone lands on the state it removes and a
+    guard reading the partitions in any order ends with the latest of the two."""
+    return zlib.crc32(scope.encode()) % partitions
 
 
 async def _read(sink: ClickHouseSink) -> dict[str, BudgetState | None]:

@@ -72,6 +72,9 @@ def test_a_kill_switch_holds_across_restarts_of_up_and_a_lifted_one_stays_lifted
 
     lifted = cli(up, "unkill", "--agent", "coder")
     assert lifted.returncode == 0, lifted
+    guard = BudgetGuard(up.bootstrap)  # the tombstone on the partition of the state the worker published
+    assert guard.wait_ready(10) and guard.state("kill:agent_id=coder") is None
+    guard.close()
     # SIGKILL; then a kill set while `up` is down: recorded, set when it is back
     assert up.process is not None
     up.process.send_signal(signal.SIGKILL)
