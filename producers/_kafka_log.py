@@ -11,38 +11,12 @@ logging configuration decides the rest.
 from __future__ import annotations
 
 import logging
-import re
-import threading
-import time
 from typing import Any
 
-REPEAT_SECONDS = 60.0
-_COUNTERS = re.compile(r"\d+(\.\d+)?\s*ms")
-"""Parts of a line that change at each repeat (``after 0ms in state CONNECT``)."""
-
-
-class _OncePerWindow(logging.Filter):
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self._seconds = seconds
-        self._said: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        line = _COUNTERS.sub("", record.getMessage())
-        now = time.monotonic()
-        with self._lock:
-            said = self._said.get(line)
-            if said is not None and now - said < self._seconds:
-                return False
-            if len(self._said) > 1000:
-                self._said.clear()
-            self._said[line] = now
-        return True
-
+from producers.log_repeats import REPEAT_SECONDS, OncePerWindow
 
 KAFKA_LOGGER = logging.getLogger("spendstream.kafka")
-KAFKA_LOGGER.addFilter(_OncePerWindow(REPEAT_SECONDS))
+KAFKA_LOGGER.addFilter(OncePerWindow(REPEAT_SECONDS))
 
 
 def quiet_kafka_logs(config: dict[str, Any]) -> dict[str, Any]:

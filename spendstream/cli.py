@@ -78,7 +78,7 @@ def worker(log_level: str) -> None:
     try:
         config = settings.load_config()
         ensure_topics(settings.bootstrap, settings.partitions, settings.kafka_security(), settings.topic_prefix)
-        run_worker(build_app(settings, settings.bootstrap, config), log_level)
+        run_worker(build_app(settings, settings.bootstrap, config), log_level, stop_timeout=settings.stop_timeout_s)
     except SpendstreamError as exc:
         raise click.ClickException(str(exc)) from exc
 

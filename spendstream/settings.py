@@ -37,8 +37,12 @@ class Settings(BaseSettings):
     """Port of the embedded broker on 127.0.0.1."""
     partitions: int = Field(default=4, ge=1, le=1024)
     """Partitions of ``llm.calls`` when spendstream creates it."""
-    session_timeout_s: float = Field(default=6.0, ge=1, le=300)
-    """Kafka consumer session timeout: how long a dead worker holds its partitions."""
+    session_timeout_s: float | None = Field(default=None, ge=1, le=300)
+    """Kafka consumer session timeout: how long a dead worker holds its partitions. Unset: see
+    :attr:`consumer_session_timeout_s`."""
+    stop_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """How long a worker (or ``up``) may take to stop after SIGTERM or Ctrl-C; past it the process exits
+    at once, which loses nothing: what the worker had not stored is read again at its next start."""
     budget_sweep_s: float = Field(default=600.0, ge=1, le=86_400)
     """How often a worker forgets the budget keys with no spend left in their periods (a session long over),
     and removes their states from ``spendstream.budgets``."""
@@ -109,6 +113,19 @@ class Settings(BaseSettings):
     @property
     def embedded_kafka(self) -> bool:
         return self.kafka_bootstrap is None
+
+    @property
+    def consumer_session_timeout_s(self) -> float:
+        """``session_timeout_s``, or 2 s with the embedded broker and 6 s against a Kafka cluster.
+
+        The embedded broker answers a worker's first join to its group after half the session
+        timeout, so a restarted ``up`` reads again 1 s after its worker starts rather than 3 s. A
+        Kafka cluster refuses a session timeout under its ``group.min.session.timeout.ms`` (6 s
+        unless its operators lowered it).
+        """
+        if self.session_timeout_s is not None:
+            return self.session_timeout_s
+        return 2.0 if self.embedded_kafka else 6.0
 
     @property
     def embedded_clickhouse(self) -> bool:

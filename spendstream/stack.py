@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from alerting.alerter import Alerter
 from alerting.scheduled import ScheduledChecks
 from alerting.slack import Posters
 from alerting.topic import AlertTopic
+from producers.log_repeats import REPEAT_SECONDS, quiet_repeats
 from schemas import topics
 from schemas.config import SpendstreamConfig
 from sinks.clickhouse import connect
@@ -49,7 +51,7 @@ def build_app(settings: Settings, bootstrap: str, config: SpendstreamConfig) -> 
         partitions=settings.partitions,
         batch_size=settings.batch_size,
         batch_seconds=settings.batch_seconds,
-        session_timeout=settings.session_timeout_s,
+        session_timeout=settings.consumer_session_timeout_s,
         max_event_bytes=settings.max_event_bytes,
         kafka_security=settings.kafka_security(),
         app_id=settings.topic("spendstream"),
@@ -117,31 +119,41 @@ def tune_garbage_collector() -> None:
 
 
 class Worker(faust.Worker):
-    """Faust's worker, stopped in order and without its idle seconds.
+    """Faust's worker, stopped in order, without its idle seconds, and within ``stop_timeout`` seconds.
 
     ``before_stop`` (if given) runs on the first SIGTERM or SIGINT before the worker stops: ``up``
-    drains its broker there. A second signal stops the worker at once.
+    drains its broker there. A second signal stops the worker at once. A stop that has not ended
+    ``stop_timeout`` seconds after the first signal (a broker or ClickHouse that stopped answering
+    can hold Faust's stop for ever) ends the process: that is a kill, which loses nothing, since
+    what the worker had not stored is read again at its next start.
     """
 
     def __init__(
-        self, app: faust.App, *, before_stop: Callable[[], Awaitable[None]] | None = None, **kwargs: Any
+        self,
+        app: faust.App,
+        *,
+        before_stop: Callable[[], Awaitable[None]] | None = None,
+        stop_timeout: float = 10.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self._before_stop = before_stop
+        self._stop_timeout = stop_timeout
         self._stopping = False
+        self._deadline: threading.Timer | None = None
 
     def install_signal_handlers(self) -> None:
-        if self._before_stop is None:
-            super().install_signal_handlers()
-            return
+        super().install_signal_handlers()
         for stop in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(stop, self._on_stop_signal, stop)
 
     def _on_stop_signal(self, stop: signal.Signals) -> None:
         if self._stopping or self._before_stop is None:
+            self._start_deadline(stop)
             self._schedule_shutdown(stop)
             return
         self._stopping = True
+        self._start_deadline(stop)
         before_stop = self._before_stop
 
         async def then_stop() -> None:
@@ -153,16 +165,39 @@ class Worker(faust.Worker):
 
         self.add_future(then_stop())
 
+    def _start_deadline(self, stop: signal.Signals) -> None:
+        if self._deadline is not None:
+            return
+        self._deadline = threading.Timer(self._stop_timeout, _stop_now, args=(stop, self._stop_timeout))
+        self._deadline.daemon = True
+        self._deadline.start()
+
     async def _sentinel_task(self) -> None:
         # mode waits a whole second here before closing the loop, after every service has stopped.
         await asyncio.sleep(0.05)
 
 
+def _stop_now(stop: signal.Signals, timeout: float) -> None:
+    logger.error(
+        "still stopping %.0f s after %s (SPENDSTREAM_STOP_TIMEOUT_S): exiting now; "
+        "what the worker had not stored is read again at its next start",
+        timeout,
+        stop.name,
+    )
+    logging.shutdown()
+    os._exit(1)
+
+
 def run_worker(
-    app: faust.App, loglevel: str = "WARN", before_stop: Callable[[], Awaitable[None]] | None = None
+    app: faust.App,
+    loglevel: str = "WARN",
+    before_stop: Callable[[], Awaitable[None]] | None = None,
+    stop_timeout: float = 10.0,
 ) -> None:
     tune_garbage_collector()
-    worker = Worker(app, before_stop=before_stop, loglevel=loglevel, quiet=True)
+    # aiokafka says each failure to reach a broker that is gone several times a second
+    quiet_repeats("aiokafka", REPEAT_SECONDS)
+    worker = Worker(app, before_stop=before_stop, stop_timeout=stop_timeout, loglevel=loglevel, quiet=True)
     with contextlib.suppress(SystemExit):  # the worker exits the process when stopped; let callers clean up
         worker.execute_from_commandline()
 
@@ -265,7 +300,12 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
         app = build_app(settings, settings.bootstrap, config)
         if broker is not None:
             _open_on_assignment(app, broker)
-        run_worker(app, loglevel, before_stop=_drain_in_order(app, broker) if broker is not None else None)
+        run_worker(
+            app,
+            loglevel,
+            before_stop=_drain_in_order(app, broker) if broker is not None else None,
+            stop_timeout=settings.stop_timeout_s,
+        )
     finally:
         alerter_stop.set()
         if endpoint is not None:

@@ -78,7 +78,7 @@ def create_app(
         topic_partitions=config.partitions,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=config.session_timeout,
-        broker_heartbeat_interval=max(1.0, config.session_timeout / 5),
+        broker_heartbeat_interval=config.session_timeout / 5,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=2 * CHUNKS_PER_BATCH,
         broker_max_poll_records=config.batch_size,
