@@ -82,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         broker: EmbeddedBroker | None = None
-        env = {"SPENDSTREAM_SESSION_TIMEOUT_S": os.environ.get("SPENDSTREAM_SESSION_TIMEOUT_S", "6")}
+        env = {k: v for k, v in os.environ.items() if k == "SPENDSTREAM_SESSION_TIMEOUT_S"}  # else the default
         if options.embedded:
             port = free_port()
             make: type[UpProcess] = EmbeddedUpProcess

@@ -109,6 +109,7 @@ class BudgetGuard:
                 "group.id": f"spendstream-guard-{id(self):x}",  # never commits: it always reads from the start
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",  # a position past a new, shorter log: from its start
                 "error_cb": self._on_error,
                 **(kafka_config or {}),
             }
@@ -244,14 +245,25 @@ class BudgetGuard:
         rest = "other calls are allowed (fail open)" if self._fail == "open" else "other calls are denied (fail closed)"
         return f"kill switches and denying budgets read before hold, {rest}"
 
-    def _reached(self, consumer: Consumer) -> None:
+    def _reached(self, consumer: Consumer) -> bool:
         """Whether the brokers answer again while no record arrives (nothing new on the topic)."""
         try:
             consumer.list_topics(self._topic, timeout=1)
         except KafkaException:
-            return
+            return False
+        return True
+
+    def _read_again(self, consumer: Consumer) -> None:
+        """After an outage, read the topic again from its start.
+
+        The brokers may have come back empty (a restarted embedded broker, whose worker publishes
+        the kill switches and budget states again) or failed over: a position kept from before
+        would then skip what was published since, or lie past the new end. States read before
+        hold until a newer one (or a tombstone) replaces them.
+        """
         self._brokers_down = False
-        logger.info("spendstream guard: reached the brokers again")
+        logger.info("spendstream guard: reached the brokers again; reading %s again from its start", self._topic)
+        self._assign(consumer)
 
     def _run(self) -> None:
         consumer = Consumer(self._config)
@@ -260,10 +272,12 @@ class BudgetGuard:
             while not self._stop.is_set():
                 message = consumer.poll(0.5)
                 if message is None:
-                    if self._brokers_down:
-                        self._reached(consumer)
+                    if self._brokers_down and self._reached(consumer):
+                        self._read_again(consumer)
                     continue
-                self._brokers_down = False
+                if self._brokers_down:  # this record is read again, in order
+                    self._read_again(consumer)
+                    continue
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:

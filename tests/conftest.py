@@ -159,6 +159,8 @@ class EmbeddedUpProcess(UpProcess):
     def __init__(self, home: Path, broker_port: int, extra_env: dict[str, str]) -> None:
         super().__init__(home, "", extra_env)
         del self.env["SPENDSTREAM_KAFKA_BOOTSTRAP"]
+        if "SPENDSTREAM_SESSION_TIMEOUT_S" not in extra_env:  # the embedded broker's own default, as users run it
+            del self.env["SPENDSTREAM_SESSION_TIMEOUT_S"]
         self.broker_port = broker_port
         self.env["SPENDSTREAM_BROKER_PORT"] = str(broker_port)
 
