@@ -2,7 +2,8 @@
 tool, prompt version, tenant or session (``schemas.budget.KILL_DIMENSIONS``).
 
 Setting it publishes a state the SDK's guard applies before the next call; lifting it publishes a
-tombstone, so compaction forgets it. What is set now is read from the topic as a guard reads it.
+tombstone, so compaction forgets it. What is set now is read from the topic as a guard reads it, and
+from the record below (which a restarted worker has not published yet).
 Both are recorded in ClickHouse first (``streams.kill_switches``): a worker publishes the record again
 when it starts, so a restart of ``up`` (whose broker keeps the topic in memory) lifts nothing, and
 brings back no kill that was lifted.
@@ -10,6 +11,7 @@ brings back no kill that was lifted.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +22,9 @@ from producers import BudgetGuard
 from schemas.budget import KILL_PREFIX, BudgetState, kill_scope
 from spendstream.exceptions import StackError
 from spendstream.settings import Settings
-from streams.kill_switches import record
+from streams.kill_switches import record, recorded
+
+logger = logging.getLogger(__name__)
 
 
 def kill_state(dimension: str | None, key: str | None, reason: str) -> BudgetState:
@@ -65,6 +69,26 @@ def active_kills(bootstrap: str, topic: str, security: dict[str, Any], timeout: 
     finally:
         guard.close()
     return sorted((state for state in states if state.scope.startswith(KILL_PREFIX)), key=lambda state: state.scope)
+
+
+def recorded_kills(settings: Settings) -> list[BudgetState]:
+    """The kill switches the ClickHouse record says are set (by scope); none when it cannot be read.
+
+    Right after a restart of ``up`` the topic may not hold them yet: the worker publishes them again
+    once it has joined its group.
+    """
+    from spendstream.clickhouse_target import admin_client
+
+    try:
+        client = admin_client(settings, database=settings.database)
+        try:
+            found = recorded(client, settings.database)
+        finally:
+            client.close()
+    except Exception as exc:
+        logger.info("the kill switches' record in ClickHouse cannot be read: %s", exc)
+        return []
+    return sorted((state for state in found.values() if state is not None), key=lambda state: state.scope)
 
 
 def record_change(settings: Settings, scope: str, state: BudgetState | None) -> None:

@@ -99,3 +99,32 @@ def test_a_kill_switch_holds_across_restarts_of_up_and_a_lifted_one_stays_lifted
         f"\na new guard read the kill {after_sigterm:.1f} s after `up` answered SQL (SIGTERM), "
         f"{after_sigkill:.1f} s (SIGKILL)"
     )
+
+
+def test_a_kill_lifted_while_up_is_down_stays_lifted_when_it_is_back(
+    start_embedded_up: Callable[..., EmbeddedUpProcess], tmp_path: Path
+) -> None:
+    """`unkill` reads the kill switches' record as well as the topic: the record holds when no broker answers."""
+    up = start_embedded_up(tmp_path / "home")
+    assert cli(up, "kill", "--agent", "coder", "--reason", "loops on order_status").returncode == 0
+    assert cli(up, "kill", "--agent", "planner", "--reason", "plans forever").returncode == 0
+    assert up.process is not None
+    up.process.send_signal(signal.SIGTERM)
+    up.process.wait(30)
+    while port_open("127.0.0.1", up.broker_port):
+        time.sleep(0.1)
+
+    lifted = cli(up, "unkill", "--agent", "coder", "--timeout", "3")
+    assert lifted.returncode == 1, lifted
+    assert "it is recorded as lifted: guards allow these calls once a worker starts" in lifted.stderr, lifted
+    typo = cli(up, "unkill", "--agent", "coder", "--timeout", "3")
+    assert typo.returncode == 1 and "cannot read the kill switches" in typo.stderr, typo
+
+    up = start_embedded_up(up.home, broker_port=up.broker_port)
+    guard, _ = guard_seeing(up, "kill:agent_id=planner")  # the worker has published the record
+    try:
+        assert guard.check(agent_id="planner").action == "deny"
+        assert guard.check(agent_id="coder").action == "allow"
+        assert guard.state("kill:agent_id=coder") is None
+    finally:
+        guard.close()
