@@ -197,7 +197,10 @@ def run_worker(
     tune_garbage_collector()
     # aiokafka says each failure to reach a broker that is gone several times a second
     quiet_repeats("aiokafka", REPEAT_SECONDS)
-    worker = Worker(app, before_stop=before_stop, stop_timeout=stop_timeout, loglevel=loglevel, quiet=True)
+    # stderr as it is: redirected into logging, a traceback became one log line per fragment
+    worker = Worker(
+        app, before_stop=before_stop, stop_timeout=stop_timeout, loglevel=loglevel, quiet=True, redirect_stdouts=False
+    )
     with contextlib.suppress(SystemExit):  # the worker exits the process when stopped; let callers clean up
         worker.execute_from_commandline()
 
