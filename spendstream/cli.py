@@ -517,9 +517,16 @@ def kill(all_calls: bool, reason: str, **named: str | None) -> None:
 
     A guard that has read the kill keeps denying while it cannot reach Kafka, whatever its `fail`.
     """
+    from schemas.privacy import redact
     from spendstream.kill_switch import kill_state, publish, record_change
 
     dimension, key = _kill_target(all_calls, named)
+    if (screened := redact(reason)) != reason:
+        raise click.BadParameter(
+            f"it holds personal data or a secret (screened: {screened!r}); every guard it stops reports it, "
+            "and `spendstream budgets` lists it: say why without them",
+            param_hint="--reason",
+        )
     settings = _settings()
     state = kill_state(dimension, key, reason)
     try:
