@@ -120,13 +120,45 @@ class UpProcess:
         self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it still runs 20 s later."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class WorkerProcess:
+    """A ``spendstream worker`` process writing to the engine of ``up`` over its SQL endpoint, as admin.
+
+    It reads the broker and topics of ``up`` (its environment), unless ``extra_env`` says otherwise.
+    """
+
+    def __init__(self, up: UpProcess, home: Path, extra_env: dict[str, str] | None = None) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        token = (up.home / "sql-admin-token").read_text().strip()
+        self.env = {
+            **up.env,
+            "SPENDSTREAM_HOME": str(home),
+            "SPENDSTREAM_CLICKHOUSE_URL": f"http://admin:{token}@127.0.0.1:{up.sql_port}/spendstream",
+            **(extra_env or {}),
+        }
+        self.log = home / "worker.log"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "spendstream.cli", "worker", "--log-level", "INFO"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=home,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        stop_process(self.process)
 
 
 @pytest.fixture
@@ -143,6 +175,21 @@ def start_up(broker: str, tmp_path: Path) -> Iterator[Callable[..., UpProcess]]:
     yield factory
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``spendstream worker`` processes beside an ``up`` (see :class:`WorkerProcess`); stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def factory(up: UpProcess, home: Path, **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess(up, home, extra_env)
+        started.append(worker)
+        return worker
+
+    yield factory
+    for worker in started:
+        worker.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -20,26 +19,11 @@ import orjson
 import pytest
 
 from producers import Emitter
-from tests.conftest import UpProcess
+from tests.conftest import UpProcess, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 PER_PHASE = 200
-
-
-def start_worker(server: UpProcess, prefix: str, log: Path) -> subprocess.Popen[bytes]:
-    token = (server.home / "sql-admin-token").read_text().strip()
-    env = {
-        **server.env,
-        "SPENDSTREAM_HOME": str(log.parent / "worker-home"),
-        "SPENDSTREAM_CLICKHOUSE_URL": f"http://admin:{token}@127.0.0.1:{server.sql_port}/spendstream",
-        "SPENDSTREAM_TOPIC_PREFIX": prefix,
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "spendstream.cli", "worker", "--log-level", "INFO"],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
 
 
 def emit(emitter: Emitter, phase: str) -> None:
@@ -54,13 +38,13 @@ def emit(emitter: Emitter, phase: str) -> None:
 
 
 def test_a_worker_stops_while_clickhouse_is_down_and_stores_everything_once_after(
-    start_up: Callable[..., UpProcess], broker: str, tmp_path: Path
+    start_up: Callable[..., UpProcess], start_worker: Callable[..., WorkerProcess], broker: str, tmp_path: Path
 ) -> None:
     home = tmp_path / "server"
     server = start_up(home)
     prefix = f"o{uuid.uuid4().hex[:8]}."
-    log = tmp_path / "worker.log"
-    worker = start_worker(server, prefix, log)
+    worker = start_worker(server, tmp_path / "worker-home", SPENDSTREAM_TOPIC_PREFIX=prefix)
+    log = worker.log
     emitter = Emitter(broker, topic=prefix + "llm.calls")
     try:
         emit(emitter, "before")
@@ -75,30 +59,23 @@ def test_a_worker_stops_while_clickhouse_is_down_and_stores_everything_once_afte
             time.sleep(0.1)
         assert failing in log.read_text(), "the worker never tried to write during the outage"
 
-        worker.send_signal(signal.SIGTERM)
+        worker.process.send_signal(signal.SIGTERM)
         try:
-            code = worker.wait(60)
+            code = worker.process.wait(60)
         except subprocess.TimeoutExpired:
-            worker.kill()
+            worker.process.kill()
             pytest.fail(f"the worker hung on SIGTERM while ClickHouse was down:\n{log.read_text()[-3000:]}")
         assert code == 0
         assert "stopping with events not stored yet" in log.read_text()
 
         back = start_up(home)  # ClickHouse is back, on the same data
-        worker = start_worker(back, prefix, log)
+        start_worker(back, tmp_path / "worker-home", SPENDSTREAM_TOPIC_PREFIX=prefix)
         stored = back.wait_for(query, 2 * PER_PHASE, timeout=90)
-        client = back.client()
-        distinct = client.query("SELECT uniqExact(event_id) FROM llm_calls WHERE feature = 'outage.test'")
-        rollup = client.query(
-            "SELECT sum(calls) FROM rollup_day WHERE dimension = 'feature' AND key = 'outage.test'"
-        ).result_rows[0][0]
+        # the rollups take a batch after llm_calls shows it (its insert runs the views): wait for them too
+        rollup_query = "SELECT sum(calls) FROM rollup_day WHERE dimension = 'feature' AND key = 'outage.test'"
+        rollup = back.wait_for(rollup_query, 2 * PER_PHASE, timeout=30)
+        distinct = back.client().query("SELECT uniqExact(event_id) FROM llm_calls WHERE feature = 'outage.test'")
         print(f"\nClickHouse down under a worker: SIGTERM stopped it (exit {code}); {stored} of {2 * PER_PHASE} stored")
         assert (stored, distinct.result_rows[0][0], rollup) == (2 * PER_PHASE, 2 * PER_PHASE, 2 * PER_PHASE)
     finally:
         emitter.close(timeout=10)
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()

@@ -14,11 +14,9 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,7 +27,7 @@ from schemas.config import DetectorsConfig
 from streams.detectors.engine import Detectors
 from streams.ingest import Ingestor, RawEvent
 from streams.pricing import Pricer
-from tests.conftest import UpProcess
+from tests.conftest import UpProcess, WorkerProcess
 from tests.detector_traffic import CONFIG, LOOP_SESSION, SLOW_MODEL, SPIKE_FEATURE, STORM_MODEL, encoded, events
 
 pytestmark = pytest.mark.integration
@@ -60,48 +58,6 @@ def expected(calls: list[tuple[bytes, str]]) -> set[Incident]:
     stored = Ingestor(Pricer([]), "llm.calls").process(raws).calls.columns
     detectors = Detectors(DetectorsConfig.model_validate(yaml.safe_load(CONFIG)["detectors"]))
     return worst([(a.kind, a.dimension, a.key, a.severity) for a in detectors.observe(stored) if a.status == "firing"])
-
-
-class Worker:
-    """A `spendstream worker` process writing to `up`'s engine over its SQL endpoint."""
-
-    def __init__(self, up: UpProcess, home: Path) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        token = (up.home / "sql-admin-token").read_text().strip()
-        self.env = {
-            **up.env,
-            "SPENDSTREAM_HOME": str(home),
-            "SPENDSTREAM_CLICKHOUSE_URL": f"http://admin:{token}@127.0.0.1:{up.sql_port}/spendstream",
-        }
-        self.log = home / "worker.log"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "spendstream.cli", "worker", "--log-level", "INFO"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=home,
-            )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@pytest.fixture
-def start_worker() -> Iterator[Callable[[UpProcess, Path], Worker]]:
-    started: list[Worker] = []
-
-    def factory(up: UpProcess, home: Path) -> Worker:
-        worker = Worker(up, home)
-        started.append(worker)
-        return worker
-
-    yield factory
-    for worker in started:
-        worker.stop()
 
 
 def joined(logs: list[Path], timeout: float = 60) -> None:
@@ -154,6 +110,18 @@ def raised(up: UpProcess, want: set[Incident], calls: int, timeout: float = 90) 
     return found
 
 
+def up_and_workers(
+    start_up: Callable[..., UpProcess], start_worker: Callable[..., WorkerProcess], home: Path, workers: int
+) -> tuple[UpProcess, list[WorkerProcess]]:
+    """``up`` with the detectors' config and ``workers`` more workers beside it, once they share the partitions."""
+    config = home.parent / f"{home.name}.yaml"
+    config.write_text(CONFIG)
+    up = start_up(home=home, SPENDSTREAM_CONFIG=str(config))
+    started = [start_worker(up, home.parent / f"{home.name}-worker-{n}") for n in range(workers)]
+    joined([up.log, *(worker.log for worker in started)])
+    return up, started
+
+
 @pytest.fixture
 def traffic() -> tuple[list[tuple[bytes, str]], set[Incident]]:
     calls = encoded(events())
@@ -167,19 +135,13 @@ def traffic() -> tuple[list[tuple[bytes, str]], set[Incident]]:
 
 def test_one_worker_and_three_raise_the_same_incidents(
     start_up: Callable[..., UpProcess],
-    start_worker: Callable[[UpProcess, Path], Worker],
+    start_worker: Callable[..., WorkerProcess],
     traffic: tuple[list[tuple[bytes, str]], set[Incident]],
     tmp_path: Path,
 ) -> None:
     calls, want = traffic
-    config = tmp_path / "spendstream.yaml"
-    config.write_text(CONFIG)
-    alone = start_up(home=tmp_path / "alone", SPENDSTREAM_CONFIG=str(config))
-    three = start_up(home=tmp_path / "three", SPENDSTREAM_CONFIG=str(config))
-    for n in range(2):
-        start_worker(three, tmp_path / f"worker-{n}")
-    joined([alone.log])
-    joined([three.log, *(tmp_path / f"worker-{n}" / "worker.log" for n in range(2))])
+    alone, _ = up_and_workers(start_up, start_worker, tmp_path / "alone", 0)
+    three, _ = up_and_workers(start_up, start_worker, tmp_path / "three", 2)
     emit(alone, calls)
     emit(three, calls)
 
@@ -189,16 +151,12 @@ def test_one_worker_and_three_raise_the_same_incidents(
 
 def test_a_worker_killed_mid_stream_changes_nothing(
     start_up: Callable[..., UpProcess],
-    start_worker: Callable[[UpProcess, Path], Worker],
+    start_worker: Callable[..., WorkerProcess],
     traffic: tuple[list[tuple[bytes, str]], set[Incident]],
     tmp_path: Path,
 ) -> None:
     calls, want = traffic
-    config = tmp_path / "spendstream.yaml"
-    config.write_text(CONFIG)
-    up = start_up(home=tmp_path / "up", SPENDSTREAM_CONFIG=str(config))
-    workers = [start_worker(up, tmp_path / f"worker-{n}") for n in range(2)]
-    joined([up.log, *(worker.log for worker in workers)])
+    up, workers = up_and_workers(start_up, start_worker, tmp_path / "up", 2)
     half = len(calls) // 2
     emit(up, calls[:half])
     deadline = time.monotonic() + 60
