@@ -407,9 +407,11 @@ class SqlEndpoint:
                 return
         with self._sessions.session(setup) as client:
             # formatQuery parses exactly one statement: chDB would run every statement of "a; b"
-            client.raw_query(f"SELECT formatQuerySingleLine({sql_string(sql)})", use_database=False)
+            formatted = client.raw_query(
+                f"SELECT formatQuerySingleLine({sql_string(sql)})", fmt="RawBLOB", use_database=False
+            )
             ast = client.raw_query(f"EXPLAIN AST {sql}", parameters=parameters, use_database=False)
-        check_statement(ast.decode(errors="replace"), self.database, may_insert=self.writable)
+        check_statement(ast.decode(errors="replace"), self.database, self.writable, formatted.decode(errors="replace"))
         with self._inspected_lock:  # dashboards send the same queries again and again: parse each once
             self._inspected[key] = None
             while len(self._inspected) > _INSPECTED_QUERIES:

@@ -20,6 +20,7 @@ The same limits for a ClickHouse server are a settings profile and a role: :func
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from spendstream.exceptions import QueryRefused
@@ -28,11 +29,18 @@ SAFE_SYSTEM_TABLES = frozenset(
     {
         "one", "numbers", "numbers_mt", "zeros", "zeros_mt", "databases", "tables", "columns", "functions",
         "table_functions", "formats", "data_type_families", "time_zones", "settings", "table_engines",
-        "aggregate_function_combinators", "keywords", "build_options", "collations",
+        "aggregate_function_combinators", "keywords", "collations",
     }
 )  # fmt: skip
 """System tables a reader may query: what dashboards and clients read to find their way (no other
-queries, no server paths, no logs)."""
+queries, no logs, no build details; the server paths in ``tables`` and ``databases`` are
+:data:`PATH_COLUMNS`)."""
+
+PATH_COLUMNS = frozenset({"data_path", "data_paths", "metadata_path"})
+"""Columns of ``system.tables`` and ``system.databases`` that hold paths on the host (they show
+``SPENDSTREAM_HOME``, where the admin token lives): a query of those tables must name its columns."""
+_PATH_TABLES = frozenset({"system.tables", "system.databases"})
+_ALL_COLUMNS = frozenset({"Asterisk", "QualifiedAsterisk", "ColumnsRegexpMatcher", "QualifiedColumnsRegexpMatcher"})
 
 SAFE_TABLE_FUNCTIONS = frozenset(
     {"numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generate_series", "generateseries", "null", "view"}
@@ -43,23 +51,74 @@ HOST_FUNCTIONS = frozenset(
     {
         "file", "catboostevaluate", "getclienthttpheader", "getserversetting", "getmacro", "hascolumnintable",
         "joinget", "joingetornull", "generateserialid", "filesystemavailable", "filesystemcapacity",
-        "filesystemunreserved", "hostname", "fqdn", "dictionary",
+        "filesystemunreserved", "hostname", "fqdn", "fullhostname", "dictionary", "getoskernelversion", "serveruuid",
+        "getserverport", "tcpport", "displayname", "uptime", "buildid",
     }
 )  # fmt: skip
-"""Scalar functions (lower case) that read the host, other tables by name, or server configuration."""
+"""Scalar functions (lower case) that read the host, other tables by name, or server configuration.
+
+Refused too are those that describe the machine rather than the data (kernel release, host names,
+disk sizes, ports, server id, uptime): they help nobody read spend and help an attacker aim.
+``version()`` stays: clients ask it to know which SQL they may send, and it names only the engine."""
+_HOST_FUNCTION_PREFIXES = ("dict", "filesystem")
 
 FORMAT_SETTINGS = frozenset(
     {
         "max_block_size", "extremes", "totals_mode", "join_use_nulls", "session_timezone", "date_time_output_format",
-        "date_time_input_format", "output_format_json_quote_64bit_integers", "prefer_column_name_to_alias",
-        "union_default_mode", "aggregate_functions_null_for_empty", "transform_null_in", "insert_deduplicate",
+        "date_time_input_format", "prefer_column_name_to_alias", "union_default_mode",
+        "aggregate_functions_null_for_empty", "transform_null_in", "insert_deduplicate",
         "cancel_http_readonly_queries_on_client_close", "http_zlib_compression_level",
         "result_overflow_mode", "timeout_overflow_mode", "read_overflow_mode",
+        "output_format_json_quote_64bit_integers", "output_format_json_quote_64bit_floats",
+        "output_format_json_quote_decimals", "output_format_json_quote_denormals",
+        "output_format_json_escape_forward_slashes", "output_format_json_named_tuples_as_objects",
+        "output_format_json_array_of_rows", "output_format_json_validate_utf8", "output_format_write_statistics",
+        "output_format_decimal_trailing_zeros", "output_format_csv_crlf_end_of_line",
+        "output_format_tsv_crlf_end_of_line", "output_format_pretty_max_rows",
+        "output_format_pretty_max_column_pad_width",
+        "output_format_pretty_max_value_width", "output_format_pretty_color", "output_format_pretty_grid_charset",
+        "output_format_pretty_row_numbers", "output_format_arrow_string_as_string",
+        "output_format_arrow_low_cardinality_as_dictionary", "output_format_parquet_string_as_string",
+        "output_format_native_encode_types_in_binary_format", "output_format_native_write_json_as_string",
+        "output_format_binary_encode_types_in_binary_format", "output_format_binary_write_json_as_string",
+        "format_csv_delimiter", "format_csv_allow_single_quotes", "format_csv_allow_double_quotes",
+        "format_csv_null_representation", "format_tsv_null_representation", "format_custom_escaping_rule",
+        "format_custom_field_delimiter", "format_custom_row_before_delimiter", "format_custom_row_after_delimiter",
+        "format_custom_row_between_delimiter", "format_custom_result_before_delimiter",
+        "format_custom_result_after_delimiter", "input_format_null_as_default", "input_format_skip_unknown_fields",
+        "input_format_import_nested_json", "input_format_defaults_for_omitted_fields",
+        "input_format_tsv_empty_as_default", "input_format_csv_empty_as_default",
     }
 )  # fmt: skip
-"""Settings a client may send that change how results look, never what may be read or how much."""
-FORMAT_SETTING_PREFIXES = ("output_format_", "input_format_", "format_")
+"""Settings a client may send that change how results look (or, when anonymous writes are on, how
+rows are read), never what may be read or how much. An explicit list, no prefixes: settings such as
+``format_schema``, ``format_template_*`` and ``output_format_schema`` name files on the host, and a
+new engine release adds settings nobody has looked at."""
 _OVERFLOW_MODES = frozenset({"throw", "break"})
+
+OUTPUT_FORMATS = frozenset(
+    {
+        "Arrow", "ArrowStream", "Avro", "BSONEachRow", "CSV", "CSVWithNames", "CSVWithNamesAndTypes", "CustomSeparated",
+        "CustomSeparatedWithNames", "CustomSeparatedWithNamesAndTypes", "JSON", "JSONColumns",
+        "JSONColumnsWithMetadata", "JSONCompact", "JSONCompactColumns", "JSONCompactEachRow",
+        "JSONCompactEachRowWithNames", "JSONCompactEachRowWithNamesAndTypes", "JSONCompactEachRowWithProgress",
+        "JSONCompactStrings", "JSONCompactStringsEachRow", "JSONCompactStringsEachRowWithNames",
+        "JSONCompactStringsEachRowWithNamesAndTypes", "JSONCompactStringsEachRowWithProgress", "JSONEachRow",
+        "JSONEachRowWithProgress", "JSONL", "JSONLines", "JSONObjectEachRow", "JSONStrings", "JSONStringsEachRow",
+        "JSONStringsEachRowWithProgress", "LineAsString", "Markdown", "MD", "MsgPack", "Native", "NDJSON", "Null",
+        "ORC", "Parquet", "Pretty", "PrettyCompact", "PrettyCompactMonoBlock", "PrettyCompactNoEscapes",
+        "PrettyCompactNoEscapesMonoBlock", "PrettyJSONEachRow", "PrettyJSONLines", "PrettyMonoBlock", "PrettyNDJSON",
+        "PrettyNoEscapes", "PrettyNoEscapesMonoBlock", "PrettySpace", "PrettySpaceMonoBlock", "PrettySpaceNoEscapes",
+        "PrettySpaceNoEscapesMonoBlock", "Raw", "RawBLOB", "RawWithNames", "RawWithNamesAndTypes", "RowBinary",
+        "RowBinaryWithNames", "RowBinaryWithNamesAndTypes", "SQLInsert", "TSKV", "TSV", "TSVRaw", "TSVRawWithNames",
+        "TSVRawWithNamesAndTypes", "TSVWithNames", "TSVWithNamesAndTypes", "TabSeparated", "TabSeparatedRaw",
+        "TabSeparatedRawWithNames", "TabSeparatedRawWithNamesAndTypes", "TabSeparatedWithNames",
+        "TabSeparatedWithNamesAndTypes", "Values", "Vertical", "XML",
+    }
+)  # fmt: skip
+"""Output formats of the engine a client may name in ``default_format`` (admin too): those that need
+no schema or template file (``Protobuf*``, ``CapnProto``, ``Template`` are left out)."""
+_OUTPUT_FORMATS_BY_LOWER = {name.lower(): name for name in OUTPUT_FORMATS}
 
 _READ_STATEMENTS = frozenset(
     {
@@ -69,6 +128,19 @@ _READ_STATEMENTS = frozenset(
     }
 )  # fmt: skip
 _WRITE_STATEMENTS = frozenset({"InsertQuery"})
+_STATEMENTS = _READ_STATEMENTS | _WRITE_STATEMENTS
+"""A Literal right under one of these is a file: ``INTO OUTFILE '...'`` (any statement), ``FROM INFILE '...'``."""
+_SHOW_LISTS = re.compile(r"^SHOW\s+(?:FULL\s+)?(?:TEMPORARY\s+)?(?:TABLES|DATABASES|SETTINGS|CHANGED\s+SETTINGS)\b")
+"""The forms of ``SHOW`` (EXPLAIN AST calls them all ShowTables) that read only the catalogue tables
+allowed: ``SHOW MERGES``, ``CLUSTERS``, ``DICTIONARIES``, ``FILESYSTEM CACHES``... read others."""
+_NAME = r"(`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\"|\w+)"
+_SHOW_COLUMNS = re.compile(
+    rf"^SHOW\s+(?:EXTENDED\s+)?(?:FULL\s+)?(?:COLUMNS|FIELDS|INDEX|INDEXES|INDICES|KEYS)\s+FROM\s+{_NAME}(?:\s+FROM\s+{_NAME})?",
+    re.IGNORECASE,
+)
+_NAMED_TABLE_STATEMENTS = frozenset(
+    {"ShowCreateTableQuery", "ShowCreateViewQuery", "ExistsTableQuery", "ExistsViewQuery"}
+)
 _TABLE_FUNCTION_PARENTS = frozenset({"TableExpression", "InsertQuery"})
 _SELECT_CHILDREN = frozenset({"ExpressionList", "Identifier"})  # a FORMAT is an Identifier; INTO OUTFILE a Literal
 
@@ -120,6 +192,25 @@ class QueryLimits:
         }
 
 
+def output_format(name: str) -> str:
+    """``name`` as the engine spells it, if it is one of :data:`OUTPUT_FORMATS` (any case).
+
+    The format is appended to the query text (``... FORMAT <name>``), so nothing else may pass.
+
+    Raises:
+        QueryRefused: an unknown format, or one outside the list (code 73, UNKNOWN_FORMAT).
+    """
+    known = _OUTPUT_FORMATS_BY_LOWER.get(name.lower())
+    if known is None:
+        raise QueryRefused(
+            f"default_format {name[:64]!r} is not an output format this endpoint serves",
+            "send one of TabSeparated, CSV, JSON, JSONEachRow, JSONCompact, Native, Parquet, ... "
+            "(the formats of system.formats that need no schema file)",
+            code=73,
+        )
+    return known
+
+
 def client_settings(requested: dict[str, str], limits: QueryLimits) -> dict[str, str]:
     """The settings a client who is not ``admin`` asked for, if it may have them.
 
@@ -139,11 +230,13 @@ def client_settings(requested: dict[str, str], limits: QueryLimits) -> dict[str,
         elif name.endswith("_overflow_mode"):
             if name not in FORMAT_SETTINGS or value not in _OVERFLOW_MODES:
                 raise QueryRefused(f"setting {name}={value!r} is not allowed", "use throw or break")
-        elif name not in FORMAT_SETTINGS and not name.startswith(FORMAT_SETTING_PREFIXES):
+        elif name not in FORMAT_SETTINGS:
             raise QueryRefused(
                 f"setting {name!r} is not allowed on this endpoint",
-                "send only output-format settings (output_format_*, date_time_output_format, max_block_size, ...) "
-                "or lower a limit (max_execution_time, max_result_rows, ...)",
+                "send only the output-format settings listed in spendstream.sql_policy.FORMAT_SETTINGS "
+                "(output_format_json_quote_64bit_integers, format_csv_delimiter, date_time_output_format, "
+                "max_block_size, ...) or lower a limit (max_execution_time, max_result_rows, ...); settings that "
+                "name files (format_schema, format_template_*, output_format_schema) are never allowed",
             )
         allowed[name] = value
     return allowed
@@ -173,13 +266,15 @@ def _nodes(ast: str) -> list[_Node]:
     return nodes
 
 
-def check_statement(ast: str, database: str, may_insert: bool) -> None:
+def check_statement(ast: str, database: str, may_insert: bool, formatted: str = "") -> None:
     """Refuse a statement whose tree (``EXPLAIN AST``) leaves the sandbox.
 
     Args:
         ast: the engine's ``EXPLAIN AST`` of the one statement (after ``formatQuery`` accepted it).
         database: spendstream's database: the only one whose tables may be read (or written).
         may_insert: anonymous writes are switched on: ``INSERT`` into ``database`` is allowed too.
+        formatted: the engine's ``formatQuerySingleLine`` of the statement: ``EXPLAIN AST`` leaves out
+            what a ``SHOW`` reads (``SHOW MERGES`` and ``SHOW TABLES`` are both ShowTables), this has it.
 
     Raises:
         QueryRefused: what is not allowed, and what is.
@@ -195,13 +290,30 @@ def check_statement(ast: str, database: str, may_insert: bool) -> None:
             "send SELECT, SHOW, DESCRIBE, EXISTS or EXPLAIN; administration goes through `spendstream` commands",
             code=164,
         )
+    _check_show(nodes, formatted, database)
+    reads_paths = any(node.kind == "TableIdentifier" and node.name in _PATH_TABLES for node in nodes)
     for node in nodes:
         if node.kind == "Set":
             raise QueryRefused(
                 "a SETTINGS clause is not allowed here", "send settings as URL parameters (?max_result_rows=1000)"
             )
-        if node.parent == "SelectWithUnionQuery" and node.kind not in _SELECT_CHILDREN:
-            raise QueryRefused("INTO OUTFILE is not allowed: results go back to you", "drop INTO OUTFILE")
+        if (node.parent == "SelectWithUnionQuery" and node.kind not in _SELECT_CHILDREN) or (
+            node.parent in _STATEMENTS and node.kind == "Literal"
+        ):
+            raise QueryRefused(
+                "INTO OUTFILE and FROM INFILE are not allowed, with any statement: results go back to you, and "
+                "rows to insert come in the request",
+                "drop INTO OUTFILE (or FROM INFILE)",
+            )
+        if reads_paths and (
+            node.kind in _ALL_COLUMNS
+            or (node.kind == "Identifier" and node.name.rpartition(".")[2].lower() in PATH_COLUMNS)
+        ):
+            raise QueryRefused(
+                f"the columns {', '.join(sorted(PATH_COLUMNS))} of {' and '.join(sorted(_PATH_TABLES))} are not "
+                "readable here (they show paths on the host), and neither is * or COLUMNS(...) on those tables",
+                "name the columns you need (name, database, engine, total_rows, ...)",
+            )
         if node.kind == "Function":
             name = node.name.lower()
             if node.parent in _TABLE_FUNCTION_PARENTS:
@@ -211,7 +323,7 @@ def check_statement(ast: str, database: str, may_insert: bool) -> None:
                         "other tables",
                         f"read spendstream's tables; generators allowed: {', '.join(sorted(SAFE_TABLE_FUNCTIONS))}",
                     )
-            elif name in HOST_FUNCTIONS or name.startswith("dict"):
+            elif name in HOST_FUNCTIONS or name.startswith(_HOST_FUNCTION_PREFIXES):
                 raise QueryRefused(
                     f"the function {node.name}() is not allowed: it reads the host or other tables", "leave it out"
                 )
@@ -220,6 +332,44 @@ def check_statement(ast: str, database: str, may_insert: bool) -> None:
     target = [node.name for node in nodes if node.kind == "Identifier" and node.parent == "InsertQuery"]
     if len(target) == 2:  # INSERT INTO db.table: the database and the table, one node each
         _check_table(".".join(target), database, write=True)
+
+
+def _check_show(nodes: list[_Node], formatted: str, database: str) -> None:
+    """Refuse a ``SHOW``, ``EXISTS`` or ``SHOW CREATE`` that names a table or database outside the
+    sandbox, or a form of ``SHOW`` that reads system tables outside :data:`SAFE_SYSTEM_TABLES`."""
+    root = nodes[0].kind
+    names = [node.name for node in nodes if node.kind == "Identifier" and node.parent == root]
+    if root == "ShowTables":
+        if _SHOW_LISTS.match(formatted) is None:
+            raise QueryRefused(
+                f"{' '.join(formatted.split()[:2]) or 'this SHOW'} reads system tables that are not readable here",
+                "send SHOW TABLES, SHOW DATABASES, SHOW SETTINGS, SHOW COLUMNS or DESCRIBE",
+            )
+        for name in names:  # SHOW TABLES FROM name
+            _check_database(name, database)
+    elif root in ("ShowColumns", "ShowIndexes"):
+        shown = _SHOW_COLUMNS.match(formatted)
+        if shown is None:
+            raise QueryRefused("this SHOW names a table in a form not understood here", "send SHOW COLUMNS FROM table")
+        table, schema = (_unquote(part) if part else "" for part in shown.groups())
+        _check_table(f"{schema}.{table}" if schema else table, database, write=False)
+    elif root in _NAMED_TABLE_STATEMENTS and len(names) == 2:
+        _check_table(".".join(names), database, write=False)
+    elif root == "ShowCreateDatabaseQuery" and names:
+        _check_database(names[0], database)
+
+
+def _unquote(name: str) -> str:
+    if name[:1] in ("`", '"'):
+        return re.sub(r"\\(.)", r"\1", name[1:-1])
+    return name
+
+
+def _check_database(name: str, database: str) -> None:
+    if name not in (database, "system") and name.lower() != "information_schema":
+        raise QueryRefused(
+            f"the database {name} is not readable here", f"read {database}, information_schema or system"
+        )
 
 
 def _check_table(name: str, database: str, write: bool) -> None:

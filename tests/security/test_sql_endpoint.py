@@ -441,3 +441,106 @@ def test_a_query_over_the_size_limit_is_refused_before_it_is_parsed(make_endpoin
     status, body = post(endpoint, "SELECT '" + "x" * 5000 + "'")
     assert status == 403 and "5,009 bytes" in body and "max_query_size of 1,000" in body
     assert post(endpoint, "SELECT 'short'") == (200, "short\n")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "EXPLAIN SELECT 1 INTO OUTFILE '{target}'",
+        "EXPLAIN AST SELECT 1 INTO OUTFILE '{target}'",
+        "SHOW TABLES INTO OUTFILE '{target}'",
+        "DESCRIBE TABLE llm_calls INTO OUTFILE '{target}' APPEND",
+        "EXISTS TABLE llm_calls INTO OUTFILE '{target}' TRUNCATE",
+        "SHOW CREATE TABLE llm_calls INTO OUTFILE '{target}'",
+        "SELECT 1 INTO OUTFILE '{target}' AND STDOUT",
+    ],
+)
+def test_no_statement_kind_writes_a_file(endpoint: SqlEndpoint, tmp_path: Path, template: str) -> None:
+    target = tmp_path / "written.txt"
+    status, body = post(endpoint, template.format(target=target))
+    assert status == 403 and "OUTFILE" in body, body
+    assert not target.exists()
+
+
+def test_an_anonymous_insert_reads_no_file(make_endpoint: Callable[..., SqlEndpoint], secret_file: Path) -> None:
+    endpoint = make_endpoint(writable=True)
+    sql = f"INSERT INTO outcomes (event_id) FROM INFILE '{secret_file}' FORMAT LineAsString"
+    status, body = post(endpoint, sql)
+    assert status == 403 and "INFILE" in body, body
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        "format_template_resultset={tpl}&format_template_row_format=" + urllib.parse.quote("${x:Raw}"),
+        "format_template_row={tpl}",
+        "format_schema=" + urllib.parse.quote("/etc/passwd:Msg"),
+        "output_format_schema={out}",
+        "format_schema_source=file",
+        "input_format_max_rows_to_read_for_schema_inference=1",
+        "output_format_some_future_setting=1",
+    ],
+)
+def test_settings_that_name_files_or_are_not_listed_are_refused(
+    endpoint: SqlEndpoint, secret_file: Path, tmp_path: Path, params: str
+) -> None:
+    out = tmp_path / "out.proto"
+    sql = "SELECT 1 AS x FORMAT Template" if "template" in params else "SELECT 1 AS x FORMAT ProtobufSingle"
+    status, body = post(endpoint, sql, params=params.format(tpl=secret_file, out=out))
+    assert status == 403 and "is not allowed" in body and "TOKEN-CANARY" not in body, body
+    assert not out.exists()
+
+
+def test_output_settings_on_the_allow_list_still_work(endpoint: SqlEndpoint) -> None:
+    params = "output_format_json_quote_64bit_integers=0&date_time_output_format=iso&format_csv_delimiter=%3B"
+    assert post(endpoint, "SELECT 1, 2 FORMAT CSV", params=params) == (200, "1;2\n")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SHOW MERGES",
+        "SHOW CLUSTERS",
+        "SHOW CLUSTER default",
+        "SHOW DICTIONARIES",
+        "SHOW FILESYSTEM CACHES",
+        "SHOW INDEXES FROM system.processes",
+        "SHOW COLUMNS FROM system.processes",
+        "SHOW FULL COLUMNS FROM processes FROM system",
+        "SHOW CREATE TABLE system.processes",
+        "SHOW TABLES FROM default",
+        "SELECT getOSKernelVersion()",
+        "SELECT fullHostName()",
+        "SELECT serverUUID()",
+        "SELECT data_paths FROM system.tables",
+        "SELECT t.metadata_path FROM system.tables AS t",
+        "SELECT data_path FROM system.databases",
+        "SELECT * FROM system.databases",
+        "SELECT COLUMNS('path') FROM system.tables",
+        "SELECT x FROM (SELECT * FROM system.tables) AS s",
+        "SELECT * FROM system.build_options",
+    ],
+)
+def test_host_details_and_other_system_tables_stay_hidden(endpoint: SqlEndpoint, sql: str) -> None:
+    status, body = post(endpoint, sql)
+    assert status == 403, (sql, status, body)
+    assert "/" not in body.split("DB::Exception:")[0] and "DB::Exception" in body
+
+
+def test_catalogue_reads_that_dashboards_send_still_work(endpoint: SqlEndpoint, database: str) -> None:
+    for sql in (
+        "SHOW DATABASES",
+        "SHOW TABLES FROM system LIKE 'one'",
+        f"SHOW TABLES FROM {database}",
+        "SHOW COLUMNS FROM llm_calls",
+        f"SHOW FULL COLUMNS FROM llm_calls FROM {database}",
+        "SHOW INDEXES FROM llm_calls",
+        "SHOW COLUMNS FROM system.tables",
+        "SHOW CREATE TABLE llm_calls",
+        "SHOW SETTINGS LIKE 'max_threads'",
+        f"SELECT name, engine, total_rows FROM system.tables WHERE database = '{database}'",
+        "SELECT name FROM system.databases",
+        "SELECT version(), timezone()",
+    ):
+        status, body = post(endpoint, sql)
+        assert status == 200, (sql, body)
