@@ -38,7 +38,7 @@ from clickhouse_connect.driver.client import Client
 
 from sinks.clickhouse import error_code, sql_string
 from spendstream.exceptions import QueryRefused
-from spendstream.sql_policy import QueryLimits, check_statement, client_settings
+from spendstream.sql_policy import QueryLimits, check_statement, client_settings, output_format
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ _HTTP_STATUS = {
 }  # fmt: skip
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MARKER = "spendstream-request:"
-"""Leads a sandboxed query's text (a comment), so that the query can be found and killed when its client goes."""
+"""Leads a sandboxed query's text (a comment), so that the query can be found and killed when its client goes.
+Only the server makes it (a uuid): no text of the client ever goes into the SQL around the checked query."""
+_QUERY_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _WATCH_SECONDS = 0.2
 _IDLE_SESSIONS_PER_KIND = 4
 _SESSION_KINDS = 32
@@ -600,6 +602,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         query_id = params.get("query_id") or str(uuid.uuid4())
         try:
+            if _QUERY_ID.fullmatch(query_id) is None:
+                query_id = str(uuid.uuid4())  # echoed in a header: never the refused one
+                raise _Refusal(
+                    400,
+                    36,
+                    "Code: 36. DB::Exception: query_id must be 1 to 128 letters, digits, '_' or '-': send such an id "
+                    "(a uuid is fine) or none, and the server makes one. (BAD_ARGUMENTS)",
+                )
             user, password = self._credentials(params)
             owner = self.owner
             if not owner.authenticate(user, password):
@@ -672,7 +682,10 @@ class _Handler(BaseHTTPRequestHandler):
             return b"", "TabSeparated"
         text = body.decode(errors="replace")
         sql = f"{query}\n{text}" if query and text else (query or text)
-        fmt = params.get("default_format", "TabSeparated")
+        try:  # appended to the SQL as FORMAT <fmt>, for admin too
+            fmt = output_format(params.get("default_format") or "TabSeparated")
+        except QueryRefused as exc:
+            raise _Refusal(400, 73, f"Code: 73. DB::Exception: {exc}. (UNKNOWN_FORMAT)") from None
         explicit = _HAS_FORMAT.search(sql)
         wants_rows = _RESULT_STATEMENT.match(sql) is not None and explicit is None
         if explicit is not None:
@@ -682,7 +695,7 @@ class _Handler(BaseHTTPRequestHandler):
             if admin:
                 return client.raw_query(sql, parameters=parameters, fmt=fmt if wants_rows else None), fmt
             owner.inspect(sql, parameters)
-            marker = f"{_MARKER}{query_id}-{uuid.uuid4().hex}"
+            marker = f"{_MARKER}{uuid.uuid4().hex}"
             with owner.watching(marker, self.connection):
                 sandboxed = f"/* {marker} */ {sql}"
                 result = client.raw_query(sandboxed, parameters=parameters, fmt=fmt if wants_rows else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
+import json
 import os
 import socket
 import subprocess
@@ -441,6 +442,37 @@ def test_a_query_over_the_size_limit_is_refused_before_it_is_parsed(make_endpoin
     status, body = post(endpoint, "SELECT '" + "x" * 5000 + "'")
     assert status == 403 and "5,009 bytes" in body and "max_query_size of 1,000" in body
     assert post(endpoint, "SELECT 'short'") == (200, "short\n")
+
+
+_PASSWD_INJECTION = "x */ SELECT file('/etc/passwd') --"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        "query_id=" + urllib.parse.quote(_PASSWD_INJECTION),
+        "query_id=" + urllib.parse.quote("x */ KILL QUERY WHERE 1 ASYNC --"),
+        "query_id=" + urllib.parse.quote("a\r\nSet-Cookie: x=1"),
+        "query_id=" + "q" * 129,
+        "default_format=" + urllib.parse.quote("TSV; SELECT file('/etc/passwd')"),
+        "default_format=NoSuchFormat",
+    ],
+)
+@pytest.mark.parametrize("admin", [False, True])
+def test_url_parameters_never_become_sql(endpoint: SqlEndpoint, params: str, admin: bool) -> None:
+    """query_id and default_format are checked for every client; neither reaches the SQL text."""
+    status, body = post(endpoint, "SELECT 1", params=params, headers=admin_headers() if admin else None)
+    assert status == 400 and "root:" not in body, body
+    assert ("query_id" if params.startswith("query_id") else "default_format") in body
+
+
+def test_a_well_formed_query_id_and_format_still_work(endpoint: SqlEndpoint) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=60)
+    connection.request("POST", "/?query_id=dash-board_42&default_format=JSONCompact", body=b"SELECT 1 AS x")
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("X-ClickHouse-Query-Id") == "dash-board_42"
+    assert json.loads(response.read())["data"] == [[1]]
+    connection.close()
 
 
 @pytest.mark.parametrize(
