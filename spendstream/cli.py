@@ -106,6 +106,8 @@ def migrate(print_reader_policy: bool, apply_reader_policy: bool) -> None:
         click.echo(";\n".join(policy) + ";")
         click.echo("-- then, for each reader: GRANT spendstream_reader TO name;")
         click.echo("--                        ALTER USER name DEFAULT ROLE spendstream_reader;")
+        click.echo("-- and start the server with <access_control_improvements><select_from_system_db_requires_grant>")
+        click.echo("-- true</...>: without it every user reads every system table (query_log, processes).")
         return
     if apply_reader_policy and settings.embedded_clickhouse:
         raise click.ClickException(

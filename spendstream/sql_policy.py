@@ -394,19 +394,28 @@ def server_policy_sql(
     database: str, limits: QueryLimits, max_concurrent_queries: int, role: str = "spendstream_reader"
 ) -> list[str]:
     """The same sandbox on a ClickHouse server: a settings profile with the limits as ceilings, and a
-    role that may read spendstream's database and nothing else (no FILE, URL, REMOTE, S3 ... grants,
-    so table functions that reach them are refused by the server itself)."""
+    role that may read spendstream's database, ``information_schema`` and the system tables of
+    :data:`SAFE_SYSTEM_TABLES`, and nothing else (no FILE, URL, REMOTE, S3 ... grants, so table
+    functions that reach them are refused by the server itself).
+
+    Every limit has ``MIN 1``: to ClickHouse 0 means unlimited (and ``max_threads = 0`` all cores), and
+    0 is below any ``MAX``. The grants on system tables only matter on a server started with
+    ``access_control_improvements.select_from_system_db_requires_grant``: without it every user reads
+    every system table (``query_log``, ``processes``), so the README asks for it.
+    """
     ceilings = limits.ceilings()
-    profile_settings = [f"{name} = {value} MAX {value}" for name, value in ceilings.items()]
+    profile_settings = [f"{name} = {value} MIN 1 MAX {value}" for name, value in ceilings.items()]
     profile_settings += [
         "readonly = 2",
         "allow_ddl = 0 CONST",
         "allow_introspection_functions = 0 CONST",
         "cancel_http_readonly_queries_on_client_close = 1",
-        f"max_concurrent_queries_for_user = {max_concurrent_queries} MAX {max_concurrent_queries}",
+        f"max_concurrent_queries_for_user = {max_concurrent_queries} MIN 1 MAX {max_concurrent_queries}",
     ]
     return [
         f"CREATE SETTINGS PROFILE IF NOT EXISTS {role} SETTINGS " + ", ".join(profile_settings),
         f"CREATE ROLE IF NOT EXISTS {role} SETTINGS PROFILE '{role}'",
         f"GRANT SELECT ON {database}.* TO {role}",
+        f"GRANT SELECT ON information_schema.* TO {role}",
+        *(f"GRANT SELECT ON system.{table} TO {role}" for table in sorted(SAFE_SYSTEM_TABLES)),
     ]

@@ -7,6 +7,7 @@ import gzip
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -401,11 +402,17 @@ def test_the_server_policy_parses_and_holds_the_limits(ch: Client, tmp_path: Pat
         check=True,
     ).stdout
     statements = [s.strip() for s in printed.split(";") if s.strip() and not s.strip().startswith("--")]
-    assert len(statements) == 3
     for statement in statements:  # the engine's own parser accepts each (chDB refuses to run them: no users)
         formatted = ch.command(f"SELECT formatQuerySingleLine({sql_string(statement)})")
         assert isinstance(formatted, str) and formatted.split()[0] in ("CREATE", "GRANT")
-    assert "max_execution_time = 12 MAX 12" in statements[0] and "GRANT SELECT ON spendstream.*" in statements[2]
+    profile = statements[0]
+    assert "max_execution_time = 12 MIN 1 MAX 12" in profile
+    assert "GRANT SELECT ON spendstream.* TO spendstream_reader" in statements
+    limits = re.findall(r"(\w+) = \d+ (MIN \d+ )?MAX", profile)
+    assert len(limits) == 8 and all(minimum == "MIN 1 " for _, minimum in limits), limits  # 0 would be unlimited
+    assert "GRANT SELECT ON system.functions TO spendstream_reader" in statements
+    assert not any("system.processes" in s or "system.query_log" in s for s in statements)
+    assert "select_from_system_db_requires_grant" in printed
     refused = subprocess.run(
         [sys.executable, "-m", "spendstream.cli", "migrate", "--apply-reader-policy"],
         env=env,
