@@ -583,3 +583,10 @@ def test_catalogue_reads_that_dashboards_send_still_work(endpoint: SqlEndpoint, 
     ):
         status, body = post(endpoint, sql)
         assert status == 200, (sql, body)
+
+
+def test_a_path_column_named_by_a_query_parameter_is_refused(endpoint: SqlEndpoint) -> None:
+    sql = "SELECT {c:Identifier} FROM system.tables LIMIT 1"
+    assert post(endpoint, sql, params="param_c=name")[0] == 200
+    status, body = post(endpoint, sql, params="param_c=data_paths")
+    assert status == 403 and "data_paths" in body, body
