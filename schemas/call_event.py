@@ -57,24 +57,47 @@ PSEUDONYMS = "pseudonyms"
 ``SPENDSTREAM_USER_ID_KEY``), a ``user_id`` not yet pseudonymous is replaced by its pseudonym instead
 of being screened as sent."""
 
-INVISIBLE = r"\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
-"""What no id or name may hold, as the body of a regex class (Python, RE2 and JSON Schema read it
-alike): C0 and C1 control characters, the soft hyphen, zero-width characters (U+200B-U+200F, U+2060,
-U+FEFF, and the invisible operators U+2061-U+2064), bidi marks, overrides and isolates (U+061C,
-U+200E-U+200F, U+202A-U+202E, U+2066-U+2069), and line and paragraph separators. They make one name
-print as another (``gpt-4o`` and a zero-width space went unpriced), reorder a Slack message, or end a
-log line; the sink also relies on printable ids when it looks them up in bulk."""
+INVISIBLE = (
+    r"\x00-\x1f\x7f-\xa0\xad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f\u2000-\u200f"
+    r"\u2028-\u202f\u205f-\u206f\u2800\u3000\u3164\ue000-\uf8ff\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb"
+)
+"""The invisible characters of the Basic Multilingual Plane, as the body of a regex class (Python, RE2 and
+JSON Schema read it alike): the JSON Schema's pattern. The model refuses more (:func:`unprintable`): every
+character of an invisible Unicode category, and those of the other planes (tag characters, variation
+selectors 17 to 256, unassigned and private-use code points)."""
 PRINTABLE = f"^[^{INVISIBLE}]+$"
-_INVISIBLE = re.compile(f"[{INVISIBLE}]").search
+
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp", "Zs"})
+"""Control, format (zero-width, bidi, tag characters, the soft hyphen), private-use, unassigned and surrogate
+code points, line and paragraph separators, and every space but U+0020: what ``str.isprintable`` refuses."""
+_INVISIBLE_PRINTABLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u2800\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
+).search
+"""Characters Python calls printable that print as nothing: the combining grapheme joiner, the Hangul
+fillers, the Khmer inherent vowels, the Mongolian variation selectors, the blank braille pattern, and
+the variation selectors. Ordinary combining marks (an accent, a vowel sign) stay welcome."""
+_CATEGORY_NAMES = {"Co": "a private-use character", "Cn": "an unassigned character", "Cs": "a surrogate"}
+
+
+def _invisible(value: str) -> str | None:
+    """The first character of ``value`` that no id or name may hold, or ``None``.
+
+    On the per-event path: printable ASCII (nearly every id and name) is two C-speed checks.
+    """
+    if value.isprintable():
+        if value.isascii() or _INVISIBLE_PRINTABLE(value) is None:
+            return None
+        return next(char for char in value if _INVISIBLE_PRINTABLE(char))
+    return next(char for char in value if char != " " and unicodedata.category(char) in _REFUSED_CATEGORIES)
 
 
 def unprintable(field: str, value: str) -> str | None:
     """Why an id or name is refused for a character it holds (naming the first one), or ``None``."""
-    found = _INVISIBLE(value)
-    if found is None:
+    char = _invisible(value)
+    if char is None:
         return None
-    char = found.group()
-    name = unicodedata.name(char, "a control character")
+    category = unicodedata.category(char)
+    name = unicodedata.name(char, _CATEGORY_NAMES.get(category, "a control character"))
     return (
         f"{field} holds U+{ord(char):04X} ({name}): ids and names must be printable, "
         "without control, invisible or bidi characters"
@@ -103,7 +126,7 @@ _name_kind = functools.lru_cache(maxsize=8192)(name_kind)
 
 class _Screened:
     """Annotation of a text field: refused when ``kind_of`` finds personal data or a secret in it, or,
-    for ids and names (``printable``), when it holds an invisible character (:data:`INVISIBLE`).
+    for ids, names and hashes (``printable``), when it holds an invisible character (:func:`unprintable`).
 
     On the per-event path of the model: the field's name and the reason are only made for a refusal.
     """
@@ -123,7 +146,7 @@ class _Screened:
         return json_schema
 
     def _validate(self, value: str, info: ValidationInfo) -> str:
-        if (self._printable and _INVISIBLE(value) is not None) or self._kind_of(value) is not None:
+        if (self._printable and _invisible(value) is not None) or self._kind_of(value) is not None:
             field = info.field_name or "value"
             found = unprintable(field, value) if self._printable else None
             raise ValueError(found or problem(field, self._kind_of(value) or "", name=self._name))
@@ -150,10 +173,10 @@ ShortText = Annotated[
     str, StringConstraints(max_length=MAX_SHORT_TEXT_LENGTH), _Screened(name_kind, name=True, printable=True)
 ]
 """Short text (an error type): printable, no personal data, secret or key-like token."""
-PromptHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(hash_kind)]
+PromptHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(hash_kind, printable=True)]
+"""A hash of the prompt: screened as an id is (a hex digest is a digest, even when its digits pass for a card)."""
 ArgsHash = Annotated[str, StringConstraints(max_length=MAX_PROMPT_HASH_LENGTH), _Screened(hash_kind, printable=True)]
-"""A digest of a tool call's arguments: screened as a prompt hash is, and printable (it is new: nothing sent
-before is refused for that)."""
+"""A digest of a tool call's arguments: screened as a prompt hash is."""
 
 
 def _not_a_boolean(value: Any) -> Any:

@@ -162,6 +162,49 @@ def test_error_types_and_tag_values_refuse_control_invisible_and_bidi_characters
     assert kept.error_type == "RateLimitError: 429" and kept.tags == {"city": "Zürich"}
 
 
+INVISIBLE_BY_CATEGORY = {
+    "\U000e0041": "TAG LATIN CAPITAL LETTER A",  # Cf, outside the old list
+    "\u034f": "COMBINING GRAPHEME JOINER",  # Mn, invisible
+    "\u3164": "HANGUL FILLER",  # Lo, invisible
+    "\u115f": "HANGUL CHOSEONG FILLER",
+    "\uffa0": "HALFWIDTH HANGUL FILLER",
+    "\ufe0f": "VARIATION SELECTOR-16",
+    "\U000e0100": "VARIATION SELECTOR-17",
+    "\u2800": "BRAILLE PATTERN BLANK",
+    "\u00a0": "NO-BREAK SPACE",  # Zs other than the space
+    "\u3000": "IDEOGRAPHIC SPACE",
+    "\ue000": "a private-use character",  # Co
+    "\U0010ffff": "an unassigned character",  # Cn
+    "\u0378": "an unassigned character",
+}
+
+
+@pytest.mark.parametrize(("char", "name"), INVISIBLE_BY_CATEGORY.items())
+@pytest.mark.parametrize("field", [*IDS, *NAMES, "error_type", "prompt_hash", "args_hash"])
+def test_every_id_name_and_hash_refuses_invisible_characters_by_unicode_category(
+    field: str, char: str, name: str
+) -> None:
+    extra = {"kind": "tool", "tool_name": "search"} if field == "args_hash" else {}
+    extra |= {"status": "error"} if field == "error_type" else {}
+    with pytest.raises(ValidationError, match=f"{field} holds U\\+{ord(char):04X} \\({name}\\).*must be printable"):
+        CallEvent.model_validate(event(**{**extra, field: f"abc{char}def"}))
+
+
+def test_a_prompt_hash_with_a_bidi_override_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"prompt_hash holds U\+202E \(RIGHT-TO-LEFT OVERRIDE\)"):
+        CallEvent.model_validate(event(prompt_hash="abc\u202edef"))
+
+
+def test_printable_letters_of_any_script_are_kept_in_names_and_ids() -> None:
+    kept = CallEvent.model_validate(
+        event(model="modèle-été", feature="請求書の要約", team="équipe données", tenant_id="顧客-42",
+              prompt_version="版本2", tool_name="поиск", error_type="Ошибка", tags={"city": "Zürich"},
+              prompt_hash="é" * 8, agent_id="नमस्ते"),
+    )  # fmt: skip
+    assert (kept.model, kept.feature, kept.team) == ("modèle-été", "請求書の要約", "équipe données")
+    assert (kept.agent_id, kept.tool_name, kept.prompt_hash) == ("नमस्ते", "поиск", "é" * 8)
+
+
 def test_a_model_name_with_a_zero_width_space_is_refused_not_stored_unpriced() -> None:
     with pytest.raises(ValidationError, match=r"model holds U\+200B \(ZERO WIDTH SPACE\)"):
         CallEvent.model_validate(event(model="gpt-4o\u200b"))
