@@ -102,6 +102,24 @@ def test_a_rejected_events_bytes_are_kept_without_its_personal_data() -> None:
             assert canary not in rejection.raw and canary.decode() not in rejection.reason + rejection.event_id
 
 
+def test_the_worker_refuses_invisible_characters_on_either_path_and_keeps_other_scripts() -> None:
+    sent = {
+        1: raw(event_id="i1", model="gpt-4o\U000e0041"),
+        2: raw(event_id="i2", model="gpt\u034f-4o"),
+        3: raw(event_id="i3", model="gpt-4o\u3164"),
+        4: raw(event_id="i4", prompt_hash="abc\u202edef"),
+        5: raw(event_id="i5", feature="請求書の要約", team="équipe"),
+        6: raw(event_id="i6", feature="support"),
+    }
+    result = Ingestor(Pricer(), "llm.calls").process([RawEvent(value, 0, offset) for offset, value in sent.items()])
+    reasons = {r.offset: r.reason for r in result.rejected}
+    assert reasons.keys() == {1, 2, 3, 4}
+    for offset, code_point in {1: "U+E0041", 2: "U+034F", 3: "U+3164", 4: "U+202E"}.items():
+        assert code_point in reasons[offset], reasons[offset]
+    assert reasons[4].startswith("prompt_hash holds U+202E")
+    assert len(result.calls) == 2
+
+
 def test_personal_data_in_a_field_is_refused_with_a_reason_naming_it() -> None:
     result = Ingestor(Pricer(), "llm.calls").process([RawEvent(raw(team="call 415-555-0123"), 0, 1)])
     [rejected] = result.rejected
