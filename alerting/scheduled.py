@@ -32,6 +32,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from clickhouse_connect.driver.client import Client
 
+from alerting.mrkdwn import code
 from alerting.slack import CLOCK_SKEW, Poster, Posters, SlackDeliveryError
 from schemas.alert import DAY_WINDOW, Alert, Severity, alert_id_for
 from schemas.config import DigestConfig, SpendstreamConfig
@@ -284,7 +285,8 @@ class ScheduledChecks:
             if not top:
                 continue
             lines = [
-                f"• `{key or '(none)'}` ${spent:,.2f} ({100 * spent / total:.0f}%, {_change(spent, normal)} vs normal)"
+                f"• {code(key or '(none)')} ${spent:,.2f} ({100 * spent / total:.0f}%,"
+                f" {_change(spent, normal)} vs normal)"
                 for key, spent, _, normal in top
             ]
             blocks.append(
@@ -303,7 +305,7 @@ class ScheduledChecks:
         for found in budgets[: digest.top]:
             forecast = found.forecast
             lines.append(
-                f"• {found.dimension} `{found.key}`: ${forecast.spent_usd:,.2f} of ${forecast.limit_usd or 0:,.2f}"
+                f"• {found.dimension} {code(found.key)}: ${forecast.spent_usd:,.2f} of ${forecast.limit_usd or 0:,.2f}"
                 f" so far, projected ${forecast.projected_usd:,.2f} ({100 * (forecast.share or 0):.0f}%)"
                 + (f", {crossing(forecast)}" if forecast.crosses_on else "")
             )
