@@ -56,7 +56,7 @@ _HINT = re.compile("|".join(["@", r"\+", *(f"{digit}[0-9][0-9]" for digit in "01
 """The hint of any of the four kinds: an ``@``, a ``+``, three digits in a row, a secret's prefix."""
 _PLAIN = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*|"
-    r"[0-9]{1,12}|[0-9]{20,}|u_[0-9a-f]{32}"
+    r"(?!00[1-9])[0-9]{1,12}|[0-9]{20,}|u_[0-9a-f]{32}"
 ).fullmatch
 """Ids that hold none of the four kinds, whatever their digits: a UUID, hex with a letter (a trace
 id: no separator, so no card or phone, and no secret's prefix is hex), too few or too many digits
@@ -72,6 +72,9 @@ _PHONE_GROUPED = re.compile(  # (415) 555-0123, 415-555-0123, 415.555.0123, 415 
     r"(?![0-9A-Za-z])"
 )
 _PHONE_E164 = re.compile(r"\+(?<![0-9A-Za-z+]\+)[0-9](?:[ .()-]{0,2}[0-9]){6,14}(?![0-9])")  # + and 7-15 digits
+_PHONE_00 = re.compile(r"00(?<![0-9A-Za-z+]00)[ .()-]{0,2}[1-9](?:[ .()-]{0,2}[0-9]){9,14}(?![0-9A-Za-z])")
+"""An international number dialled with 00: 00, then 10 to 15 digits (a country code first, never 0). A
+numeric id rarely starts with exactly two zeros and a digit; one that does and is that long is refused."""
 _DIGITS = re.compile(r"[0-9][0-9][0-9]").search
 """The hint of a card or a grouped phone number: three digits in a row."""
 _TOKEN_RUN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
@@ -90,6 +93,8 @@ _BOUNDARY = r"(?:^|[^0-9A-Za-z])"
 _END = r"(?:$|[^0-9A-Za-z])"
 ID_CANDIDATES = (
     r"@|\+[0-9]|PRIVATE KEY|(?i:bearer)[\t\n\v\f\r ]|"
+    + _BOUNDARY
+    + r"00[ .()-]{0,2}[1-9]|"
     + _BOUNDARY
     + r"(?:(?:\([0-9]{3}\)[ .-]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"
     + _END
@@ -154,7 +159,7 @@ def id_kind(value: str) -> str | None:
     if _DIGITS(value):
         if _has_card(value):
             return CARD
-        if _PHONE_GROUPED.search(value):
+        if _PHONE_GROUPED.search(value) or ("00" in value and _PHONE_00.search(value)):
             return PHONE
     if "+" in value and _PHONE_E164.search(value):
         return PHONE
@@ -260,6 +265,8 @@ def redact(text: str) -> str:
     if "+" in text:  # before the grouped form, which "+1 415 555 0123" also holds
         text = _PHONE_E164.sub(REDACTED[PHONE], text)
     if _DIGITS(text):
+        if "00" in text:  # before the card and grouped forms, which "0044 20 7946 0958" may also hold
+            text = _PHONE_00.sub(REDACTED[PHONE], text)
         text = _CARD.sub(_card_marker, text)
         text = _PHONE_GROUPED.sub(REDACTED[PHONE], text)
     return text

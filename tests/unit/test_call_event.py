@@ -136,6 +136,18 @@ def test_personal_data_in_any_text_field_is_refused_with_a_reason_naming_the_fie
     assert canary not in str(refused.value)  # not even in the error's text: it is logged, stored, published
 
 
+@pytest.mark.parametrize("phone", ["00447946095812", "0044 7946 095812", "+447946095812"])
+@pytest.mark.parametrize("field", ["team", "tenant_id", "tool_name", "feature", "session_id"])
+def test_an_international_phone_number_is_refused_in_ids_and_names(field: str, phone: str) -> None:
+    with pytest.raises(ValidationError, match=f"{field} looks like a phone number"):
+        CallEvent.model_validate(event(**{field: phone}))
+
+
+def test_numeric_ids_are_kept_even_when_they_have_as_many_digits_as_a_phone_number() -> None:
+    kept = CallEvent.model_validate(event(tenant_id="4155550199", team="100234", tool_name="0012345678"))
+    assert (kept.tenant_id, kept.team, kept.tool_name) == ("4155550199", "100234", "0012345678")
+
+
 def test_a_user_id_that_looks_like_personal_data_says_to_send_a_pseudonym() -> None:
     with pytest.raises(ValidationError, match=r"user_id looks like an e-mail address: send a pseudonymous id"):
         CallEvent.model_validate(event(userId="jane.doe@example.com"))

@@ -33,7 +33,10 @@ LEGIT_IDS = [
     "cus_NffrFeUfNV2Hib", "req_011CPNkdvMUtKQm2ZrWd3Sv8", "sess-2024-01-15-0042", "order-20240115-000042",
     "tenant_acme", "acme-corp", "1700000000000", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     "ticket #4521", "build 2024.01.15.1234", "01HQ3K5V8Z6XJ2M9P4R7T0W1YC", "evt_1NG8Du2eZvKYlo2CxyZ1A2B3",
+    "100234", "4155550199", "0012345678", "000000012345", "0015000000VALDtAAP", "00123456789",
 ]  # fmt: skip
+"""Numeric ids are ids, whatever their digits: a bare run of digits (``4155550199``) is no phone number; a
+phone number is written as one (``+`` or ``00`` and a country code, or grouped like one)."""
 RANDOM_IDS = {"a8Kd93jfLq0ZpX7mN2bV5cR1tY6uW4eH"}
 """Random ids are welcome as ids; as names they read like a key."""
 LEGIT_NAMES = [
@@ -47,7 +50,8 @@ LEGIT_NAMES = [
 CARDS = ["4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111", "5555555555554444", "2223003122003222",
          "378282246310005", "3782 822463 10005", "6011111111111117", "30569309025904", "4222222222222"]  # fmt: skip
 PHONES = ["+14155550123", "+1 415 555 0123", "+44 20 7946 0958", "+1 (415) 555-0123", "(415) 555-0123",
-          "(415)555-0123", "415-555-0123", "415.555.0123", "415 555 0123", "call 415-555-0123 today"]  # fmt: skip
+          "(415)555-0123", "415-555-0123", "415.555.0123", "415 555 0123", "call 415-555-0123 today",
+          "00447946095812", "0044 20 7946 0958", "0033 1 42 68 53 00", "00-1-415-555-0123"]  # fmt: skip
 EMAILS = ["jane.doe@example.com", "x+tag@mail.example.co.uk", "user at bob@corp.io"]
 SECRETS = [
     "sk-proj-abcdefghijklmnopqrstuvwx", "sk-ant-api03-abcdefghijklmnop", "sk_live_51HxxAbCdEfGhIjKlMn",
@@ -139,6 +143,7 @@ def unhinted_id_kind(value: str) -> str | None:
         (privacy.CARD, privacy._has_card),
         (privacy.PHONE, privacy._PHONE_GROUPED.search),
         (privacy.PHONE, privacy._PHONE_E164.search),
+        (privacy.PHONE, privacy._PHONE_00.search),
     ]:
         if rule(value):
             return kind
@@ -203,6 +208,11 @@ def test_redact_raw_finds_what_escapes_hide_and_what_each_field_refuses() -> Non
 def test_redact_raw_redacts_text_that_is_not_json() -> None:
     raw = b'{"feature": "jane@example.com", broken \xff 4111-1111-1111-1111'
     assert redact_raw(raw) == b'{"feature": "[redacted e-mail]", broken \xff [redacted card]'
+
+
+def test_redact_raw_keeps_the_fields_values_its_rules_accept_and_redacts_international_numbers() -> None:
+    raw = b'{"event_id": "4155550199", "tenant_id": "100234", "input_tokens": 12345678, "team": "00447946095812"}'
+    assert redact_raw(raw) == raw.replace(b"00447946095812", b"[redacted phone]")
 
 
 def test_pseudonyms_are_the_sdks() -> None:
