@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from typing import Any
 
 import orjson
 
@@ -282,52 +281,111 @@ def _redact_name(text: str) -> str:
 NAME_FIELDS = frozenset({"provider", "model", "feature", "prompt_version", "team", "environment", "tool_name"})
 """The fields whose values are names (``name_kind``), and which camelCase alias stands for one."""
 _NAME_KEYS = NAME_FIELDS | {"error_type", "endpointTag", "promptVersion"}
+EVENT_FIELDS = _NAME_KEYS | {
+    "event_id", "externalRequestId", "ts", "agent_id", "task_id", "session_id", "trace_id", "parent_id", "user_id",
+    "userId", "tenant_id", "data_mode", "dataMode", "prompt_hash", "args_hash", "kind", "input_tokens",
+    "inputTokens", "output_tokens", "outputTokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "cost_usd", "latency_ms", "latencyMs", "ttft_ms", "status", "attempt",
+}  # fmt: skip
+"""The fields of a call event (and their camelCase names) whose values are screened by their own rule when
+redacted. Any other value (a tag's, an unknown field's, an array's) is screened by the stricter tag rules."""
+
+# A JSON string (closed, or cut off at the end of the text) and whether a colon makes it a name, or a number.
+_JSON_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)(?:"|\\?\Z)(\s*:)?|(?<![\w.])-?[0-9][0-9.eE+-]{6,}(?![\w.])', re.S)
+_AFTER_NAME = re.compile(r"\s*").fullmatch
 
 
-def _redacted_value(value: Any, key: str | None) -> Any:
-    if isinstance(value, str):
-        return _redact_name(value) if key in _NAME_KEYS else redact(value)
-    if isinstance(value, dict):
-        tags = key == "tags"
-        return {
-            redact(k): (REDACTED[kind] if tags and isinstance(v, str) and (kind := sensitive_kind(v)) else
-                        _redacted_value(v, None))
-            for k, v in value.items()
-        }  # fmt: skip
-    if isinstance(value, list):
-        return [_redacted_value(v, None) for v in value]
-    return value
+def _redacted_value(value: str, key: str | None) -> str:
+    """``value`` of the field ``key`` (``None``: an array's, or none to be seen) with what its rules find redacted."""
+    if key in _NAME_KEYS:
+        return _redact_name(value)
+    if key in EVENT_FIELDS:
+        return redact(value)
+    kind = sensitive_kind(value)
+    return REDACTED[kind] if kind is not None else _redact_name(value)
+
+
+def _json_string(body: str) -> str:
+    """The text of a JSON string's body, its escapes (``\\u0040``) read; as it is if they cannot be."""
+    if "\\" not in body:
+        return body
+    try:
+        decoded = orjson.loads(f'"{body}"'.encode("utf-8", "surrogatepass"))
+    except (orjson.JSONDecodeError, UnicodeEncodeError):
+        return body
+    return decoded if isinstance(decoded, str) else body
+
+
+def _redact_tokens(text: str) -> str:
+    """``text`` with each JSON string and long number found in it redacted by its field's rule.
+
+    No parser: a malformed event, an array of events or a cut-off one is read as well as a valid one.
+    A string followed by a colon is a name, the field of the value right after it; it is an event's
+    field only in the outermost object (a tag named ``team`` is a tag, screened as tags are).
+    """
+    pieces: list[str] = []
+    start = seen = depth = 0
+    key: str | None = None
+    key_end = -1
+    for token in _JSON_TOKEN.finditer(text):
+        gap = text[seen : token.start()]
+        depth += gap.count("{") - gap.count("}")
+        seen = token.end()
+        body, is_name = token.group(1), token.group(2) is not None
+        field = key if key_end >= 0 and _AFTER_NAME(text, key_end, token.start()) else None
+        if body is None:  # a number: only where a label is due (a tag's value, an unknown field's)
+            if field not in EVENT_FIELDS and (kind := sensitive_kind(token.group())) is not None:
+                pieces += [text[start : token.start()], f'"{REDACTED[kind]}"']
+                start = token.end()
+            continue
+        value = _json_string(body)
+        redacted = redact(value) if is_name else _redacted_value(value, field)
+        if is_name:
+            key, key_end = (value if depth == 1 else None), token.end()
+        if redacted != value:
+            closing = token.group()[len(body) + 1 :]
+            pieces += [text[start : token.start()], '"', orjson.dumps(redacted).decode()[1:-1], closing]
+            start = token.end()
+    return "".join([*pieces, text[start:]]) if pieces else text
+
+
+def _utf16(raw: bytes) -> str | None:
+    """The encoding of ``raw`` when it is UTF-16: it starts with a byte-order mark, or most of its odd (or
+    even) bytes are zeros, as in UTF-16 text of Latin letters; ``None`` otherwise."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16-le" if raw[0] == 0xFF else "utf-16-be"
+    if len(raw) < 4 or b"\x00" not in raw:
+        return None
+    pairs = len(raw) // 2
+    if raw[1::2].count(0) * 2 > pairs:
+        return "utf-16-le"
+    if raw[0::2].count(0) * 2 > pairs:
+        return "utf-16-be"
+    return None
 
 
 def redact_raw(raw: bytes) -> bytes:
     """A rejected event's bytes with personal data and secrets replaced by markers (``[redacted e-mail]``).
 
-    The text is redacted as it is, so the bytes stay as they arrived but for the markers. When it is
-    a JSON object, what its text does not show is checked too: its decoded strings if it holds an
-    escape (``\\u0040``), its names for key-like tokens and its tag values by the tag rules. If one
-    still holds something, the object is written again with every string redacted.
+    Whatever they hold: JSON or not, an object, an array or a cut-off piece, UTF-8 (invalid bytes kept as
+    they are) or UTF-16 (with a byte-order mark, or looking like it). The text is redacted as it is by
+    the rules of every field; then each JSON string in it (escapes read) by its field's rule: a name's,
+    an id's, and the tag rules for any other value (a tag's, an array's, an unknown field's), which
+    refuse any phone-like run of digits and any key-like token; so does a long number where a label is
+    due. The bytes stay as they arrived but for the markers, in the encoding they came in.
     """
-    text = raw.decode("utf-8", "surrogateescape")
-    redacted = redact(text)
-    try:
-        data = orjson.loads(redacted) if redacted.lstrip().startswith("{") else None
-    except (orjson.JSONDecodeError, UnicodeEncodeError):  # not JSON, or not UTF-8: the text is all there is
-        data = None
-    if isinstance(data, dict) and ("\\" in redacted or _hides_more(data)):
-        cleaned = {redact(k): _redacted_value(v, k) for k, v in data.items()}
-        if cleaned != data:
-            return orjson.dumps(cleaned)
-    return raw if redacted == text else redacted.encode("utf-8", "surrogateescape")
-
-
-def _hides_more(event: dict[str, Any]) -> bool:
-    """Whether an event holds what its redacted text still shows: a key-like token in a name, a refused tag."""
-    for key in _NAME_KEYS.intersection(event):
-        value = event[key]
-        if isinstance(value, str) and len(value) >= 32 and name_kind(value) is not None:
-            return True
-    tags = event.get("tags")
-    return isinstance(tags, dict) and any(isinstance(v, str) and sensitive_kind(v) for v in tags.values())
+    encoding = _utf16(raw)
+    if encoding is None:
+        text = raw.decode("utf-8", "surrogateescape")
+        redacted = _redact_tokens(redact(text))
+        return raw if redacted == text else redacted.encode("utf-8", "surrogateescape")
+    bom = 2 if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else 0
+    end = bom + (len(raw) - bom) // 2 * 2  # an odd byte at the end is kept as it came
+    text = raw[bom:end].decode(encoding, "surrogatepass")
+    redacted = _redact_tokens(redact(text))
+    if redacted == text:
+        return raw
+    return raw[:bom] + redacted.encode(encoding, "surrogatepass") + raw[end:]
 
 
 # --- Pseudonymous user ids, as the SDK makes them (``producers.pseudonymize``).

@@ -180,3 +180,46 @@ def test_with_the_user_id_key_the_worker_stores_the_sdks_pseudonym_not_the_id(
     }
     assert up.wait_for("SELECT sum(calls) FROM rollup_minute WHERE dimension = 'user_id'", 3) == 3
     assert found_in_tables(up) == []
+
+
+def test_refused_bytes_are_redacted_whatever_their_form_and_numeric_ids_kept(
+    start_up: Callable[..., UpProcess], broker: str
+) -> None:
+    # a tag-style phone number and a key-like token in malformed JSON, an array, UTF-16 bytes; an
+    # international number (00 and a country code) in team, tenant_id and tool_name
+    up = start_up()
+    prefix = up.env["SPENDSTREAM_TOPIC_PREFIX"]
+    token, phone = "AbCdEfGh1234567890AbCdEfGh123456", "4155550199"
+    tags = json.dumps({"n": token, "m": phone})
+    event = json.dumps(call(event_id="utf16", tags={"n": token, "m": phone}))
+    raws = [
+        f'{{"event_id": "malformed", "tags": {tags}, "bad": 1'.encode(),
+        f'[{{"event_id": "array", "tags": {tags}}}]'.encode(),
+        event.encode("utf-16"),
+        event.encode("utf-16-le"),
+        *(json.dumps(call(event_id=f"intl-{f}", **{f: "00447946095812"})).encode() for f in ("team", "tenant_id")),
+        json.dumps(call(event_id="intl-tool", kind="tool", tool_name="0044 7946 095812")).encode(),
+    ]
+    kept = call(event_id="numeric", tenant_id=phone, team="100234")
+    producer = KafkaProducer(bootstrap_servers=broker)
+    for raw in [*raws, json.dumps(kept).encode()]:
+        producer.send(prefix + "llm.calls", raw)
+    producer.flush()
+    producer.close()
+
+    assert up.wait_for("SELECT count() FROM rejected_events", len(raws)) == len(raws)
+    assert up.wait_for("SELECT count() FROM llm_calls", 1) == 1
+    assert up.client().query("SELECT tenant_id, team FROM llm_calls").result_rows == [(phone, "100234")]
+    reasons = dict(up.client().query("SELECT event_id, reason FROM rejected_events").result_rows)
+    for field in ("team", "tenant_id"):
+        assert reasons[f"intl-{field}"].startswith(f"{field} looks like a phone number"), reasons
+    assert reasons["intl-tool"].startswith("tool_name looks like a phone number"), reasons
+    fragments = [token, "7946095812", "7946 095812"]
+    stored = [bytes.fromhex(raw) for (raw,) in up.client().query("SELECT hex(raw) FROM rejected_events").result_rows]
+    letters = [value for value, _ in dead_letters(broker, prefix + "llm.calls.dlq", len(raws))]
+    for raw in stored + letters:
+        for form in ("utf-8", "utf-16-le", "utf-16-be"):
+            text = raw.decode(form, "ignore")
+            assert [f for f in fragments if f in text] == [], (form, raw)
+        # the tag's phone number: only where it is not the numeric tenant id kept above
+        assert phone.encode() not in raw and phone.encode("utf-16-le") not in raw, raw

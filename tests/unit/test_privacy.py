@@ -210,6 +210,42 @@ def test_redact_raw_redacts_text_that_is_not_json() -> None:
     assert redact_raw(raw) == b'{"feature": "[redacted e-mail]", broken \xff [redacted card]'
 
 
+TAG_TOKEN = "AbCdEfGh1234567890AbCdEfGh123456"
+"""A key-like token, as a tag value: refused there, and so redacted from a refused event's bytes."""
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"event_id": "e1", "tags": {"n": "%s"}, "bad": 1' % TAG_TOKEN.encode(),  # malformed: no closing brace
+        b'{"event_id": "e1", "tags": {"n": "%s", "m": "4155550199"}, broken' % TAG_TOKEN.encode(),
+        b'[{"event_id": "e1", "tags": {"n": "%s"}}, {"tags": {"m": "4155550199"}}]' % TAG_TOKEN.encode(),
+        b'{"tags": {"m": 4155550199, "n": "%s"}}' % TAG_TOKEN.encode(),  # a number where a label is due
+        b'{"tags": {"n": "%s", "m": "4155550199"' % TAG_TOKEN.encode(),  # cut off
+        b'{"tags": {"team": "4155550199", "model": "%s"}}' % TAG_TOKEN.encode(),  # tags named as fields
+    ],
+)
+def test_redact_raw_finds_tag_style_phones_and_tokens_whatever_the_structure(raw: bytes) -> None:
+    redacted = redact_raw(raw)
+    assert TAG_TOKEN.encode() not in redacted and b"4155550199" not in redacted, redacted
+    assert b"[redacted secret]" in redacted
+    assert (b'"event_id": "e1"' in redacted) == (b'"event_id": "e1"' in raw)  # what is clean is kept
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_redact_raw_redacts_utf16_bytes_and_keeps_them_utf16(encoding: str) -> None:
+    event = '{"event_id": "e1", "user_id": "jane@example.com", "model": "gpt", "tags": {"n": "%s", "m": "4155550199"}}'
+    raw = (event % TAG_TOKEN).encode(encoding)
+    redacted = redact_raw(raw).decode(encoding)
+    assert "jane@example.com" not in redacted and TAG_TOKEN not in redacted and "4155550199" not in redacted
+    assert orjson.loads(redacted.lstrip("\ufeff")) == {
+        "event_id": "e1", "user_id": "[redacted e-mail]", "model": "gpt",
+        "tags": {"n": "[redacted secret]", "m": "[redacted phone]"},
+    }  # fmt: skip
+    cut = redact_raw(raw[:-1])  # cut off inside a character: the odd byte at the end is kept as it came
+    assert cut.endswith(raw[-2:-1]) and "jane@example.com" not in cut[:-1].decode(encoding)
+
+
 def test_redact_raw_keeps_the_fields_values_its_rules_accept_and_redacts_international_numbers() -> None:
     raw = b'{"event_id": "4155550199", "tenant_id": "100234", "input_tokens": 12345678, "team": "00447946095812"}'
     assert redact_raw(raw) == raw.replace(b"00447946095812", b"[redacted phone]")
