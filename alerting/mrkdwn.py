@@ -24,8 +24,8 @@ BACKTICK = "\u02cb"
 """What a backtick in a value becomes (MODIFIER LETTER GRAVE ACCENT): it reads as one, and ends no code."""
 _CONTROL = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 _VALUE = str.maketrans({"`": BACKTICK, "\n": " ", "\r": " "})
-_FENCED = re.compile(r"(?s)```(.*)```")
-"""A code block: from the first fence to the last (the product sets a whole text in one, a query)."""
+FENCE = "```"
+"""A code block's fence: the product sets a whole text in one (a query); fences elsewhere are a value's."""
 _SPAN = re.compile(r"(?<![^\s(\[{\"'])`[^`\n]+`(?![^\s)\]}\"'.,:;!?])")
 """An inline code span as :func:`code` and the product's texts set one: between spaces or punctuation."""
 _WORD = re.compile(r"\S+")
@@ -45,12 +45,12 @@ def code(value: str) -> str:
 
 def escape(text: str) -> str:
     """``text`` made Slack-safe: control characters escaped, and no web address or domain left outside code."""
-    fenced = _FENCED.search(text)
-    if fenced is None:
+    if not (len(text) >= 2 * len(FENCE) and text.startswith(FENCE) and text.endswith(FENCE)):
         return _escape_inline(text)
     # what Slack needs escaped, and nothing more: the block's text is the query once &amp; &lt; &gt; are read
-    inside = fenced.group(1).translate(_CONTROL).replace("```", "``" + BACKTICK)
-    return _escape_inline(text[: fenced.start()]) + f"```{inside}```" + _escape_inline(text[fenced.end() :])
+    # (a fence inside, from a value, would end the block: its last backtick becomes the lookalike)
+    inside = text[len(FENCE) : -len(FENCE)].translate(_CONTROL).replace(FENCE, "``" + BACKTICK)
+    return FENCE + inside + FENCE
 
 
 def _escape_inline(text: str) -> str:

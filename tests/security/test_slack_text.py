@@ -106,16 +106,15 @@ _LINKABLE = re.compile(r"(?i)[a-z][a-z0-9+.-]*:/|www\.|mailto:|(?:[^\W_](?:[\w-]
 def linkable(mrkdwn: str) -> list[str]:
     """What Slack could turn into a link in a mrkdwn text: web addresses and domains outside code.
 
-    Code blocks (```) are set aside whole; then on each line, backticks must pair up (a stray one lets a
-    value's span end early), and the text between pairs is code.
+    A text that is one code block (```) is code; otherwise, on each line, backticks must pair up (a stray
+    one lets a value's span end early), and the text between pairs is code.
     """
+    if len(mrkdwn) >= 6 and mrkdwn.startswith("```") and mrkdwn.endswith("```"):
+        return []
     found = []
-    for n, part in enumerate(mrkdwn.split("```")):
-        if n % 2 == 1:
-            continue
-        for line in part.split("\n"):
-            assert line.count("`") % 2 == 0, f"a stray backtick: {line!r}"
-            found += [m.group() for text in line.split("`")[::2] for m in _LINKABLE.finditer(text)]
+    for line in mrkdwn.split("\n"):
+        assert line.count("`") % 2 == 0, f"a stray backtick: {line!r}"
+        found += [m.group() for text in line.split("`")[::2] for m in _LINKABLE.finditer(text)]
     return found
 
 
@@ -133,7 +132,17 @@ def unescaped(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
-@pytest.mark.parametrize("key", [URL_KEY, DOMAIN_KEY, "see www.evil.example", "a`b https://evil.example/x`c", "x```y"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        URL_KEY,
+        DOMAIN_KEY,
+        "see www.evil.example",
+        "a`b https://evil.example/x`c",
+        "x```y",
+        "x```https://evil.example```y",
+    ],
+)
 def test_a_web_address_in_a_key_stays_in_code_in_an_alert_a_group_and_the_notification(key: str) -> None:
     alerts = [hostile_alert(key), hostile_alert(key + " 2"), hostile_alert("gpt-4o")]
     for posted in (
