@@ -305,6 +305,12 @@ def _redacted_value(value: str, key: str | None) -> str:
     return REDACTED[kind] if kind is not None else _redact_name(value)
 
 
+def _short_and_clean(value: str) -> bool:
+    """Whether no rule can find anything in ``value`` (most names and values of an event): shorter than
+    any secret or token, no ``@``, and fewer digits than any phone or card number."""
+    return len(value) < 19 and "@" not in value and sum(map(str.isdigit, value)) < 7
+
+
 def _json_string(body: str) -> str:
     """The text of a JSON string's body, its escapes (``\\u0040``) read; as it is if they cannot be."""
     if "\\" not in body:
@@ -339,7 +345,7 @@ def _redact_tokens(text: str) -> str:
                 start = token.end()
             continue
         value = _json_string(body)
-        redacted = redact(value) if is_name else _redacted_value(value, field)
+        redacted = value if _short_and_clean(value) else redact(value) if is_name else _redacted_value(value, field)
         if is_name:
             key, key_end = (value if depth == 1 else None), token.end()
         if redacted != value:
