@@ -32,12 +32,14 @@ from faust.types import TP, EventT, StreamT
 from schemas.alert import Alert
 from schemas.budget import BudgetState
 from sinks.sink import ClickHouseSink
-from streams.backoff import Backoff
+from streams.backoff import read_until
 from streams.budget_periods import ROLLING_BUCKET_SECONDS, WINDOW_LABEL, bounds, bucket_of, is_rolling, window
 from streams.budget_thresholds import sql_of
 from streams.budgets import BudgetBook, Spend
 
 logger = logging.getLogger(__name__)
+
+_WAIT = "budget states wait"
 
 CUT_LAG_SECONDS = 5
 """The warm-up reads calls stored at least this long ago: any insert still in flight is counted live."""
@@ -165,7 +167,7 @@ class BudgetOwner:
         """Read the totals from ClickHouse when partitions changed, or every ``RESYNC_SECONDS``."""
         if not self._stale and time.monotonic() - self._warmed_at < RESYNC_SECONDS:
             return
-        self._cut = await _read_until(self._sink, self._warm_up, "read the budget totals")
+        self._cut = await read_until(self._sink, self._warm_up, "read the budget totals", _WAIT)
         self._stale = False
         self._warmed_at = time.monotonic()
         logger.info("budgets warmed up from ClickHouse: %d keys", len(self.book.scopes()))
@@ -187,8 +189,8 @@ class BudgetOwner:
             if min(s.sent for s in spends) > cut + CLOCK_SKEW_SECONDS:
                 self._cut = None  # every spend from here on was sent after the cut
             else:
-                known = await _read_until(
-                    self._sink, lambda client, db: counted_before(client, db, spends, cut), "check spends"
+                known = await read_until(
+                    self._sink, lambda client, db: counted_before(client, db, spends, cut), "check spends", _WAIT
                 )
                 spends = [s for s in spends if s.event_id not in known]
         now = time.monotonic()
@@ -259,20 +261,3 @@ def register_budgets(
         await publish()
 
     return track_budgets
-
-
-async def _read_until(sink: ClickHouseSink, fn: Callable[[Client, str], Any], what: str) -> Any:
-    backoff = Backoff()
-    while True:
-        try:
-            return await asyncio.to_thread(sink.read, fn)
-        except Exception as exc:
-            delay = backoff.next()
-            logger.error(
-                "budgets: cannot %s in ClickHouse (%s): check it is reachable and migrated; budget states "
-                "wait, retrying in %.1fs",
-                what,
-                exc,
-                delay,
-            )
-            await asyncio.sleep(delay)

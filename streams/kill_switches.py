@@ -9,7 +9,6 @@ changed meanwhile, so an ``unkill`` running while it starts is not undone by its
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ from clickhouse_connect.driver.client import Client
 
 from schemas.budget import BudgetState
 from sinks.sink import ClickHouseSink
-from streams.backoff import Backoff
+from streams.backoff import read_until
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def register_kill_switches(
     async def publish_kill_switches() -> None:
         published: dict[str, BudgetState | None] = {}
         while True:  # again until a read finds nothing new: an unkill written meanwhile wins
-            found = await _read(sink)
+            found = await read_until(sink, recorded, f"read {TABLE}", "kill switches wait to be published")
             changed = {
                 scope: state for scope, state in found.items() if scope not in published or published[scope] != state
             }
@@ -90,20 +89,3 @@ def partition_of(scope: str, partitions: int) -> int:
     (CRC-32 of the key), not Faust's (murmur2), so that a tombstone lands on the state it removes and a
     guard reading the partitions in any order ends with the latest of the two."""
     return zlib.crc32(scope.encode()) % partitions
-
-
-async def _read(sink: ClickHouseSink) -> dict[str, BudgetState | None]:
-    backoff = Backoff()
-    while True:
-        try:
-            return await asyncio.to_thread(sink.read, recorded)
-        except Exception as exc:
-            delay = backoff.next()
-            logger.error(
-                "kill switches: cannot read %s in ClickHouse (%s): check it is reachable and migrated; "
-                "retrying in %.1fs",
-                TABLE,
-                exc,
-                delay,
-            )
-            await asyncio.sleep(delay)
