@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from clickhouse_connect.driver.client import Client
 
 from schemas.alert import Alert
+from sinks.clickhouse import sql_string
+from streams.detectors.errors import FAILED_STATUSES
+from streams.detectors.latency import MEASURED_STATUS
 
 FAMILIES: dict[str, str] = {
     "spend_spike": "spend", "hourly_burn": "spend", "error_rate": "errors", "latency_p95": "latency",
@@ -82,12 +85,11 @@ def explains(client: Client, database: str, cause: OpenIncident, alert: Alert) -
     if family == "spend":
         value = f"sumIf(cost_usd, {outside})"
     elif family == "errors":
-        value = (
-            f"countIf(status IN ('error', 'timeout', 'rate_limited') AND {outside}) / greatest(countIf({outside}), 1)"
-        )
+        failed = ", ".join(sql_string(status) for status in FAILED_STATUSES)
+        value = f"countIf(status IN ({failed}) AND {outside}) / greatest(countIf({outside}), 1)"
     else:
         column = "ttft_ms" if alert.dedup_key.endswith(":ttft") else "latency_ms"
-        value = f"quantileIf(0.95)({column}, status = 'success' AND {outside})"
+        value = f"quantileIf(0.95)({column}, status = {sql_string(MEASURED_STATUS)} AND {outside})"
     scope = "" if family == "spend" else "AND kind = 'llm' "
     # detectors count calls a minute at a time: the window ends with the minute of the alert's clock
     until = -(-int(alert.ts.timestamp() * 1000) // 60_000) * 60_000

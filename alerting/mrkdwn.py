@@ -29,6 +29,7 @@ FENCE = "```"
 _SPAN = re.compile(r"(?<![^\s(\[{\"'])`[^`\n]+`(?![^\s)\]}\"'.,:;!?])")
 """An inline code span as :func:`code` and the product's texts set one: between spaces or punctuation."""
 _WORD = re.compile(r"\S+")
+_TRAILING = ".,:;!?)]}\"'"
 _LINKABLE = re.compile(
     r"(?i)[a-z][a-z0-9+.-]*:/|www\.|mailto:|tel:|[0-9]{1,3}(?:\.[0-9]{1,3}){3}|"
     r"(?:[^\W_](?:[\w-]*[^\W_])?\.)+[^\W\d_]{2,63}(?![\w-])"
@@ -64,7 +65,13 @@ def _escape_inline(text: str) -> str:
 
 def _escape_plain(text: str) -> str:
     escaped = text.translate(_CONTROL).replace("`", BACKTICK)
-    return _WORD.sub(lambda word: f"`{word.group()}`" if _linkable(word.group()) else word.group(), escaped)
+    return _WORD.sub(lambda word: _in_code_if_linkable(word.group()), escaped)
+
+
+def _in_code_if_linkable(word: str) -> str:
+    """``word`` set in code if Slack could link it; the punctuation that ends a sentence stays outside."""
+    core = word.rstrip(_TRAILING)
+    return f"`{core}`{word[len(core) :]}" if core and _linkable(core) else word
 
 
 def _linkable(word: str) -> bool:

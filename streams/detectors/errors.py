@@ -19,7 +19,9 @@ from streams.detectors.findings import RELAXED, Finding, severity_of, until
 from streams.detectors.windows import MinuteWindows, WindowKey
 
 _DIMENSIONS = ("provider", "model", "feature")
-_FAILED = pa.array(["error", "timeout", "rate_limited"])
+FAILED_STATUSES = ("error", "timeout", "rate_limited")
+"""The statuses ``error_rate`` counts as failed (inhibition asks ClickHouse the same question)."""
+_FAILED = pa.array(FAILED_STATUSES)
 _Z = 3.29
 
 

@@ -19,6 +19,9 @@ from streams.detectors import calls as c
 from streams.detectors.findings import RELAXED, Finding, severity_of, until
 from streams.detectors.windows import MinuteWindows, WindowKey
 
+MEASURED_STATUS = "success"
+"""The status of the model calls ``latency_p95`` measures (inhibition asks ClickHouse the same question)."""
+
 _GROWTH = 1.1
 _LOG_GROWTH = math.log(_GROWTH)
 _METRICS = ("latency", "ttft")
@@ -58,7 +61,9 @@ class LatencyDetector:
         """
         if not self._config.enabled:
             return {}
-        ok = calls.filter(pc.and_(pc.equal(calls.column("kind"), "llm"), pc.equal(calls.column("status"), "success")))
+        ok = calls.filter(
+            pc.and_(pc.equal(calls.column("kind"), "llm"), pc.equal(calls.column("status"), MEASURED_STATUS))
+        )
         found: dict[int, list[c.Row]] = {}
         for metric, column in zip(_METRICS, ("latency_ms", "ttft_ms"), strict=True):
             timed = ok.filter(pc.is_valid(ok.column(column)))

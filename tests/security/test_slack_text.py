@@ -183,7 +183,8 @@ def _texts(blocks: list[dict[str, Any]] | None) -> list[str]:
 
 def test_the_product_own_code_spans_are_kept_and_plain_text_addresses_set_in_code() -> None:
     assert escape("see https://evil.example/x now") == "see `https://evil.example/x` now"
-    assert escape("go to evil-login.com/reauth.") == "go to `evil-login.com/reauth.`"
+    # the full stop that ends the sentence stays outside the span
+    assert escape("go to evil-login.com/reauth.") == "go to `evil-login.com/reauth`."
     assert escape("(`spendstream alerts`) and `a < b`") == "(`spendstream alerts`) and `a &lt; b`"
     assert escape("a `b") == "a \u02cbb"  # a stray backtick cannot open a span a value would close
     kept = "spent $1,234.56 (+12.5%), 12.34ms, sales.email_draft, v1.2.3, claude-3.5-sonnet"
