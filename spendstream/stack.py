@@ -35,6 +35,7 @@ from streams.app import create_app
 from streams.budgets import Budgets
 from streams.config import StreamConfig
 from streams.detectors.engine import Detectors
+from streams.membership import GroupMembership
 from streams.pricing import Pricer
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,9 @@ class Worker(faust.Worker):
     ``stop_timeout`` seconds after the first signal (a broker or ClickHouse that stopped answering
     can hold Faust's stop for ever) ends the process: that is a kill, which loses nothing, since
     what the worker had not stored is read again at its next start.
+
+    ``membership`` (if given) removes the group member of a predecessor that was killed before the
+    app starts, so the consumer's join does not wait for that member's session to expire.
     """
 
     def __init__(
@@ -134,13 +138,20 @@ class Worker(faust.Worker):
         *,
         before_stop: Callable[[], Awaitable[None]] | None = None,
         stop_timeout: float = 10.0,
+        membership: GroupMembership | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
+        self._membership = membership
         self._before_stop = before_stop
         self._stop_timeout = stop_timeout
         self._stopping = False
         self._deadline: threading.Timer | None = None
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()  # logging is set up there
+        if self._membership is not None:
+            await self._membership.leave_stale()
 
     def install_signal_handlers(self) -> None:
         super().install_signal_handlers()
@@ -197,12 +208,16 @@ def run_worker(
     tune_garbage_collector()
     # aiokafka says each failure to reach a broker that is gone several times a second
     quiet_repeats("aiokafka", REPEAT_SECONDS)
+    membership = GroupMembership.of(app)
+    membership.watch(app)
     # stderr as it is: redirected into logging, a traceback became one log line per fragment
     worker = Worker(
-        app, before_stop=before_stop, stop_timeout=stop_timeout, loglevel=loglevel, quiet=True, redirect_stdouts=False
-    )
+        app, before_stop=before_stop, stop_timeout=stop_timeout, membership=membership, loglevel=loglevel,
+        quiet=True, redirect_stdouts=False,
+    )  # fmt: skip
     with contextlib.suppress(SystemExit):  # the worker exits the process when stopped; let callers clean up
         worker.execute_from_commandline()
+    membership.forget()  # its consumer has left the group (a kill or a stop past its deadline never gets here)
 
 
 # How long a stopping `up` gives its worker to store and commit what the broker acknowledged before
