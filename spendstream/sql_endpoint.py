@@ -22,6 +22,7 @@ import re
 import secrets
 import select
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -57,7 +58,10 @@ _INSERT_WITH_DATA = re.compile(
     r"^\s*INSERT\s+INTO\s+(?P<table>[`\w.]+)\s*(?:\((?P<columns>[^)]*)\))?\s*FORMAT\s+(?P<fmt>\w+)\s*$",
     re.IGNORECASE | re.DOTALL,
 )
-_RESULT_STATEMENT = re.compile(r"^\s*(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN)\b", re.IGNORECASE)
+_RESULT_STATEMENT = re.compile(
+    r"^(?:\s|\(|/\*.*?\*/|--[^\n]*\n|#[^\n]*\n)*(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN)\b",
+    re.IGNORECASE | re.DOTALL,
+)
 _HAS_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.IGNORECASE)
 _HTTP_STATUS = {
     60: 404, 81: 404, 62: 400, 47: 400, 115: 400, 164: 403, 497: 403, 516: 401, 202: 503, 159: 408, 394: 408,
@@ -68,6 +72,10 @@ _MARKER = "spendstream-request:"
 """Leads a sandboxed query's text (a comment), so that the query can be found and killed when its client goes.
 Only the server makes it (a uuid): no text of the client ever goes into the SQL around the checked query."""
 _QUERY_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_STREAMED_FORMATS = frozenset({"Native", "TabSeparated", "TSV", "CSV", "RowBinary", "JSONEachRow"})
+"""Formats whose blocks, each written on its own, concatenate into the whole result: chDB streams these
+(clickhouse-connect's chDB backend streams exactly these; it holds any other format whole)."""
+_RESULT_READ_BYTES = 1 << 20
 _WATCH_SECONDS = 0.2
 _IDLE_SESSIONS_PER_KIND = 4
 _SESSION_KINDS = 32
@@ -102,6 +110,16 @@ def _too_large(limit: int) -> _Refusal:
         396,
         f"Code: 396. DB::Exception: the request body is over {limit:,} bytes (after decompression): split it, "
         "or raise SPENDSTREAM_SQL_MAX_BODY_BYTES. (TOO_LARGE_REQUEST)",
+    )
+
+
+def _result_too_large(limit: int) -> _Refusal:
+    return _Refusal(
+        413,
+        396,
+        f"Code: 396. DB::Exception: the result is over this endpoint's max_result_bytes of {limit:,} bytes "
+        "(as sent, constant columns included): add a LIMIT or select fewer or shorter columns, or have the "
+        "operator raise SPENDSTREAM_SQL_MAX_RESULT_BYTES. (TOO_MANY_ROWS_OR_BYTES)",
     )
 
 
@@ -419,6 +437,64 @@ class SqlEndpoint:
             while len(self._inspected) > _INSPECTED_QUERIES:
                 self._inspected.popitem(last=False)
 
+    def read_result(
+        self, client: Client, sql: str, parameters: dict[str, str] | None, fmt: str | None, settings: dict[str, str]
+    ) -> bytes:
+        """The result of a sandboxed query in ``fmt``, never more than its ``max_result_bytes`` held here.
+
+        ClickHouse's own ``max_result_bytes`` counts a block's columns as held in memory: a constant or
+        LowCardinality column counts one value, not one per row, and formatting adds more. So the
+        result is read from the engine block by block, counting the bytes as written, and the query is
+        cancelled once they pass the limit. A format whose blocks do not concatenate (JSON, Pretty,
+        Parquet, ...) is read in Native within the limit, then written in that format from those rows.
+
+        Raises:
+            _Refusal: the result is over ``max_result_bytes`` (413).
+        """
+        limit = min(self.limits.max_result_bytes, int(settings.get("max_result_bytes") or self.limits.max_result_bytes))
+        if fmt is None:  # no result set (an INSERT of a writable endpoint)
+            return client.raw_query(sql, parameters=parameters)
+        if clause := _HAS_FORMAT.search(sql):
+            sql = sql[: clause.start()]
+        statement = _RESULT_STATEMENT.match(sql)
+        if statement is None or statement.group(1).upper() not in ("SELECT", "WITH"):
+            # SHOW, DESCRIBE, EXISTS, EXPLAIN: chDB streams none of them, and their rows are few and
+            # of the catalogue (or of the query's text), so ClickHouse's own limits hold them
+            result = client.raw_query(sql, parameters=parameters, fmt=fmt)
+            if len(result) > limit:
+                raise _result_too_large(limit)
+            return result
+        streamed = fmt if fmt in _STREAMED_FORMATS else "Native"
+        parts: list[bytes] = []
+        size = 0
+        stream: Any = client.raw_stream(sql, parameters=parameters, fmt=streamed)  # chDB: a file over its blocks
+        try:
+            while part := stream.read(_RESULT_READ_BYTES):
+                size += len(part)
+                if size > limit:
+                    raise _result_too_large(limit)
+                parts.append(part)
+        finally:
+            stream.close()  # cancels the query when it is not done
+        if streamed == fmt:
+            return b"".join(parts)
+        return self._rewrite(parts, fmt, settings, limit)
+
+    def _rewrite(self, native: list[bytes], fmt: str, settings: dict[str, str], limit: int) -> bytes:
+        """Rows read in Native, written in ``fmt`` with the client's format settings, within ``limit``."""
+        with tempfile.NamedTemporaryFile(prefix="spendstream-result-", suffix=".native") as rows:
+            rows.writelines(native)
+            rows.flush()
+            native.clear()
+            limits = {**self.limits.settings(), **settings, "max_result_bytes": str(limit)}
+            setup = tuple(f"SET {name} = {sql_string(value)}" for name, value in sorted(limits.items()))
+            # our own statement: readonly = 2 lets it read its file, which readonly = 1 refuses
+            with self._sessions.session((*setup, "SET readonly = 2")) as client:
+                result = client.raw_query(f"SELECT * FROM file({sql_string(rows.name)}, Native) FORMAT {fmt}")
+        if len(result) > limit:
+            raise _result_too_large(limit)
+        return result
+
     def watching(self, marker: str, connection: socket.socket) -> Any:
         return self._watcher.watching(marker, connection)
 
@@ -698,7 +774,9 @@ class _Handler(BaseHTTPRequestHandler):
             marker = f"{_MARKER}{uuid.uuid4().hex}"
             with owner.watching(marker, self.connection):
                 sandboxed = f"/* {marker} */ {sql}"
-                result = client.raw_query(sandboxed, parameters=parameters, fmt=fmt if wants_rows else None)
+                result = owner.read_result(
+                    client, sandboxed, parameters, fmt if wants_rows or explicit else None, settings
+                )
             return result, fmt
 
     def _reply(
