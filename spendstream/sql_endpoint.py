@@ -16,6 +16,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import io
+import ipaddress
 import json
 import logging
 import re
@@ -32,7 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from clickhouse_connect.driver.client import Client
@@ -300,8 +302,11 @@ class SqlEndpoint:
         max_concurrent_queries: queries of non-admins running at once; the next waits up to
             ``request_timeout_s``, then is refused with 503.
         max_body_bytes: the largest request body, before and after decompression.
-        request_timeout_s: how long a request may take to arrive (headers and body).
+        request_timeout_s: how long a request may take to arrive whole (request line, headers and body,
+            from its first byte; 408 past it), and an idle kept-alive connection stays open.
         max_connections: open connections at once; more are refused with 503.
+        max_connections_per_client: open connections from one address other than loopback (every local
+            process is 127.0.0.1); more are refused with 503. Default: half of ``max_connections``.
     """
 
     def __init__(
@@ -317,6 +322,7 @@ class SqlEndpoint:
         max_body_bytes: int = 64 * 1024**2,
         request_timeout_s: float = 30.0,
         max_connections: int = 64,
+        max_connections_per_client: int | None = None,
     ) -> None:
         self._client_factory = client_factory
         self._host = host
@@ -328,6 +334,7 @@ class SqlEndpoint:
         self.max_body_bytes = max_body_bytes
         self.request_timeout_s = request_timeout_s
         self._max_connections = max_connections
+        self._max_connections_per_client = max_connections_per_client or max(1, max_connections // 2)
         self._query_slots = threading.BoundedSemaphore(max_concurrent_queries)
         self._sessions = _Sessions(client_factory)
         self._inspected: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], None] = OrderedDict()
@@ -354,7 +361,13 @@ class SqlEndpoint:
             owner = endpoint
             timeout = endpoint.request_timeout_s
 
-        self._server = _Server((self._host, self._port), Handler, self._max_connections)
+        self._server = _Server(
+            (self._host, self._port),
+            Handler,
+            self._max_connections,
+            self._max_connections_per_client,
+            self.request_timeout_s,
+        )
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="sql-endpoint", daemon=True)
         self._thread.start()
@@ -517,28 +530,109 @@ _MAX_LINGERING = 64  # refused connections read from at once; past that they are
 
 
 class _Server(ThreadingHTTPServer):
-    """A threading HTTP server that refuses connections past ``max_connections`` with 503."""
+    """A threading HTTP server that refuses connections past ``max_connections``, or past
+    ``max_connections_per_client`` from one address other than loopback, with 503, and answers a request
+    that has not arrived whole ``request_timeout_s`` after its first byte with 408 and closes it."""
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+        max_connections_per_client: int,
+        request_timeout_s: float,
+    ) -> None:
         super().__init__(address, handler)
         self._connections = threading.BoundedSemaphore(max_connections)
         self._lingering = threading.BoundedSemaphore(_MAX_LINGERING)
+        self._max_per_client = max_connections_per_client
+        self._per_client: dict[str, int] = {}
+        self._per_client_lock = threading.Lock()
+        self.request_timeout_s = request_timeout_s
+        self._arriving: dict[socket.socket, float] = {}
+        """Connections whose request is arriving, with the time it must have arrived by."""
+        self._arriving_lock = threading.Lock()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._connections.acquire(blocking=False):
-            body = b"Code: 202. DB::Exception: too many connections to this endpoint: try again shortly.\n"
-            with suppress(OSError):
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-            if self._lingering.acquire(blocking=False):
-                threading.Thread(target=self._linger, args=(request,), daemon=True).start()
-            else:
-                self.shutdown_request(request)
+            self._refuse(request, "too many connections to this endpoint: try again shortly")
+            return
+        if not self._admit(client_address[0]):
+            self._connections.release()
+            self._refuse(
+                request,
+                f"too many connections from {client_address[0]} (at most {self._max_per_client} from one "
+                "address): close idle ones, or raise SPENDSTREAM_SQL_MAX_CONNECTIONS_PER_CLIENT",
+            )
             return
         super().process_request(request, client_address)
+
+    def _admit(self, host: str) -> bool:
+        """Count a connection from ``host``, unless ``host`` has its share already.
+
+        Loopback is not capped: every process of this host shares 127.0.0.1, so a cap there would
+        take slots from the local tools as much as from a local trickler; the request deadline
+        bounds how long any connection holds its slot.
+        """
+        if _loopback(host):
+            return True
+        with self._per_client_lock:
+            held = self._per_client.get(host, 0)
+            if held >= self._max_per_client:
+                return False
+            self._per_client[host] = held + 1
+        return True
+
+    def _release(self, host: str) -> None:
+        if _loopback(host):
+            return
+        with self._per_client_lock:
+            held = self._per_client.pop(host, 0) - 1
+            if held > 0:
+                self._per_client[host] = held
+
+    def _refuse(self, request: socket.socket, reason: str) -> None:
+        body = f"Code: 202. DB::Exception: {reason}. (TOO_MANY_SIMULTANEOUS_QUERIES)\n".encode()
+        with suppress(OSError):
+            request.sendall(
+                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+                + f"X-ClickHouse-Exception-Code: 202\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        if self._lingering.acquire(blocking=False):
+            threading.Thread(target=self._linger, args=(request,), daemon=True).start()
+        else:
+            self.shutdown_request(request)
+
+    def arriving(self, connection: socket.socket) -> float:
+        """A request has begun on ``connection``: it must arrive whole within the request timeout.
+
+        Returns: the time (``time.monotonic``) it must have arrived by.
+        """
+        deadline = time.monotonic() + self.request_timeout_s
+        with self._arriving_lock:
+            self._arriving[connection] = deadline
+        return deadline
+
+    def arrived(self, connection: socket.socket) -> bool:
+        """The request on ``connection`` is all here; False when it was cut at its deadline already."""
+        with self._arriving_lock:
+            return self._arriving.pop(connection, None) is not None
+
+    def service_actions(self) -> None:
+        """Cut the requests past their deadline (``serve_forever`` calls this every half second)."""
+        super().service_actions()
+        now = time.monotonic()
+        with self._arriving_lock:
+            late = [connection for connection, deadline in self._arriving.items() if deadline <= now]
+            for connection in late:
+                del self._arriving[connection]
+        for connection in late:
+            logger.info("sql endpoint: a request did not arrive within %s s; answered 408", self.request_timeout_s)
+            with suppress(OSError):  # its handler thread is blocked reading: the answer goes from here
+                connection.send(_request_timeout(self.request_timeout_s), socket.MSG_DONTWAIT)
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)  # wakes the handler, which then ends
 
     def _linger(self, request: socket.socket) -> None:
         """Read and drop what the refused client still sends, then close.
@@ -564,7 +658,28 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self.arrived(request)
+            self._release(client_address[0])
             self._connections.release()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _request_timeout(timeout_s: float) -> bytes:
+    body = (
+        f"Code: 159. DB::Exception: the request did not arrive whole within {timeout_s:g} s (request line, "
+        "headers and body): send it at once, or raise SPENDSTREAM_SQL_REQUEST_TIMEOUT_S. (TIMEOUT_EXCEEDED)\n"
+    ).encode()
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=UTF-8\r\n"
+        + f"X-ClickHouse-Exception-Code: 159\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -575,30 +690,67 @@ class _Handler(BaseHTTPRequestHandler):
     # delayed ACK held every answer back by about 40 ms
     disable_nagle_algorithm = True
 
+    server: _Server
+    deadline = 0.0
+    """When the request being read must have arrived whole (``time.monotonic``)."""
+    _here = False
+
     def log_message(self, format: str, *args: object) -> None:
         logger.debug("sql endpoint: " + format, *args)
 
+    def handle_one_request(self) -> None:
+        """One request, which must arrive whole (request line, headers, body) within ``request_timeout_s``
+        of its first byte; the socket's own timeout is per read, which a trickle of bytes never meets."""
+        try:
+            if not cast(io.BufferedReader, self.rfile).peek(1):  # the client closed its idle connection
+                self.close_connection = True
+                return
+        except OSError:  # idle for request_timeout_s (a kept-alive connection), or reset
+            self.close_connection = True
+            return
+        self.deadline = self.server.arriving(self.connection)
+        self._here = False
+        try:
+            super().handle_one_request()
+        except OSError:
+            if self.server.arrived(self.connection):
+                raise
+            self.close_connection = True  # cut at its deadline, and answered 408 then
+
     def do_GET(self) -> None:
-        self._serve(b"")
+        if self._arrived():
+            self._serve(b"")
 
     def do_POST(self) -> None:
         try:
             body = self._read_body()
+            if not self._arrived():
+                return
             body = decompress(body, self.headers.get("Content-Encoding", ""), self.owner.max_body_bytes)
         except _Refusal as refusal:
             self.close_connection = True  # what is left of the body would be read as the next request
-            self._reply(refusal.status, (refusal.message + "\n").encode(), refusal.code)
+            if self._arrived():
+                self._reply(refusal.status, (refusal.message + "\n").encode(), refusal.code)
             return
         except (TimeoutError, ConnectionError):
             self.close_connection = True
-            logger.info("sql endpoint: a body did not arrive within %s s; dropped", self.owner.request_timeout_s)
+            if self._arrived():  # not answered by the server's deadline check yet
+                self._reply(408, _request_timeout(self.owner.request_timeout_s).partition(b"\r\n\r\n")[2], 159)
             return
         self._serve(body)
 
+    def _arrived(self) -> bool:
+        """The request is all here (its deadline no longer runs); False when it was cut at its deadline."""
+        if self._here or self.server.arrived(self.connection):
+            self._here = True
+            return True
+        self.close_connection = True
+        return False
+
     def _read_body(self) -> bytes:
-        """The request body, within ``max_body_bytes`` and ``request_timeout_s`` in all (not per read)."""
+        """The request body, within ``max_body_bytes`` and the request's deadline (not per read)."""
         limit = self.owner.max_body_bytes
-        deadline = time.monotonic() + self.owner.request_timeout_s
+        deadline = self.deadline
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             parts: list[bytes] = []
             size_so_far = 0

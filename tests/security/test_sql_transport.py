@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import clickhouse_connect
 import pytest
-from clickhouse_connect.driver.exceptions import DatabaseError
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from sinks.clickhouse import connect
 from spendstream.sql_endpoint import SqlEndpoint
 from spendstream.sql_policy import QueryLimits
 from tests.security.test_sql_endpoint import admin_headers, endpoint, make_endpoint, post
@@ -91,3 +94,141 @@ def test_clickhouse_connect_is_told_the_limit(make_endpoint: Callable[..., SqlEn
     assert reader.query("SELECT count() FROM llm_calls").result_rows == [(1,)]
     rows = reader.query("SELECT number, repeat('y', 3) FROM numbers(100000)").result_rows
     assert len(rows) == 100_000 and rows[-1] == (99_999, "yyy")
+
+
+class Trickler:
+    """A client that sends its request a byte at a time, every ``every_s``, until the server closes."""
+
+    def __init__(self, host: str, port: int, head: bytes, every_s: float = 0.3) -> None:
+        self.sock = socket.create_connection((host, port), timeout=60)
+        self.sock.sendall(head)
+        self.answer = b""
+        self.closed_after: float | None = None
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+        self._every_s = every_s
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        threading.Thread(target=self._trickle, daemon=True).start()
+
+    def _trickle(self) -> None:
+        while not self._stop.wait(self._every_s):
+            try:
+                self.sock.send(b"X")
+            except OSError:
+                return
+
+    def _read(self) -> None:
+        try:
+            while chunk := self.sock.recv(65536):
+                self.answer += chunk
+        except OSError:
+            pass
+        self.closed_after = time.monotonic() - self._started
+        self._stop.set()
+
+    def wait_closed(self, timeout: float) -> float | None:
+        self._reader.join(timeout)
+        return self.closed_after
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /?query=SELECT%201 HTTP/1.1\r\nX-Slow: ",  # headers that never end
+        b"G",  # a request line that never ends
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nSELECT ",  # a body that never ends
+    ],
+)
+def test_a_trickled_request_is_cut_at_its_deadline(make_endpoint: Callable[..., SqlEndpoint], head: bytes) -> None:
+    endpoint = make_endpoint(request_timeout_s=2.0)
+    client = Trickler("127.0.0.1", endpoint.port, head)
+    try:
+        closed_after = client.wait_closed(timeout=8)
+        assert closed_after is not None, "a byte every 0.3 s held the request open past its 2 s deadline"
+        assert 1.5 < closed_after < 4.5
+        assert client.answer.startswith(b"HTTP/1.1 408"), client.answer
+        assert b"within 2 s" in client.answer and b"SPENDSTREAM_SQL_REQUEST_TIMEOUT_S" in client.answer
+    finally:
+        client.close()
+    assert post(endpoint, "SELECT 1") == (200, "1\n")
+
+
+def test_a_request_arriving_in_time_is_served_and_kept_alive(make_endpoint: Callable[..., SqlEndpoint]) -> None:
+    endpoint = make_endpoint(request_timeout_s=2.0)
+    sock = socket.create_connection(("127.0.0.1", endpoint.port), timeout=10)
+    with sock:
+        for _ in range(2):  # a kept-alive connection: each request has its own deadline
+            for part in (b"GET /?query=SELECT%207 HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
+                sock.sendall(part)
+                time.sleep(0.5)
+            answer = b""
+            while not answer.endswith(b"\r\n\r\n7\n"):
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200")
+            time.sleep(1.5)  # idle time is not arrival time: the second request has 2 s again
+
+
+def test_a_query_answers_while_trickling_clients_hold_every_connection(
+    make_endpoint: Callable[..., SqlEndpoint], database: str
+) -> None:
+    endpoint = make_endpoint(request_timeout_s=2.0, max_connections=4)
+    held = [Trickler("127.0.0.1", endpoint.port, b"GET /?query=SELECT%201 HTTP/1.1\r\nX: ") for _ in range(4)]
+    try:
+        answered_after = None
+        started = time.monotonic()
+        while time.monotonic() - started < 8:
+            try:
+                reader = clickhouse_connect.get_client(host="127.0.0.1", port=endpoint.port, database=database)
+                assert reader.query("SELECT count() FROM llm_calls").result_rows == [(1,)]
+                answered_after = time.monotonic() - started
+                break
+            except (DatabaseError, OperationalError):  # 503 while the tricklers hold every connection
+                time.sleep(0.2)
+        assert answered_after is not None, "tricklers held every connection for 8 s"
+        assert answered_after < 4
+    finally:
+        for client in held:
+            client.close()
+
+
+def _other_address() -> str | None:
+    """An address of this host other than loopback, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 9))  # no packet is sent: only picks the outgoing address
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def test_one_address_cannot_take_every_connection(
+    chdb_dsn: str, make_endpoint: Callable[..., SqlEndpoint], database: str
+) -> None:
+    address = _other_address()
+    if address is None:
+        pytest.skip("this host has no address other than loopback")
+    make_endpoint()  # the database with its tables
+    endpoint = SqlEndpoint(
+        lambda: connect(chdb_dsn), "0.0.0.0", 0, database, admin_token="t", request_timeout_s=30, max_connections=6
+    )
+    endpoint.start()
+    held = [Trickler(address, endpoint.port, b"GET /?query=SELECT%201 HTTP/1.1\r\nX: ") for _ in range(6)]
+    try:
+        deadline = time.monotonic() + 10
+        refused = [client for client in held if client.wait_closed(0.1) is not None]
+        while len(refused) < 3 and time.monotonic() < deadline:
+            refused = [client for client in held if client.wait_closed(0.1) is not None]
+        assert len(refused) == 3, "one address took more than half the connections"
+        assert all(b"503" in c.answer and b"SPENDSTREAM_SQL_MAX_CONNECTIONS_PER_CLIENT" in c.answer for c in refused)
+        reader = clickhouse_connect.get_client(host="127.0.0.1", port=endpoint.port, database=database)
+        assert reader.query("SELECT count() FROM llm_calls").result_rows == [(1,)]  # while three are held
+    finally:
+        for client in held:
+            client.close()
+        endpoint.stop()
