@@ -85,6 +85,8 @@ def _own_endpoint(settings: Settings) -> Iterator[str]:
         max_concurrent_queries=settings.sql_max_concurrent_queries,
         max_body_bytes=settings.sql_max_body_bytes,
         request_timeout_s=settings.sql_request_timeout_s,
+        max_connections=settings.sql_max_connections,
+        max_connections_per_client=settings.sql_max_connections_per_client,
     )
     endpoint.start()
     try:

@@ -70,8 +70,17 @@ class Settings(BaseSettings):
     """Queries of endpoint clients running at once; the next waits up to the request timeout, then gets 503."""
     sql_max_body_bytes: int = Field(default=64 * 1024**2, ge=1024)
     """The largest request body the endpoint takes, before and after decompression."""
+    sql_max_query_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024**2)
+    """The longest query text of an endpoint client (ClickHouse's ``max_query_size``); longer ones are refused
+    before they are parsed."""
     sql_request_timeout_s: float = Field(default=30.0, gt=0, le=3600)
-    """How long a request may take to arrive, and an idle kept-alive connection stays open."""
+    """How long a request may take to arrive whole (request line, headers and body, from its first byte;
+    408 past it), and an idle kept-alive connection stays open."""
+    sql_max_connections: int = Field(default=64, ge=1, le=10_000)
+    """Open connections to the endpoint at once; more are refused with 503."""
+    sql_max_connections_per_client: int | None = Field(default=None, ge=1, le=10_000)
+    """Open connections from one address other than loopback (every local process is 127.0.0.1, and is not
+    capped so); more are refused with 503. Unset: half of ``sql_max_connections``."""
 
     slack_bot_token: SecretStr | None = None
     """A Slack bot token with ``chat:write``: alerts go to the channels of the config's routes."""
@@ -148,6 +157,7 @@ class Settings(BaseSettings):
             max_result_rows=self.sql_max_result_rows,
             max_result_bytes=self.sql_max_result_bytes,
             max_threads=self.sql_max_threads,
+            max_query_bytes=self.sql_max_query_bytes,
         )
 
     def topic(self, name: str) -> str:

@@ -431,7 +431,8 @@ class SqlEndpoint:
         if size > self.limits.max_query_bytes:  # refused before the engine quotes and parses it
             raise QueryRefused(
                 f"the query is {size:,} bytes, over this endpoint's max_query_size of {self.limits.max_query_bytes:,}",
-                "send a shorter query (large value lists belong in a table, or in query parameters)",
+                "send a shorter query (large value lists belong in a table, or in query parameters), or have the "
+                "operator raise SPENDSTREAM_SQL_MAX_QUERY_BYTES",
             )
         key = (sql, tuple(sorted((parameters or {}).items())))
         with self._inspected_lock:

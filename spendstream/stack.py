@@ -309,6 +309,8 @@ def up(settings: Settings, say: Callable[[str], None], loglevel: str = "WARN") -
                 max_concurrent_queries=settings.sql_max_concurrent_queries,
                 max_body_bytes=settings.sql_max_body_bytes,
                 request_timeout_s=settings.sql_request_timeout_s,
+                max_connections=settings.sql_max_connections,
+                max_connections_per_client=settings.sql_max_connections_per_client,
             )
             endpoint.start()
             say(f"SQL: {endpoint.url}/?query=SELECT+count()+FROM+llm_calls  (ClickHouse HTTP interface, sandboxed)")

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import clickhouse_connect
 import pytest
@@ -232,3 +233,24 @@ def test_one_address_cannot_take_every_connection(
         for client in held:
             client.close()
         endpoint.stop()
+
+
+def test_spendstream_up_takes_the_query_size_and_connection_limits_from_its_settings(
+    start_up: Callable[..., Any],
+) -> None:
+    up = start_up(SPENDSTREAM_SQL_MAX_QUERY_BYTES="2000", SPENDSTREAM_SQL_MAX_CONNECTIONS="3")
+    reader = up.client()
+    with pytest.raises(DatabaseError) as refused:
+        reader.query("SELECT '" + "x" * 5000 + "'")
+    assert "max_query_size of 2,000" in str(refused.value) and "SPENDSTREAM_SQL_MAX_QUERY_BYTES" in str(refused.value)
+    assert reader.query("SELECT getSetting('max_query_size')").result_rows == [(2000,)]
+    reader.close()
+    idle = [socket.create_connection(("127.0.0.1", up.sql_port)) for _ in range(3)]
+    try:
+        time.sleep(0.5)  # the server has taken them
+        with socket.create_connection(("127.0.0.1", up.sql_port), timeout=10) as late:
+            late.sendall(b"GET /?query=SELECT%201 HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert late.recv(65536).startswith(b"HTTP/1.1 503")
+    finally:
+        for sock in idle:
+            sock.close()
