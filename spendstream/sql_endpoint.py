@@ -717,6 +717,8 @@ class _Handler(BaseHTTPRequestHandler):
             if self.server.arrived(self.connection):
                 raise
             self.close_connection = True  # cut at its deadline, and answered 408 then
+        else:
+            self.server.arrived(self.connection)  # answered before it was read whole (an unknown method)
 
     def do_GET(self) -> None:
         if self._arrived():
