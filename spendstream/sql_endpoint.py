@@ -78,6 +78,7 @@ _STREAMED_FORMATS = frozenset({"Native", "TabSeparated", "TSV", "CSV", "RowBinar
 """Formats whose blocks, each written on its own, concatenate into the whole result: chDB streams these
 (clickhouse-connect's chDB backend streams exactly these; it holds any other format whole)."""
 _RESULT_READ_BYTES = 1 << 20
+_FORMAT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _WATCH_SECONDS = 0.2
 _IDLE_SESSIONS_PER_KIND = 4
 _SESSION_KINDS = 32
@@ -496,6 +497,13 @@ class SqlEndpoint:
 
     def _rewrite(self, native: list[bytes], fmt: str, settings: dict[str, str], limit: int) -> bytes:
         """Rows read in Native, written in ``fmt`` with the client's format settings, within ``limit``."""
+        if _FORMAT_NAME.fullmatch(fmt) is None:  # it goes into SQL text that may read files
+            raise _Refusal(
+                400,
+                73,
+                f"Code: 73. DB::Exception: unknown format {fmt[:64]!r}: a format is a name such as TSV or JSON. "
+                "(UNKNOWN_FORMAT)",
+            )
         with tempfile.NamedTemporaryFile(prefix="spendstream-result-", suffix=".native") as rows:
             rows.writelines(native)
             rows.flush()

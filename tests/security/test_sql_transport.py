@@ -7,6 +7,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,11 @@ def test_spendstream_up_takes_the_query_size_and_connection_limits_from_its_sett
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_a_format_named_in_the_url_runs_nothing_more(endpoint: SqlEndpoint, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("FORMAT-CANARY")
+    for fmt in ("JSON; SELECT file('{path}')", "Pretty SELECT file('{path}')", "JSON\nSELECT 1"):
+        status, body = post(endpoint, "SELECT 1", "default_format=" + urllib.parse.quote(fmt.format(path=secret)))
+        assert status == 400 and "FORMAT-CANARY" not in body, (fmt, status, body)
