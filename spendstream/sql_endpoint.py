@@ -469,6 +469,13 @@ class SqlEndpoint:
         limit = min(self.limits.max_result_bytes, int(settings.get("max_result_bytes") or self.limits.max_result_bytes))
         if fmt is None:  # no result set (an INSERT of a writable endpoint)
             return client.raw_query(sql, parameters=parameters)
+        if _FORMAT_NAME.fullmatch(fmt) is None:  # it goes into SQL text, some of which may read files
+            raise _Refusal(
+                400,
+                73,
+                f"Code: 73. DB::Exception: unknown format {fmt[:64]!r}: a format is a name such as TSV or JSON. "
+                "(UNKNOWN_FORMAT)",
+            )
         if clause := _HAS_FORMAT.search(sql):
             sql = sql[: clause.start()]
         statement = _RESULT_STATEMENT.match(sql)
@@ -493,17 +500,13 @@ class SqlEndpoint:
             stream.close()  # cancels the query when it is not done
         if streamed == fmt:
             return b"".join(parts)
+        if not parts:  # no rows: chDB writes no Native block, so the columns come from the query itself
+            empty = f"SELECT * FROM (\n{sql.rstrip().rstrip(';')}\n) LIMIT 0"
+            return client.raw_query(empty, parameters=parameters, fmt=fmt)
         return self._rewrite(parts, fmt, settings, limit)
 
     def _rewrite(self, native: list[bytes], fmt: str, settings: dict[str, str], limit: int) -> bytes:
         """Rows read in Native, written in ``fmt`` with the client's format settings, within ``limit``."""
-        if _FORMAT_NAME.fullmatch(fmt) is None:  # it goes into SQL text that may read files
-            raise _Refusal(
-                400,
-                73,
-                f"Code: 73. DB::Exception: unknown format {fmt[:64]!r}: a format is a name such as TSV or JSON. "
-                "(UNKNOWN_FORMAT)",
-            )
         with tempfile.NamedTemporaryFile(prefix="spendstream-result-", suffix=".native") as rows:
             rows.writelines(native)
             rows.flush()

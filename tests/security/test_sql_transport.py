@@ -263,3 +263,18 @@ def test_a_format_named_in_the_url_runs_nothing_more(endpoint: SqlEndpoint, tmp_
     for fmt in ("JSON; SELECT file('{path}')", "Pretty SELECT file('{path}')", "JSON\nSELECT 1"):
         status, body = post(endpoint, "SELECT 1", "default_format=" + urllib.parse.quote(fmt.format(path=secret)))
         assert status == 400 and "FORMAT-CANARY" not in body, (fmt, status, body)
+
+
+@pytest.mark.parametrize("fmt", ["JSON", "PrettyCompactMonoBlock", "TSVWithNames", "CSV"])
+def test_an_empty_result_reads_as_the_admin_reads_it(endpoint: SqlEndpoint, fmt: str) -> None:
+    sql = f"SELECT feature, cost_usd FROM llm_calls WHERE feature = 'none' FORMAT {fmt}"
+    status, body = post(endpoint, sql)
+    admin = post(endpoint, sql, headers=admin_headers())
+    if fmt == "JSON":
+        mine, theirs = json.loads(body), json.loads(admin[1])
+        for document in (mine, theirs):
+            document.pop("statistics")
+            document.pop("rows_before_limit_at_least", None)
+        assert (status, mine) == (admin[0], theirs)
+    else:
+        assert (status, body) == admin
