@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -35,13 +36,30 @@ pytestmark = pytest.mark.integration
 TOKEN = "s3cret-admin-token"
 
 
+@pytest.fixture(scope="module")
+def endpoint_database(chdb_dsn: str) -> str:
+    """One migrated database, holding one call, for the module's endpoints (migrating takes seconds)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    client = connect(chdb_dsn)
+    try:
+        migrate(client, name)
+        client.command(
+            f"INSERT INTO {name}.llm_calls (event_id, ts, provider, model, kind, feature, data_mode, cost_usd, priced) "
+            "VALUES ('a', now64(3), 'openai', 'gpt-4o', 'llm', 'f1', 'real', 1.25, 1)"
+        )
+    finally:
+        client.close()
+    return name
+
+
 @pytest.fixture
-def make_endpoint(chdb_dsn: str, ch: Client, database: str) -> Iterator[Callable[..., SqlEndpoint]]:
-    migrate(ch, database)
-    ch.command(
-        f"INSERT INTO {database}.llm_calls (event_id, ts, provider, model, kind, feature, data_mode, cost_usd, priced) "
-        "VALUES ('a', now64(3), 'openai', 'gpt-4o', 'llm', 'f1', 'real', 1.25, 1)"
-    )
+def database(endpoint_database: str) -> str:
+    """The module's database: no test here writes to ``llm_calls``, and none reads what another wrote."""
+    return endpoint_database
+
+
+@pytest.fixture
+def make_endpoint(chdb_dsn: str, database: str) -> Iterator[Callable[..., SqlEndpoint]]:
     started: list[SqlEndpoint] = []
 
     def factory(**options: Any) -> SqlEndpoint:

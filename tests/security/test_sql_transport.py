@@ -19,11 +19,11 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from sinks.clickhouse import connect
 from spendstream.sql_endpoint import SqlEndpoint
 from spendstream.sql_policy import QueryLimits
-from tests.security.test_sql_endpoint import admin_headers, endpoint, make_endpoint, post
+from tests.security.test_sql_endpoint import admin_headers, database, endpoint, endpoint_database, make_endpoint, post
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["endpoint", "make_endpoint"]  # fixtures, shared with test_sql_endpoint
+__all__ = ["database", "endpoint", "endpoint_database", "make_endpoint"]  # fixtures, shared with test_sql_endpoint
 
 AUDIT_QUERY = "SELECT repeat('x', 1000) AS s FROM numbers(4000000)"
 """4 GB as sent, but one value per block as ClickHouse counts a result's bytes (a constant column)."""
