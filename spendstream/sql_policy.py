@@ -130,6 +130,7 @@ _READ_STATEMENTS = frozenset(
 _WRITE_STATEMENTS = frozenset({"InsertQuery"})
 _STATEMENTS = _READ_STATEMENTS | _WRITE_STATEMENTS
 """A Literal right under one of these is a file: ``INTO OUTFILE '...'`` (any statement), ``FROM INFILE '...'``."""
+_FORMAT_TAIL = re.compile(r"\sFORMAT\s+(\w+)\s*$", re.IGNORECASE)
 _SHOW_LISTS = re.compile(r"^SHOW\s+(?:FULL\s+)?(?:TEMPORARY\s+)?(?:TABLES|DATABASES|SETTINGS|CHANGED\s+SETTINGS)\b")
 """The forms of ``SHOW`` (EXPLAIN AST calls them all ShowTables) that read only the catalogue tables
 allowed: ``SHOW MERGES``, ``CLUSTERS``, ``DICTIONARIES``, ``FILESYSTEM CACHES``... read others."""
@@ -339,6 +340,9 @@ def _check_show(nodes: list[_Node], formatted: str, database: str) -> None:
     sandbox, or a form of ``SHOW`` that reads system tables outside :data:`SAFE_SYSTEM_TABLES`."""
     root = nodes[0].kind
     names = [node.name for node in nodes if node.kind == "Identifier" and node.parent == root]
+    output = _FORMAT_TAIL.search(formatted)
+    if output is not None and names and names[-1] == output.group(1):
+        names = names[:-1]  # the output format (clickhouse-connect adds FORMAT Native), not a name read
     if root == "ShowTables":
         if _SHOW_LISTS.match(formatted) is None:
             raise QueryRefused(

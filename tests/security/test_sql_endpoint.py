@@ -603,6 +603,18 @@ def test_catalogue_reads_that_dashboards_send_still_work(endpoint: SqlEndpoint, 
         assert status == 200, (sql, body)
 
 
+def test_catalogue_reads_through_clickhouse_connect_still_work(endpoint: SqlEndpoint, database: str) -> None:
+    """clickhouse-connect ends each query with FORMAT Native: that name is the output's, not a table's."""
+    reader = clickhouse_connect.get_client(host="127.0.0.1", port=endpoint.port, database=database)
+    assert reader.command("EXISTS TABLE llm_calls") == 1
+    assert reader.command(f"EXISTS TABLE {database}.llm_calls") == 1
+    assert "llm_calls" in {row[0] for row in reader.query("SHOW TABLES").result_rows}
+    assert "llm_calls" in {row[0] for row in reader.query(f"SHOW TABLES FROM {database}").result_rows}
+    assert "cost_usd" in {row[0] for row in reader.query("DESCRIBE TABLE llm_calls").result_rows}
+    with pytest.raises(DatabaseError, match="not readable here"):
+        reader.command("EXISTS TABLE system.processes")
+
+
 def test_a_path_column_named_by_a_query_parameter_is_refused(endpoint: SqlEndpoint) -> None:
     sql = "SELECT {c:Identifier} FROM system.tables LIMIT 1"
     assert post(endpoint, sql, params="param_c=name")[0] == 200
