@@ -67,7 +67,8 @@ def test_the_limit_holds_in_every_format(make_endpoint: Callable[..., SqlEndpoin
 )
 def test_results_under_the_limit_read_as_the_admin_reads_them(endpoint: SqlEndpoint, fmt: str) -> None:
     """Several blocks (max_block_size=3) in formats with a header or a footer, written whole."""
-    sql = f"SELECT number AS n, toString(number) AS s, 'c' AS k FROM numbers(10) FORMAT {fmt}"
+    # ORDER BY: the blocks of two threads come in any order, in either run
+    sql = f"SELECT number AS n, toString(number) AS s, 'c' AS k FROM numbers(10) ORDER BY n FORMAT {fmt}"
     status, body = post(endpoint, sql, "max_block_size=3&output_format_json_quote_64bit_integers=0")
     assert status == 200, body
     admin = post(endpoint, sql, "max_block_size=3&output_format_json_quote_64bit_integers=0", headers=admin_headers())
