@@ -99,7 +99,7 @@ def test_clickhouse_connect_is_told_the_limit(make_endpoint: Callable[..., SqlEn
         reader.query(AUDIT_QUERY)
     assert reader.query("SELECT count() FROM llm_calls").result_rows == [(1,)]
     rows = reader.query("SELECT number, repeat('y', 3) FROM numbers(100000)").result_rows
-    assert len(rows) == 100_000 and rows[-1] == (99_999, "yyy")
+    assert len(rows) == 100_000 and max(rows) == (99_999, "yyy")  # blocks of two threads: any order
 
 
 class Trickler:
